@@ -1,0 +1,557 @@
+//! [`Entry`]: one secret as the backend knows it (a reference without `#field`), the unit that is
+//! fetched once, checked, renewed, re-issued and published to its [`View`]s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{Notify, OnceCell, broadcast};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::reference::SecretRef;
+use crate::secret::{Lease, Secret};
+use crate::source::{Capabilities, SecretSource};
+
+use super::context::Ctx;
+use super::events::RotationEvent;
+use super::schedule;
+use super::view::View;
+
+/// What readers see of an entry: the value and when it must next be looked at.
+pub(crate) struct Snapshot {
+    pub(crate) secret: Secret,
+    /// When the value is due for a check, renewal, re-issue or retry.
+    pub(crate) next_check: Instant,
+    /// After this the value must not be served as current (lease end, expiry, max staleness).
+    pub(crate) hard_deadline: Option<Instant>,
+    /// When a replaced lease is due for revocation.
+    pub(crate) next_revoke: Option<Instant>,
+}
+
+impl Snapshot {
+    pub(crate) fn wake_at(&self) -> Instant {
+        match self.next_revoke {
+            Some(r) => r.min(self.next_check),
+            None => self.next_check,
+        }
+    }
+
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
+        self.hard_deadline.is_some_and(|h| now >= h)
+    }
+}
+
+/// Bookkeeping of the maintenance state machine; only touched while its lock is held.
+struct Sched {
+    failures: u32,
+    last_ok: Instant,
+    /// When the current lease was received or last renewed.
+    received: Instant,
+    grace: Duration,
+    /// Renewal stopped extending (max TTL): re-issue at the next deadline.
+    capped: bool,
+    expired: bool,
+    deleted: bool,
+    retry_at: Option<Instant>,
+    revokes: Vec<(Instant, Lease)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// The snapshot's deadline passed.
+    Due,
+    /// A caller or a push feed asked for a check now.
+    Forced,
+}
+
+#[derive(Default)]
+struct DriverSlot {
+    handles: usize,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+pub(crate) struct Entry {
+    pub(crate) key: SecretRef,
+    pub(crate) source_name: Arc<str>,
+    pub(crate) source: Arc<dyn SecretSource>,
+    pub(crate) caps: Capabilities,
+    pub(crate) ctx: Arc<Ctx>,
+    state: ArcSwapOption<Snapshot>,
+    first_load: OnceCell<()>,
+    sched: tokio::sync::Mutex<Option<Sched>>,
+    views: Mutex<HashMap<Option<Box<str>>, Weak<View>>>,
+    driver: Mutex<DriverSlot>,
+    pub(crate) events: broadcast::Sender<RotationEvent>,
+    /// Wakes the driver to re-plan after a forced check.
+    pub(crate) replan: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Entry {
+    pub(crate) fn new(
+        key: SecretRef,
+        source_name: Arc<str>,
+        source: Arc<dyn SecretSource>,
+        ctx: Arc<Ctx>,
+    ) -> Self {
+        let caps = source.capabilities();
+        let (events, _) = broadcast::channel(ctx.config.event_capacity.max(1));
+        Entry {
+            key,
+            source_name,
+            source,
+            caps,
+            ctx,
+            state: ArcSwapOption::empty(),
+            first_load: OnceCell::new(),
+            sched: tokio::sync::Mutex::new(None),
+            views: Mutex::new(HashMap::new()),
+            driver: Mutex::new(DriverSlot::default()),
+            events,
+            replan: Notify::new(),
+        }
+    }
+
+    /// The current snapshot (the entry is loaded before any view of it exists).
+    pub(crate) fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.state.load_full()
+    }
+
+    fn annotate(&self, e: Error) -> Error {
+        let e = if e.reference().is_none() {
+            e.with_ref(&self.key)
+        } else {
+            e
+        };
+        if e.source_name().is_none() {
+            e.with_source_name(&*self.source_name)
+        } else {
+            e
+        }
+    }
+
+    /// Load the value once; concurrent callers wait for the same fetch.
+    pub(crate) async fn ensure_loaded(&self) -> Result<()> {
+        self.first_load
+            .get_or_try_init(|| async {
+                let secret = self
+                    .source
+                    .fetch(&self.key)
+                    .await
+                    .map_err(|e| self.annotate(e))?;
+                self.install_first(secret).await;
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Load with a value fetched elsewhere (a batch); no-op if already loaded.
+    pub(crate) async fn ensure_loaded_with(&self, secret: Secret) {
+        let _ = self
+            .first_load
+            .get_or_init(|| async {
+                self.install_first(secret).await;
+            })
+            .await;
+    }
+
+    async fn install_first(&self, secret: Secret) {
+        let now = self.ctx.clock.now();
+        let mut guard = self.sched.lock().await;
+        let sched = guard.insert(Sched {
+            failures: 0,
+            last_ok: now,
+            received: now,
+            grace: self.lease_grace(&secret),
+            capped: false,
+            expired: false,
+            deleted: false,
+            retry_at: None,
+            revokes: Vec::new(),
+        });
+        let snap = self.plan(secret, sched, now);
+        self.state.store(Some(Arc::new(snap)));
+    }
+
+    fn lease_grace(&self, secret: &Secret) -> Duration {
+        secret.lease().map_or(Duration::ZERO, |l| {
+            schedule::grace(l.ttl, self.ctx.config.renew_increment, self.ctx.unit())
+        })
+    }
+
+    fn plan(&self, secret: Secret, sched: &Sched, now: Instant) -> Snapshot {
+        let clock = &self.ctx.clock;
+        let config = &self.ctx.config;
+        let meta = secret.metadata();
+        let mut hard = meta.lease.as_ref().map(|l| sched.received + l.ttl);
+        if let Some(exp) = meta.expires_at {
+            let d = clock.deadline_for(exp);
+            hard = Some(hard.map_or(d, |h| h.min(d)));
+        }
+        if let Some(max) = config.max_staleness {
+            let d = sched.last_ok + max;
+            hard = Some(hard.map_or(d, |h| h.min(d)));
+        }
+        let next_check = match sched.retry_at {
+            Some(retry) => retry,
+            None => {
+                let interval = config.interval_for(&self.key);
+                let mut next = match &meta.lease {
+                    Some(l) => sched.received + schedule::lease_delay(l.ttl, sched.grace),
+                    None => {
+                        sched.last_ok
+                            + schedule::check_delay(interval, config.jitter, self.ctx.unit())
+                    }
+                };
+                if let Some(exp) = meta.expires_at {
+                    // ⅔ of the way from when we got it to its expiry; once past, routine checks.
+                    let end = clock.deadline_for(exp);
+                    let at = sched.received
+                        + schedule::expiry_delay(end.saturating_duration_since(sched.received));
+                    if at > now {
+                        next = next.min(at);
+                    }
+                }
+                if let Some(rotation) = meta.next_rotation {
+                    let at = clock.deadline_for(rotation);
+                    if at > now {
+                        let spread = interval.mul_f64(config.jitter).min(Duration::from_secs(60));
+                        next = next.min(at + spread.mul_f64(self.ctx.unit()));
+                    }
+                }
+                next
+            }
+        };
+        Snapshot {
+            secret,
+            next_check,
+            hard_deadline: hard,
+            next_revoke: sched.revokes.iter().map(|(at, _)| *at).min(),
+        }
+    }
+
+    fn emit(&self, ev: RotationEvent) {
+        tracing::debug!(target: "secrets_core::events", event = %ev, "secret event");
+        let _ = self.events.send(ev.clone());
+        let _ = self.ctx.events.send(ev);
+    }
+
+    /// Check, renew or re-issue if due (or now, when forced). Returns the error of a failed
+    /// attempt; the last good value stays in place either way.
+    pub(crate) async fn maintain(&self, trigger: Trigger) -> Result<()> {
+        let mut guard = self.sched.lock().await;
+        let Some(sched) = guard.as_mut() else {
+            return Ok(());
+        };
+        let Some(snap) = self.snapshot() else {
+            return Ok(());
+        };
+        let now = self.ctx.clock.now();
+        self.revoke_due(sched, now).await;
+        if trigger == Trigger::Due && now < snap.next_check {
+            self.store(snap.secret.clone(), sched, now);
+            return Ok(());
+        }
+        let result = match snap.secret.lease() {
+            Some(lease)
+                if self.caps.renew
+                    && lease.renewable
+                    && !sched.capped
+                    && trigger == Trigger::Due
+                    && !snap.is_expired(now) =>
+            {
+                match self.renew(&snap.secret, lease, sched, now).await {
+                    Err(e) if !e.is_retryable() => {
+                        // Revoked, expired or refused: a new lease is the only way forward.
+                        tracing::debug!(secret = %self.key, error = %e, "renewal refused; re-issuing");
+                        self.fetch(&snap.secret, sched, now, true).await
+                    }
+                    other => other,
+                }
+            }
+            Some(_) => self.fetch(&snap.secret, sched, now, true).await,
+            None => self.check(&snap.secret, sched, now).await,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = self.annotate(e);
+                self.fail(&snap, sched, now, e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        secret: &Secret,
+        lease: &Lease,
+        sched: &mut Sched,
+        now: Instant,
+    ) -> Result<()> {
+        let increment = self.ctx.config.renew_increment;
+        let renewed = self.source.renew(lease, increment).await?;
+        if schedule::stopped_extending(lease.ttl, renewed.ttl) || renewed.ttl <= sched.grace {
+            sched.capped = true;
+        } else {
+            sched.grace = schedule::grace(renewed.ttl, increment, self.ctx.unit());
+        }
+        sched.received = now;
+        let ttl = renewed.ttl;
+        let lease_id = renewed.id.clone();
+        self.succeed(sched, now);
+        self.publish(secret.with_lease(renewed), sched, now, false)?;
+        self.emit(RotationEvent::Renewed {
+            secret: self.key.clone(),
+            lease_id,
+            ttl,
+        });
+        Ok(())
+    }
+
+    /// Routine check of an unleased secret: the cheap version probe first, a read only if it moved.
+    async fn check(&self, current: &Secret, sched: &mut Sched, now: Instant) -> Result<()> {
+        if self.caps.version_probe
+            && let Some(cur) = current.version()
+        {
+            let probed = self.source.version(&self.key).await?;
+            if probed.as_ref() == Some(cur) {
+                self.succeed(sched, now);
+                self.store(current.clone(), sched, now);
+                return Ok(());
+            }
+        }
+        self.fetch(current, sched, now, false).await
+    }
+
+    async fn fetch(
+        &self,
+        current: &Secret,
+        sched: &mut Sched,
+        now: Instant,
+        reissue: bool,
+    ) -> Result<()> {
+        let fresh = self.source.fetch(&self.key).await?;
+        let changed = match (current.version(), fresh.version()) {
+            (Some(a), Some(b)) if a != b => true,
+            _ if reissue => current.lease().map(|l| &l.id) != fresh.lease().map(|l| &l.id),
+            (Some(_), Some(_)) => false,
+            _ => !current.value().same_bytes(fresh.value()),
+        };
+        if !changed {
+            self.succeed(sched, now);
+            self.store(current.clone(), sched, now);
+            return Ok(());
+        }
+        let (old, new) = (current.version().cloned(), fresh.version().cloned());
+        let replaced = current.lease().cloned();
+        let prior = (sched.received, sched.grace, sched.capped);
+        sched.received = now;
+        sched.grace = self.lease_grace(&fresh);
+        sched.capped = false;
+        self.succeed(sched, now);
+        if let Err(e) = self.publish(fresh, sched, now, true) {
+            (sched.received, sched.grace, sched.capped) = prior;
+            return Err(e);
+        }
+        sched.expired = false;
+        sched.deleted = false;
+        if let (Some(lease), Some(after)) = (replaced, self.ctx.config.revoke_replaced_after)
+            && self.caps.revoke
+        {
+            sched.revokes.push((now + after, lease));
+            self.store(self.current_secret(), sched, now);
+        }
+        self.emit(RotationEvent::Rotated {
+            secret: self.key.clone(),
+            old,
+            new,
+        });
+        Ok(())
+    }
+
+    fn current_secret(&self) -> Secret {
+        self.state
+            .load()
+            .as_ref()
+            .map(|s| s.secret.clone())
+            .unwrap_or_else(|| Secret::new(Vec::new()))
+    }
+
+    fn succeed(&self, sched: &mut Sched, now: Instant) {
+        sched.last_ok = now;
+        sched.retry_at = None;
+        if sched.failures > 0 {
+            let failures = std::mem::take(&mut sched.failures);
+            self.emit(RotationEvent::Recovered {
+                secret: self.key.clone(),
+                failures,
+            });
+        }
+    }
+
+    fn fail(&self, snap: &Snapshot, sched: &mut Sched, now: Instant, error: Error) {
+        sched.failures += 1;
+        let mut delay = self
+            .ctx
+            .config
+            .backoff
+            .delay(sched.failures - 1, &error, self.ctx.unit());
+        // Try once more right at the hard deadline rather than sleeping past it.
+        if let Some(hard) = snap.hard_deadline.filter(|h| *h > now) {
+            delay = delay.min(hard - now);
+        }
+        sched.retry_at = Some(now + delay);
+        if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::Deleted) && !sched.deleted {
+            sched.deleted = true;
+            self.emit(RotationEvent::Deleted {
+                secret: self.key.clone(),
+                version: snap.secret.version().cloned(),
+            });
+        }
+        tracing::warn!(secret = %self.key, source = %self.source_name, error = %error,
+            attempt = sched.failures, retry_in = ?delay, "secret refresh failed");
+        self.emit(RotationEvent::RefreshFailed {
+            secret: self.key.clone(),
+            error,
+            attempt: sched.failures,
+            retry_in: delay,
+        });
+        let next = self.plan(snap.secret.clone(), sched, now);
+        if next.is_expired(now) && !sched.expired {
+            sched.expired = true;
+            self.emit(RotationEvent::Expired {
+                secret: self.key.clone(),
+                version: snap.secret.version().cloned(),
+            });
+        }
+        self.state.store(Some(Arc::new(next)));
+    }
+
+    fn store(&self, secret: Secret, sched: &Sched, now: Instant) {
+        self.state
+            .store(Some(Arc::new(self.plan(secret, sched, now))));
+    }
+
+    /// Install a new value in the entry and every view of it. Fails (changing nothing) if a view
+    /// that a live handle depends on cannot select its field from the new value.
+    fn publish(&self, secret: Secret, sched: &Sched, now: Instant, changed: bool) -> Result<()> {
+        let mut views = lock(&self.views);
+        let mut updates = Vec::with_capacity(views.len());
+        let mut dropped = Vec::new();
+        for (field, weak) in views.iter() {
+            let Some(view) = weak.upgrade() else {
+                dropped.push(field.clone());
+                continue;
+            };
+            match project(&secret, field.as_deref()) {
+                Ok(p) => updates.push((view, p)),
+                Err(e) if view.has_handles() => return Err(e),
+                Err(_) => {
+                    view.detach();
+                    dropped.push(field.clone());
+                }
+            }
+        }
+        for field in dropped {
+            views.remove(&field);
+        }
+        self.store(secret, sched, now);
+        for (view, projected) in updates {
+            view.set(projected, changed);
+        }
+        Ok(())
+    }
+
+    /// The view for `field` (created, projecting the current value, if there is none).
+    pub(crate) fn view(self: &Arc<Self>, field: Option<&str>) -> Result<Arc<View>> {
+        let mut views = lock(&self.views);
+        let key: Option<Box<str>> = field.map(Into::into);
+        if let Some(v) = views.get(&key).and_then(Weak::upgrade) {
+            return Ok(v);
+        }
+        let snap = self
+            .snapshot()
+            .ok_or_else(|| Error::new(ErrorKind::Backend, "secret not loaded"))?;
+        let projected = project(&snap.secret, field).map_err(|e| self.annotate(e))?;
+        let view = Arc::new(View::new(self.clone(), key.clone(), projected));
+        views.insert(key, Arc::downgrade(&view));
+        Ok(view)
+    }
+
+    async fn revoke_due(&self, sched: &mut Sched, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut sched.revokes)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        sched.revokes = later;
+        for (_, lease) in due {
+            self.revoke_lease(&lease).await;
+        }
+    }
+
+    async fn revoke_lease(&self, lease: &Lease) {
+        if let Err(e) = self.source.revoke(lease).await {
+            tracing::warn!(secret = %self.key, lease_id = %lease.id, error = %e, "lease revocation failed");
+        }
+    }
+
+    /// Stop the driver and, if asked, revoke the current and any replaced lease.
+    pub(crate) async fn shut_down(&self, revoke: bool) {
+        if let Some(task) = lock(&self.driver).task.take() {
+            task.abort();
+        }
+        if !(revoke && self.caps.revoke) {
+            return;
+        }
+        let mut guard = self.sched.lock().await;
+        if let Some(sched) = guard.as_mut() {
+            for (_, lease) in std::mem::take(&mut sched.revokes) {
+                self.revoke_lease(&lease).await;
+            }
+        }
+        if let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned()) {
+            self.revoke_lease(&lease).await;
+        }
+    }
+
+    pub(crate) fn has_driver(&self) -> bool {
+        lock(&self.driver).task.is_some()
+    }
+
+    /// A handle starts watching: the first one starts the driver.
+    pub(crate) fn acquire(self: &Arc<Self>) {
+        let mut slot = lock(&self.driver);
+        slot.handles += 1;
+        if slot.task.is_none() {
+            // The feed is opened before the handle is returned, so a change made right after
+            // `handle()` returns is not missed while the task starts.
+            let feed = super::driver::open_feed(self);
+            let entry = self.clone();
+            slot.task = Some(tokio::spawn(super::driver::drive(entry, feed)).abort_handle());
+        }
+    }
+
+    /// A handle stopped watching: the last one stops the driver.
+    pub(crate) fn release(&self) {
+        let mut slot = lock(&self.driver);
+        slot.handles = slot.handles.saturating_sub(1);
+        if slot.handles == 0
+            && let Some(task) = slot.task.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// The whole value, or one JSON member of it.
+pub(crate) fn project(secret: &Secret, field: Option<&str>) -> Result<Secret> {
+    match field {
+        None => Ok(secret.clone()),
+        Some(f) => secret.field(f),
+    }
+}

@@ -1,0 +1,133 @@
+//! [`SecretHandle`]: a live secret, kept fresh by the client while the handle exists.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use arc_swap::Guard;
+use tokio::sync::watch;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::reference::SecretRef;
+use crate::secret::Secret;
+
+use super::entry::Trigger;
+use super::events::RotationEvents;
+use super::view::View;
+
+/// A live secret. While any handle to it exists the client checks, renews and re-issues it in the
+/// background; [`current`](Self::current) always reads the latest value without waiting.
+///
+/// Cloning a handle is cheap and keeps the same secret alive.
+pub struct SecretHandle {
+    view: Arc<View>,
+    changes: watch::Receiver<u64>,
+}
+
+/// The value a handle held at the moment of [`SecretHandle::current`]; derefs to [`Secret`].
+///
+/// Hold it briefly (for the duration of a connection setup, say): it pins that value in memory.
+/// Clone the `Secret` to keep it longer.
+pub struct Current(Guard<Arc<Secret>>);
+
+impl Deref for Current {
+    type Target = Secret;
+
+    fn deref(&self) -> &Secret {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Current {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self.0, f)
+    }
+}
+
+impl SecretHandle {
+    pub(crate) fn new(view: Arc<View>) -> Self {
+        view.add_handle();
+        view.entry.acquire();
+        let changes = view.generation.subscribe();
+        SecretHandle { view, changes }
+    }
+
+    /// The latest value: one atomic load, no lock, no await. After the value's hard expiry it is
+    /// still the last good value; use [`try_current`](Self::try_current) to be told.
+    pub fn current(&self) -> Current {
+        Current(self.view.current.load())
+    }
+
+    /// The latest value, or [`ErrorKind::Expired`] once it is past its hard expiry (lease end,
+    /// expiry, or the configured maximum staleness) with no replacement in place.
+    pub fn try_current(&self) -> Result<Secret> {
+        let entry = &self.view.entry;
+        if let Some(snap) = entry.snapshot()
+            && snap.is_expired(entry.ctx.clock.now())
+        {
+            return Err(Error::new(
+                ErrorKind::Expired,
+                "the last good value is past its hard expiry and no replacement could be fetched",
+            )
+            .with_ref(&self.reference())
+            .with_source_name(&*entry.source_name));
+        }
+        Ok((**self.view.current.load()).clone())
+    }
+
+    /// Wait until the value changes, then return the new one.
+    pub async fn changed(&mut self) -> Result<Secret> {
+        self.changes
+            .changed()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Shutdown, "the secret is no longer maintained"))?;
+        Ok((**self.view.current.load()).clone())
+    }
+
+    /// Events about this secret (rotations, renewals, failures). Field handles see the events of
+    /// the whole secret they select from.
+    pub fn subscribe(&self) -> RotationEvents {
+        RotationEvents::new(self.view.entry.events.subscribe())
+    }
+
+    /// Check the backend now (after a failed login with the current value, say), instead of at
+    /// the next scheduled check. A leased secret is re-issued. Returns the check's error, if any;
+    /// the last good value stays in place either way.
+    pub async fn refresh_now(&self) -> Result<()> {
+        let result = self.view.entry.maintain(Trigger::Forced).await;
+        self.view.entry.replan.notify_one();
+        result
+    }
+
+    /// The reference this handle reads (with its `#field`, if any).
+    pub fn reference(&self) -> SecretRef {
+        let key = self.view.entry.key.clone();
+        match &self.view.field {
+            // The field came from a parsed reference, so it is valid.
+            Some(f) => key.clone().with_field(&**f).unwrap_or(key),
+            None => key,
+        }
+    }
+}
+
+impl Clone for SecretHandle {
+    fn clone(&self) -> Self {
+        SecretHandle::new(self.view.clone())
+    }
+}
+
+impl Drop for SecretHandle {
+    fn drop(&mut self) {
+        self.view.remove_handle();
+        self.view.entry.release();
+    }
+}
+
+impl fmt::Debug for SecretHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretHandle")
+            .field("ref", &format_args!("{}", self.reference()))
+            .field("version", &self.current().version())
+            .finish()
+    }
+}

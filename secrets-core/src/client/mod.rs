@@ -1,0 +1,546 @@
+//! The [`Secrets`] client: named sources behind one cache, single-flight loads, live handles with
+//! background refresh and lease renewal, and rotation events.
+
+mod context;
+mod driver;
+mod entry;
+mod events;
+mod handle;
+mod schedule;
+mod view;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+
+use crate::backoff::Backoff;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, ErrorKind, Result};
+use crate::reference::SecretRef;
+use crate::secret::Secret;
+use crate::source::SecretSource;
+
+use context::{Config, Ctx};
+use entry::{Entry, Trigger};
+use view::View;
+
+pub use events::{RotationEvent, RotationEvents};
+pub use handle::{Current, SecretHandle};
+
+/// Something that names a secret: a URI string or an already parsed [`SecretRef`].
+pub trait ToSecretRef {
+    /// The reference, parsed if need be.
+    fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>>;
+}
+
+impl ToSecretRef for str {
+    fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>> {
+        Ok(Cow::Owned(SecretRef::parse(self)?))
+    }
+}
+
+impl ToSecretRef for String {
+    fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>> {
+        self.as_str().to_secret_ref()
+    }
+}
+
+impl ToSecretRef for SecretRef {
+    fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>> {
+        Ok(Cow::Borrowed(self))
+    }
+}
+
+impl<T: ToSecretRef + ?Sized> ToSecretRef for &T {
+    fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>> {
+        (**self).to_secret_ref()
+    }
+}
+
+/// The client. Cheap to clone; clones share everything.
+///
+/// ```
+/// # use secrets_core::{Secrets, sources::MemorySource};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> secrets_core::Result<()> {
+/// let memory = MemorySource::new();
+/// memory.set("payments", r#"{"api_key":"k-123"}"#);
+/// let secrets = Secrets::builder().source("mem", memory).build()?;
+///
+/// let key = secrets.get_secret("mem://payments#api_key").await?;
+/// assert_eq!(key.expose_str()?, "k-123");
+///
+/// let handle = secrets.handle("mem://payments").await?;
+/// let mut events = handle.subscribe();
+/// # let _ = &mut events;
+/// println!("version {:?}", handle.current().version());
+/// secrets.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Secrets {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    sources: HashMap<String, (Arc<str>, Arc<dyn SecretSource>)>,
+    ctx: Arc<Ctx>,
+    cache: moka::future::Cache<SecretRef, Arc<View>>,
+    /// Every entry alive (held by a cached view or a handle), so a reference whose view was
+    /// evicted finds the entry its handles keep alive instead of fetching (and leasing) again.
+    entries: Mutex<HashMap<SecretRef, Weak<Entry>>>,
+    negative: moka::future::Cache<SecretRef, (Error, Instant)>,
+    shut_down: AtomicBool,
+}
+
+impl Secrets {
+    /// Start configuring a client.
+    pub fn builder() -> SecretsBuilder {
+        SecretsBuilder::default()
+    }
+
+    /// Read a secret, from the cache when it is there and fresh.
+    ///
+    /// A cache hit takes no lock and copies no secret bytes. A miss fetches once however many
+    /// callers wait for it. A `NotFound` is remembered briefly (see
+    /// [`SecretsBuilder::negative_cache_ttl`]). A cached value past its check time is re-checked
+    /// on read unless a handle keeps it fresh; if that check fails the last good value is served
+    /// until its hard expiry, after which this returns [`ErrorKind::Expired`].
+    pub async fn get_secret(&self, r: impl ToSecretRef) -> Result<Secret> {
+        let r = r.to_secret_ref()?;
+        let view = self.view(&r).await?;
+        self.read(&view, &r).await
+    }
+
+    /// A live handle on a secret: kept fresh in the background while it exists.
+    pub async fn handle(&self, r: impl ToSecretRef) -> Result<SecretHandle> {
+        let r = r.to_secret_ref()?;
+        let view = self.view(&r).await?;
+        Ok(SecretHandle::new(view))
+    }
+
+    /// Load many secrets at once (at startup): one batch call per source where the source has a
+    /// batch API, concurrent reads otherwise. Results are in input order.
+    pub async fn prefetch<R: ToSecretRef>(&self, refs: &[R]) -> Vec<Result<Secret>> {
+        let parsed: Vec<Result<SecretRef>> = refs
+            .iter()
+            .map(|r| r.to_secret_ref().map(Cow::into_owned))
+            .collect();
+        // Bases to fetch, grouped by source; cached ones are skipped.
+        let mut groups: HashMap<&str, Vec<SecretRef>> = HashMap::new();
+        for r in parsed.iter().flatten() {
+            if self.inner.cache.contains_key(r) {
+                continue;
+            }
+            let base = r.without_field();
+            let group = groups.entry(r.source()).or_default();
+            if !group.contains(&base) {
+                group.push(base);
+            }
+        }
+        let mut failed: HashMap<SecretRef, Error> = HashMap::new();
+        let fetches = groups.into_iter().map(|(name, bases)| async move {
+            let Ok((source_name, source)) = self.source_for(name) else {
+                return Vec::new();
+            };
+            let results = source.fetch_many(&bases).await;
+            let mut out = Vec::with_capacity(bases.len());
+            for (base, result) in bases.into_iter().zip(results) {
+                match result {
+                    Ok(secret) => {
+                        let entry = self.entry_for(&base, &source_name, &source);
+                        entry.ensure_loaded_with(secret).await;
+                        // Keep the entry alive in the cache until the views are made below.
+                        out.push((base, Ok(entry)));
+                    }
+                    Err(e) => {
+                        let e = e.with_ref(&base).with_source_name(&*source_name);
+                        out.push((base, Err(e)));
+                    }
+                }
+            }
+            out
+        });
+        let mut keep = Vec::new();
+        for (base, result) in join_all(fetches).await.into_iter().flatten() {
+            match result {
+                Ok(entry) => keep.push(entry),
+                Err(e) => {
+                    failed.insert(base, e);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(parsed.len());
+        for r in parsed {
+            out.push(match r {
+                Err(e) => Err(e),
+                Ok(r) => match failed.get(&r.without_field()) {
+                    Some(e) => Err(e.clone()),
+                    None => self.get_secret(&r).await,
+                },
+            });
+        }
+        drop(keep);
+        out
+    }
+
+    /// Every event of every secret this client holds.
+    pub fn events(&self) -> RotationEvents {
+        RotationEvents::new(self.inner.ctx.events.subscribe())
+    }
+
+    /// Stop every background task, revoke leases if configured
+    /// ([`SecretsBuilder::revoke_on_shutdown`]), and refuse further reads. Handles keep their
+    /// last value but are no longer refreshed.
+    pub async fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::Release);
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.entries)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let revoke = self.inner.ctx.config.revoke_on_shutdown;
+        join_all(entries.iter().map(|e| e.shut_down(revoke))).await;
+        self.inner.cache.invalidate_all();
+    }
+
+    /// Number of secrets held (cached or behind a live handle).
+    pub fn held(&self) -> usize {
+        let mut entries = lock(&self.inner.entries);
+        entries.retain(|_, e| e.strong_count() > 0);
+        entries.len()
+    }
+
+    /// Run the cache's pending housekeeping (eviction) now; useful in tests.
+    pub async fn run_pending_tasks(&self) {
+        self.inner.cache.run_pending_tasks().await;
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorKind::Shutdown, "the client was shut down"));
+        }
+        Ok(())
+    }
+
+    async fn view(&self, r: &SecretRef) -> Result<Arc<View>> {
+        self.check_open()?;
+        if let Some(v) = self.inner.cache.get(r).await {
+            if !v.is_detached() {
+                return Ok(v);
+            }
+            self.inner.cache.invalidate(r).await;
+        }
+        let now = self.inner.ctx.clock.now();
+        if let Some((e, until)) = self.inner.negative.get(r).await
+            && now < until
+        {
+            return Err(e);
+        }
+        match self
+            .inner
+            .cache
+            .try_get_with_by_ref(r, self.load_view(r))
+            .await
+        {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let e = (*e).clone();
+                if e.kind() == &ErrorKind::NotFound {
+                    let until = now + self.inner.ctx.config.negative_ttl;
+                    self.inner
+                        .negative
+                        .insert(r.clone(), (e.clone(), until))
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_view(&self, r: &SecretRef) -> Result<Arc<View>> {
+        let (name, source) = self.source_for(r.source())?;
+        let entry = self.entry_for(&r.without_field(), &name, &source);
+        entry.ensure_loaded().await?;
+        entry.view(r.field())
+    }
+
+    async fn read(&self, view: &View, r: &SecretRef) -> Result<Secret> {
+        let entry = &view.entry;
+        let clock = &entry.ctx.clock;
+        let now = clock.now();
+        let fresh = entry
+            .snapshot()
+            .is_some_and(|s| now < s.next_check && !s.is_expired(now));
+        if fresh {
+            return Ok((**view.current.load()).clone());
+        }
+        let mut failure = None;
+        if !entry.has_driver() {
+            failure = entry.maintain(Trigger::Due).await.err();
+        }
+        if view.is_detached() {
+            // The new value no longer has this view's field: read it afresh to say so.
+            self.inner.cache.invalidate(r).await;
+            let fresh = self.view(r).await?;
+            return Ok((**fresh.current.load()).clone());
+        }
+        if entry.snapshot().is_some_and(|s| s.is_expired(clock.now())) {
+            let e = Error::new(
+                ErrorKind::Expired,
+                "the cached value is past its hard expiry and could not be replaced",
+            )
+            .with_ref(r)
+            .with_source_name(&*entry.source_name);
+            return Err(match failure {
+                Some(f) => e.with_cause(f),
+                None => e,
+            });
+        }
+        Ok((**view.current.load()).clone())
+    }
+
+    fn source_for(&self, name: &str) -> Result<(Arc<str>, Arc<dyn SecretSource>)> {
+        self.inner.sources.get(name).cloned().ok_or_else(|| {
+            let mut known: Vec<&str> = self.inner.sources.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            Error::new(
+                ErrorKind::InvalidRef,
+                format!(
+                    "no source is registered as `{name}` (registered: {})",
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    fn entry_for(
+        &self,
+        base: &SecretRef,
+        name: &Arc<str>,
+        source: &Arc<dyn SecretSource>,
+    ) -> Arc<Entry> {
+        let mut entries = lock(&self.inner.entries);
+        if let Some(e) = entries.get(base).and_then(Weak::upgrade) {
+            return e;
+        }
+        if entries.len() >= 1024 && entries.len().is_power_of_two() {
+            entries.retain(|_, e| e.strong_count() > 0);
+        }
+        let entry = Arc::new(Entry::new(
+            base.clone(),
+            name.clone(),
+            source.clone(),
+            self.inner.ctx.clone(),
+        ));
+        entries.insert(base.clone(), Arc::downgrade(&entry));
+        entry
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.inner.sources.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Secrets")
+            .field("sources", &names)
+            .field("cached", &self.inner.cache.entry_count())
+            .finish()
+    }
+}
+
+/// Configures a [`Secrets`] client.
+pub struct SecretsBuilder {
+    sources: Vec<(String, Arc<dyn SecretSource>)>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    seed: Option<u64>,
+    problems: Vec<String>,
+}
+
+impl Default for SecretsBuilder {
+    fn default() -> Self {
+        SecretsBuilder {
+            sources: Vec::new(),
+            clock: Arc::new(SystemClock),
+            config: Config::default(),
+            seed: None,
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretsBuilder")
+            .field(
+                "sources",
+                &self.sources.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl SecretsBuilder {
+    /// Register `source` under `name`: references `name://…` read from it. Two clusters of one
+    /// backend are two names (`vault-eu`, `vault-us`).
+    pub fn source(self, name: impl Into<String>, source: impl SecretSource) -> Self {
+        self.shared_source(name, Arc::new(source))
+    }
+
+    /// Register an already shared source under `name`.
+    pub fn shared_source(mut self, name: impl Into<String>, source: Arc<dyn SecretSource>) -> Self {
+        self.sources.push((name.into(), source));
+        self
+    }
+
+    /// The clock (default: the system clock). Tests pass a [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How often an unleased secret is re-checked (default 5 minutes).
+    pub fn refresh_interval(mut self, every: Duration) -> Self {
+        self.config.refresh_interval = every;
+        self
+    }
+
+    /// A different interval for one secret (its reference, without `#field`).
+    pub fn refresh_interval_for(mut self, r: &str, every: Duration) -> Self {
+        match SecretRef::parse(r) {
+            Ok(r) => {
+                self.config
+                    .refresh_overrides
+                    .insert(r.without_field(), every);
+            }
+            Err(e) => self.problems.push(e.to_string()),
+        }
+        self
+    }
+
+    /// Fraction of the interval by which each check is randomly brought forward, so a fleet
+    /// started together spreads its checks (default 0.2).
+    pub fn refresh_jitter(mut self, fraction: f64) -> Self {
+        self.config.jitter = fraction;
+        self
+    }
+
+    /// How long a `NotFound` is remembered (default 5 s), so a typo does not hammer the backend.
+    pub fn negative_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.config.negative_ttl = ttl;
+        self
+    }
+
+    /// Stop serving a value that could not be re-checked for this long (default: serve the last
+    /// good value of an unleased secret indefinitely).
+    pub fn max_staleness(mut self, max: Duration) -> Self {
+        self.config.max_staleness = Some(max);
+        self
+    }
+
+    /// Backoff after failures (default: full jitter, 1 s doubling to 5 min).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// How many references the cache holds (default 10,000). Secrets behind live handles are
+    /// kept regardless.
+    pub fn cache_capacity(mut self, entries: u64) -> Self {
+        self.config.capacity = entries;
+        self
+    }
+
+    /// Revoke held leases on [`Secrets::shutdown`] (default: no, let them expire).
+    pub fn revoke_on_shutdown(mut self, revoke: bool) -> Self {
+        self.config.revoke_on_shutdown = revoke;
+        self
+    }
+
+    /// Revoke a lease this long after a re-issued secret replaced it (default: let it expire).
+    pub fn revoke_replaced_leases_after(mut self, overlap: Duration) -> Self {
+        self.config.revoke_replaced_after = Some(overlap);
+        self
+    }
+
+    /// The increment asked for on renewal (default: the backend's).
+    pub fn renew_increment(mut self, increment: Duration) -> Self {
+        self.config.renew_increment = Some(increment);
+        self
+    }
+
+    /// Buffer of each event stream before slow subscribers see [`RotationEvent::Lagged`]
+    /// (default 256).
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.config.event_capacity = events;
+        self
+    }
+
+    /// Seed the jitter's random numbers, for repeatable tests.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Validate and build.
+    pub fn build(self) -> Result<Secrets> {
+        let mut problems = self.problems;
+        let mut sources = HashMap::new();
+        for (name, source) in self.sources {
+            match SecretRef::new(&name, "x") {
+                Ok(r) if r.source() == name => {}
+                _ => problems.push(format!(
+                    "source name `{name}` is not a lowercase URI scheme (letters, digits, `+-._`)"
+                )),
+            }
+            if sources
+                .insert(name.clone(), (Arc::from(name.as_str()), source))
+                .is_some()
+            {
+                problems.push(format!("source name `{name}` is registered twice"));
+            }
+        }
+        let c = &self.config;
+        if c.refresh_interval.is_zero() {
+            problems.push("refresh interval must be positive".into());
+        }
+        if c.refresh_overrides.values().any(Duration::is_zero) {
+            problems.push("per-secret refresh intervals must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&c.jitter) {
+            problems.push(format!("refresh jitter {} is not within 0..=1", c.jitter));
+        }
+        if c.backoff.initial.is_zero() || c.backoff.max < c.backoff.initial {
+            problems.push("backoff needs 0 < initial <= max".into());
+        }
+        if !problems.is_empty() {
+            return Err(Error::new(ErrorKind::Config, problems.join("; ")));
+        }
+        let ctx = Arc::new(Ctx::new(self.clock, self.config, self.seed));
+        let cache = moka::future::Cache::builder()
+            .max_capacity(ctx.config.capacity)
+            .build();
+        let negative = moka::future::Cache::builder()
+            .max_capacity(ctx.config.capacity.clamp(16, 10_000))
+            .build();
+        Ok(Secrets {
+            inner: Arc::new(Shared {
+                sources,
+                ctx,
+                cache,
+                entries: Mutex::new(HashMap::new()),
+                negative,
+                shut_down: AtomicBool::new(false),
+            }),
+        })
+    }
+}

@@ -1,0 +1,260 @@
+//! [`Secret`]: a value with the metadata the engine schedules by (version, expiry, lease).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::Result;
+use crate::value::SecretValue;
+
+/// A backend's identifier for one version of a secret (Vault KV version, AWS VersionId, Azure
+/// version id, GCP version number, a file's generation). Opaque; compared for equality only.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version(Arc<str>);
+
+impl Version {
+    /// A version with this identifier.
+    pub fn new(id: impl AsRef<str>) -> Self {
+        Version(Arc::from(id.as_ref()))
+    }
+
+    /// The identifier.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Version({:?})", &*self.0)
+    }
+}
+
+impl From<&str> for Version {
+    fn from(s: &str) -> Self {
+        Version::new(s)
+    }
+}
+
+impl From<String> for Version {
+    fn from(s: String) -> Self {
+        Version(Arc::from(s))
+    }
+}
+
+/// A lease on a dynamic secret (Vault database credentials, …): it ends `ttl` after `issued_at`
+/// unless renewed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The backend's lease id (not secret: it cannot be used to read the value).
+    pub id: String,
+    /// Time to live from `issued_at`.
+    pub ttl: Duration,
+    /// Whether the backend allows renewing it.
+    pub renewable: bool,
+    /// When the backend issued or last renewed it.
+    pub issued_at: SystemTime,
+}
+
+impl Lease {
+    /// A lease `id` of `ttl`, issued at `issued_at`.
+    pub fn new(
+        id: impl Into<String>,
+        ttl: Duration,
+        renewable: bool,
+        issued_at: SystemTime,
+    ) -> Self {
+        Lease {
+            id: id.into(),
+            ttl,
+            renewable,
+            issued_at,
+        }
+    }
+
+    /// When the lease ends unless renewed.
+    pub fn expires_at(&self) -> SystemTime {
+        self.issued_at + self.ttl
+    }
+}
+
+/// Everything about a secret except its value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metadata {
+    /// The version this value is, when the backend versions secrets.
+    pub version: Option<Version>,
+    /// When this version was created.
+    pub created_at: Option<SystemTime>,
+    /// Hard expiry of the value itself (a certificate's not-after, Azure `exp`).
+    pub expires_at: Option<SystemTime>,
+    /// When the backend plans to rotate it next (AWS NextRotationDate): the engine checks right
+    /// after that.
+    pub next_rotation: Option<SystemTime>,
+    /// The lease, for dynamic secrets.
+    pub lease: Option<Lease>,
+}
+
+/// A secret value and its metadata. Cloning shares the value's bytes.
+#[derive(Clone)]
+pub struct Secret {
+    value: SecretValue,
+    meta: Arc<Metadata>,
+}
+
+impl Secret {
+    /// A secret with no metadata.
+    pub fn new(value: impl Into<SecretValue>) -> Self {
+        Secret {
+            value: value.into(),
+            meta: Arc::default(),
+        }
+    }
+
+    /// A secret with metadata.
+    pub fn with_metadata(value: impl Into<SecretValue>, meta: Metadata) -> Self {
+        Secret {
+            value: value.into(),
+            meta: Arc::new(meta),
+        }
+    }
+
+    /// Set the version.
+    pub fn versioned(mut self, version: impl Into<Version>) -> Self {
+        Arc::make_mut(&mut self.meta).version = Some(version.into());
+        self
+    }
+
+    /// Set the creation time.
+    pub fn created_at(mut self, at: SystemTime) -> Self {
+        Arc::make_mut(&mut self.meta).created_at = Some(at);
+        self
+    }
+
+    /// Set the hard expiry.
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        Arc::make_mut(&mut self.meta).expires_at = Some(at);
+        self
+    }
+
+    /// Set the next planned rotation.
+    pub fn next_rotation(mut self, at: SystemTime) -> Self {
+        Arc::make_mut(&mut self.meta).next_rotation = Some(at);
+        self
+    }
+
+    /// Attach a lease.
+    pub fn leased(mut self, lease: Lease) -> Self {
+        Arc::make_mut(&mut self.meta).lease = Some(lease);
+        self
+    }
+
+    /// The value.
+    pub fn value(&self) -> &SecretValue {
+        &self.value
+    }
+
+    /// All metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// The version, when the backend versions secrets.
+    pub fn version(&self) -> Option<&Version> {
+        self.meta.version.as_ref()
+    }
+
+    /// The lease, for dynamic secrets.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.meta.lease.as_ref()
+    }
+
+    /// The earliest of the value's own expiry and its lease's end.
+    pub fn hard_expiry(&self) -> Option<SystemTime> {
+        let lease_end = self.meta.lease.as_ref().map(Lease::expires_at);
+        match (self.meta.expires_at, lease_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The raw bytes. Do not log them.
+    pub fn expose_bytes(&self) -> &[u8] {
+        self.value.expose_bytes()
+    }
+
+    /// The value as text (error if binary).
+    pub fn expose_str(&self) -> Result<&str> {
+        self.value.expose_str()
+    }
+
+    /// Decode the value as JSON into `T` (errors never quote the value).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        self.value.json()
+    }
+
+    /// The same secret with its value replaced by the JSON member `name` (metadata kept).
+    pub fn field(&self, name: &str) -> Result<Secret> {
+        Ok(Secret {
+            value: self.value.field(name)?,
+            meta: self.meta.clone(),
+        })
+    }
+
+    /// The same secret with a new lease (after a renewal).
+    pub(crate) fn with_lease(&self, lease: Lease) -> Secret {
+        let mut meta = (*self.meta).clone();
+        meta.lease = Some(lease);
+        Secret {
+            value: self.value.clone(),
+            meta: Arc::new(meta),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("value", &self.value)
+            .field("meta", &*self.meta)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_expiry_is_the_earliest() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let s = Secret::new("x")
+            .expires_at(t0 + Duration::from_secs(100))
+            .leased(Lease::new("l1", Duration::from_secs(10), true, t0));
+        assert_eq!(s.hard_expiry(), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(Secret::new("x").hard_expiry(), None);
+    }
+
+    #[test]
+    fn debug_redacts_value_and_shows_metadata() {
+        let s = Secret::new("hunter2").versioned("7");
+        let d = format!("{s:?}");
+        assert!(d.contains("[REDACTED]") && d.contains("\"7\"") && !d.contains("hunter2"));
+    }
+
+    #[test]
+    fn field_keeps_metadata() {
+        let s = Secret::new(r#"{"a":"b"}"#).versioned("3");
+        let f = s.field("a").unwrap();
+        assert_eq!(f.expose_str().unwrap(), "b");
+        assert_eq!(f.version().map(Version::as_str), Some("3"));
+    }
+}

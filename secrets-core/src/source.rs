@@ -1,0 +1,118 @@
+//! The [`SecretSource`] contract every backend implements.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
+
+use crate::error::Result;
+use crate::reference::SecretRef;
+use crate::secret::{Lease, Secret, Version};
+
+/// What a source can do. The engine calls a method only when the matching capability is set, so a
+/// source answers the others with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) (or
+/// `None` for [`watch`](SecretSource::watch)) rather than a made-up success.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// `version()` answers without reading the value (a metadata call).
+    pub version_probe: bool,
+    /// `fetch_many()` uses a batch API rather than one call per reference.
+    pub batch: bool,
+    /// `?version=<id>` addresses older versions.
+    pub versions: bool,
+    /// `?stage=<label>` addresses staging labels (AWSCURRENT, AWSPENDING, …).
+    pub stages: bool,
+    /// Values may be arbitrary bytes, not only text.
+    pub binary: bool,
+    /// Fetched secrets may carry leases that `renew()` extends.
+    pub renew: bool,
+    /// `revoke()` ends a lease.
+    pub revoke: bool,
+    /// `watch()` yields a push feed of changes.
+    pub watch: bool,
+}
+
+impl Capabilities {
+    /// No optional capability: plain `fetch` only.
+    pub const NONE: Capabilities = Capabilities {
+        version_probe: false,
+        batch: false,
+        versions: false,
+        stages: false,
+        binary: false,
+        renew: false,
+        revoke: false,
+        watch: false,
+    };
+}
+
+/// A change reported by a source's push feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceEvent {
+    /// The secret may have changed; the engine re-reads it and compares versions.
+    Changed {
+        /// The new version, if the feed carries it.
+        version: Option<Version>,
+    },
+    /// The secret was deleted.
+    Deleted,
+    /// The feed was interrupted and restarted: anything may have changed in between.
+    Resync,
+}
+
+/// A backend that holds secrets.
+///
+/// Implementations are object-safe and used as `Arc<dyn SecretSource>`. Every method is required:
+/// a source states in [`capabilities`](Self::capabilities) what it supports and answers the rest
+/// with [`Error::unsupported`](crate::Error::unsupported). [`fetch_each`] is a ready-made
+/// `fetch_many` for sources without a batch API.
+///
+/// The engine passes references without `#field` (it selects fields itself) and with the source
+/// name the source was registered under; a source reads [`SecretRef::path`],
+/// [`SecretRef::selector`] and [`SecretRef::params`].
+#[async_trait]
+pub trait SecretSource: Send + Sync + Debug + 'static {
+    /// What this source supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Read one secret: value, version and expiry/lease metadata.
+    async fn fetch(&self, r: &SecretRef) -> Result<Secret>;
+
+    /// Read many secrets; one result per reference, in order.
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>>;
+
+    /// The current version without reading the value (`Ok(None)` if the source does not version
+    /// this secret). Called only when `capabilities().version_probe`.
+    async fn version(&self, r: &SecretRef) -> Result<Option<Version>>;
+
+    /// Extend a lease by `increment` (the backend's default when `None`). Called only when
+    /// `capabilities().renew`.
+    async fn renew(&self, lease: &Lease, increment: Option<Duration>) -> Result<Lease>;
+
+    /// End a lease now. Called only when `capabilities().revoke`.
+    async fn revoke(&self, lease: &Lease) -> Result<()>;
+
+    /// A push feed of changes to `r`. Called only when `capabilities().watch`; `None` when this
+    /// particular reference cannot be watched.
+    fn watch(&self, r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>>;
+}
+
+/// `fetch_many` for sources without a batch API: one `fetch` per reference, at most `concurrency`
+/// at a time, results in input order.
+pub async fn fetch_each<S: SecretSource + ?Sized>(
+    source: &S,
+    refs: &[SecretRef],
+    concurrency: usize,
+) -> Vec<Result<Secret>> {
+    // Collected first: a lazily mapped iterator inside the stream makes the future's `Send`-ness
+    // unprovable to rustc inside `#[async_trait]` methods.
+    let fetches: Vec<_> = refs.iter().map(|r| source.fetch(r)).collect();
+    futures_util::stream::iter(fetches)
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}

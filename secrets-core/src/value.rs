@@ -1,0 +1,246 @@
+//! [`SecretValue`]: secret bytes that are zeroized on drop, shared on clone, and never printed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretBox};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// Secret bytes.
+///
+/// * The bytes live in one zeroize-on-drop allocation; cloning shares it (no copy of the secret).
+/// * `Debug` and `Display` print `[REDACTED]`; there is no `Serialize`.
+/// * The bytes are read only through the explicit `expose_*` calls or typed decoding
+///   ([`json`](Self::json), [`field`](Self::field)).
+#[derive(Clone)]
+pub struct SecretValue(Arc<SecretBox<[u8]>>);
+
+impl SecretValue {
+    /// Take ownership of `bytes` without copying them.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        // `into_boxed_slice` reallocates (and would leave a copy behind) only when the capacity
+        // is larger than the length: shrink through a zeroizing buffer in that case.
+        let boxed = if bytes.capacity() == bytes.len() {
+            bytes.into_boxed_slice()
+        } else {
+            let bytes = Zeroizing::new(bytes);
+            bytes.as_slice().to_vec().into_boxed_slice()
+        };
+        SecretValue(Arc::new(SecretBox::new(boxed)))
+    }
+
+    /// Copy `bytes` into a new zeroizing allocation.
+    pub fn copy_from_slice(bytes: &[u8]) -> Self {
+        SecretValue(Arc::new(SecretBox::new(bytes.to_vec().into_boxed_slice())))
+    }
+
+    /// Take ownership of a string's bytes.
+    pub fn from_string(s: String) -> Self {
+        Self::from_bytes(s.into_bytes())
+    }
+
+    /// The raw bytes. Do not log them.
+    pub fn expose_bytes(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+
+    /// The value as UTF-8 text, or [`ErrorKind::InvalidValue`](crate::ErrorKind::InvalidValue)
+    /// if it is binary.
+    pub fn expose_str(&self) -> Result<&str> {
+        std::str::from_utf8(self.expose_bytes()).map_err(|e| {
+            Error::invalid_value(format!(
+                "value is not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ))
+        })
+    }
+
+    /// Length in bytes (not secret in itself, but avoid logging it for short secrets).
+    pub fn len(&self) -> usize {
+        self.expose_bytes().len()
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decode the value as JSON into `T`.
+    ///
+    /// Errors say where the JSON went wrong (line, column, category) but never quote the input:
+    /// serde's own messages can contain fragments of the value, so they are not used.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(self.expose_bytes()).map_err(scrub_json_error)
+    }
+
+    /// Select `name` from a JSON object value. A string member yields its unescaped text; any
+    /// other member (number, object, …) yields its JSON text as written.
+    pub fn field(&self, name: &str) -> Result<SecretValue> {
+        let object: HashMap<String, &RawValue> = serde_json::from_slice(self.expose_bytes())
+            .map_err(|e| {
+                let e = scrub_json_error(e);
+                Error::invalid_value(format!(
+                    "cannot select field `{name}`: value is not a JSON object ({})",
+                    e.message()
+                ))
+            })?;
+        let raw = object
+            .get(name)
+            .ok_or_else(|| Error::invalid_value(format!("field `{name}` is not in the value")))?;
+        let text = raw.get();
+        if text.starts_with('"') {
+            let unescaped: String = serde_json::from_str(text).map_err(scrub_json_error)?;
+            Ok(SecretValue::from_string(unescaped))
+        } else {
+            Ok(SecretValue::copy_from_slice(text.as_bytes()))
+        }
+    }
+
+    /// Whether two values hold the same bytes (compared in constant time for equal lengths).
+    pub fn same_bytes(&self, other: &SecretValue) -> bool {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
+        let (a, b) = (self.expose_bytes(), other.expose_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// Whether two handles share one allocation (a clone, not a copy).
+    pub fn shares_allocation_with(&self, other: &SecretValue) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+fn scrub_json_error(e: serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "I/O error",
+        Category::Syntax => "malformed JSON",
+        Category::Data => "JSON of the wrong shape for the requested type",
+        Category::Eof => "truncated JSON",
+    };
+    Error::invalid_value(format!(
+        "value is not the JSON expected: {what} at line {} column {}",
+        e.line(),
+        e.column()
+    ))
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl From<Vec<u8>> for SecretValue {
+    fn from(v: Vec<u8>) -> Self {
+        Self::from_bytes(v)
+    }
+}
+
+impl From<String> for SecretValue {
+    fn from(s: String) -> Self {
+        Self::from_string(s)
+    }
+}
+
+impl From<&str> for SecretValue {
+    fn from(s: &str) -> Self {
+        Self::copy_from_slice(s.as_bytes())
+    }
+}
+
+impl From<&[u8]> for SecretValue {
+    fn from(s: &[u8]) -> Self {
+        Self::copy_from_slice(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Creds {
+        user: String,
+        port: u16,
+    }
+
+    #[test]
+    fn redacted_everywhere() {
+        let v = SecretValue::from("hunter2");
+        assert_eq!(format!("{v:?}"), "[REDACTED]");
+        assert_eq!(format!("{v}"), "[REDACTED]");
+        assert_eq!(v.expose_str().unwrap(), "hunter2");
+    }
+
+    #[test]
+    fn clone_shares_bytes() {
+        let v = SecretValue::from("hunter2");
+        let w = v.clone();
+        assert!(v.shares_allocation_with(&w));
+        assert_eq!(v.expose_bytes().as_ptr(), w.expose_bytes().as_ptr());
+    }
+
+    #[test]
+    fn binary_values() {
+        let v = SecretValue::from_bytes(vec![0, 159, 146, 150]);
+        assert_eq!(v.expose_bytes(), &[0, 159, 146, 150]);
+        let e = v.expose_str().unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn json_typed_and_errors_do_not_quote_value() {
+        let v = SecretValue::from(r#"{"user":"app","port":5432}"#);
+        assert_eq!(
+            v.json::<Creds>().unwrap(),
+            Creds {
+                user: "app".into(),
+                port: 5432
+            }
+        );
+        let bad = SecretValue::from(r#"{"user":"s3cr3t-user","port":"s3cr3t-port"}"#);
+        let e = bad.json::<Creds>().unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidValue);
+        assert!(!format!("{e} {e:?}").contains("s3cr3t"), "{e}");
+        let not_json = SecretValue::from("s3cr3t plain");
+        let e = not_json.json::<Creds>().unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn field_selection() {
+        let v = SecretValue::from(r#"{"password":"p\"w","port":5432,"nested":{"a":1}}"#);
+        assert_eq!(v.field("password").unwrap().expose_str().unwrap(), "p\"w");
+        assert_eq!(v.field("port").unwrap().expose_str().unwrap(), "5432");
+        assert_eq!(
+            v.field("nested").unwrap().expose_str().unwrap(),
+            r#"{"a":1}"#
+        );
+        let e = v.field("missing").unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidValue);
+        assert!(e.to_string().contains("`missing`"));
+        let e = SecretValue::from("s3cr3t").field("x").unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn same_bytes_compares_content() {
+        assert!(SecretValue::from("a").same_bytes(&SecretValue::from("a")));
+        assert!(!SecretValue::from("a").same_bytes(&SecretValue::from("b")));
+        assert!(!SecretValue::from("a").same_bytes(&SecretValue::from("ab")));
+    }
+}
