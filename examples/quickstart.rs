@@ -9,6 +9,8 @@
 //! cargo run --example quickstart
 //! ```
 
+#![allow(clippy::print_stdout)] // a program whose output is the point
+
 use std::time::Duration;
 
 use secrets_core::sources::FileSource;
