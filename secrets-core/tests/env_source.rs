@@ -7,8 +7,11 @@
 // `allow-unwrap-in-tests` covers `#[test]` functions only, not the helpers they share.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+
 use secrets_core::sources::EnvSource;
-use secrets_core::{ErrorKind, SecretRef, SecretSource, Secrets};
+use secrets_core::testkit::{Seeder, assert_conformance};
+use secrets_core::{ErrorKind, SecretRef, SecretSource, Secrets, async_trait};
 
 fn env(name: &str) -> SecretRef {
     SecretRef::new("env", name).unwrap()
@@ -47,7 +50,7 @@ fn env_source_reads_the_environment_at_call_time() {
         }
 
         let caps = source.capabilities();
-        assert!(caps.binary && !caps.version_probe && !caps.watch && !caps.renew);
+        assert_eq!(caps, secrets_core::Capabilities::NONE);
         assert_eq!(
             source.version(&env(&name)).await.unwrap_err().kind(),
             &ErrorKind::Unsupported
@@ -90,6 +93,33 @@ fn env_source_reads_the_environment_at_call_time() {
     // SAFETY: as above; the runtime (and any thread it had) is gone.
     unsafe { std::env::remove_var(&name) };
     assert_unset_is_not_found(&source, &name);
+
+    // The conformance suite, on a current-thread runtime: the engine's tasks run on this one
+    // thread, so nothing reads the environment while the seeder writes it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(assert_conformance(&EnvSeeder));
+}
+
+struct EnvSeeder;
+
+#[async_trait]
+impl Seeder for EnvSeeder {
+    fn source(&self) -> Arc<dyn SecretSource> {
+        Arc::new(EnvSource::new())
+    }
+    fn reference(&self, name: &str) -> SecretRef {
+        env(&name.replace('-', "_").to_uppercase())
+    }
+    async fn put(&self, name: &str, value: &[u8]) -> secrets_core::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let var = name.replace('-', "_").to_uppercase();
+        // SAFETY: called on the single thread of a current-thread runtime (see above).
+        unsafe { std::env::set_var(var, std::ffi::OsStr::from_bytes(value)) };
+        Ok(())
+    }
 }
 
 /// Reads after the variable is unset: it is looked up at call time, not cached by the source.

@@ -15,8 +15,8 @@ use crate::value::SecretValue;
 /// Environment variables: `env://DB_URL` reads `DB_URL`.
 ///
 /// The variable is read on every fetch, so a value set after startup is seen by the next check.
-/// Values are unversioned (the engine compares bytes to detect a change) and may be binary on
-/// unix. The environment of a process is readable by anyone who can read `/proc/<pid>/environ`:
+/// Values are unversioned (the engine compares bytes to detect a change); on unix they may be any
+/// bytes but NUL, so the source does not declare the `binary` capability. The environment of a process is readable by anyone who can read `/proc/<pid>/environ`:
 /// this source exists for local development and for values injected by a platform, not as a
 /// place to keep secrets.
 #[derive(Clone, Debug, Default)]
@@ -75,9 +75,8 @@ fn into_value(value: OsString) -> Result<SecretValue> {
 #[async_trait]
 impl SecretSource for EnvSource {
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::NONE;
-        caps.binary = true;
-        caps
+        // Not `binary`: a variable cannot hold a NUL byte.
+        Capabilities::NONE
     }
 
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
@@ -137,15 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_are_binary_only() {
-        let caps = EnvSource::new().capabilities();
-        assert!(caps.binary);
-        assert_eq!(
-            caps,
-            Capabilities {
-                binary: true,
-                ..Capabilities::NONE
-            }
-        );
+    fn capabilities_are_plain_fetch_only() {
+        assert_eq!(EnvSource::new().capabilities(), Capabilities::NONE);
     }
 }

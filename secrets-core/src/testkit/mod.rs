@@ -1,0 +1,12 @@
+//! Test helpers for sources (feature `testkit`): the conformance suite every
+//! [`SecretSource`](crate::SecretSource) must pass.
+//!
+//! A backend supplies a [`Seeder`] — how to name and write test secrets in that backend — and
+//! calls [`assert_conformance`] from its tests. The checks are gated by the source's declared
+//! [`Capabilities`](crate::Capabilities): a capability that is declared is exercised, one that is
+//! not must be refused with `Unsupported` rather than faked.
+
+mod conformance;
+
+pub use crate::clock::settle;
+pub use conformance::{Seeder, assert_conformance, conformance};
