@@ -7,11 +7,14 @@ pub mod clock;
 pub mod error;
 pub mod identity;
 pub mod reference;
+pub mod schedule;
 pub mod secret;
 pub mod source;
 pub mod sources;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod value;
 
 pub use backoff::Backoff;

@@ -15,8 +15,8 @@ use crate::source::{Capabilities, SecretSource};
 
 use super::context::Ctx;
 use super::events::RotationEvent;
-use super::schedule;
 use super::view::View;
+use crate::schedule;
 
 /// What readers see of an entry: the value and when it must next be looked at.
 pub(crate) struct Snapshot {
@@ -208,14 +208,9 @@ impl Entry {
                             + schedule::check_delay(interval, config.jitter, self.ctx.unit())
                     }
                 };
-                if let Some(exp) = meta.expires_at {
-                    // ⅔ of the way from when we got it to its expiry; once past, routine checks.
-                    let end = clock.deadline_for(exp);
-                    let at = sched.received
-                        + schedule::expiry_delay(end.saturating_duration_since(sched.received));
-                    if at > now {
-                        next = next.min(at);
-                    }
+                if let Some(at) = self.replace_at(&secret, sched).filter(|at| *at > now) {
+                    // Once past (and the replacement failed or was the same), routine checks.
+                    next = next.min(at);
                 }
                 if let Some(rotation) = meta.next_rotation {
                     let at = clock.deadline_for(rotation);
@@ -314,9 +309,20 @@ impl Entry {
         Ok(())
     }
 
-    /// Routine check of an unleased secret: the cheap version probe first, a read only if it moved.
+    /// When a value with its own expiry should be replaced: ⅔ of the way from its receipt to its
+    /// expiry (a certificate's not-after, Azure's `exp`).
+    fn replace_at(&self, secret: &Secret, sched: &Sched) -> Option<Instant> {
+        let end = self.ctx.clock.deadline_for(secret.metadata().expires_at?);
+        Some(sched.received + schedule::expiry_delay(end.saturating_duration_since(sched.received)))
+    }
+
+    /// Routine check of an unleased secret: the cheap version probe first, a read only if it moved
+    /// — or a read straight away once a value with an expiry is due for replacement (an issuing
+    /// endpoint's probe reports the version it issued, which does not move by itself).
     async fn check(&self, current: &Secret, sched: &mut Sched, now: Instant) -> Result<()> {
+        let replace = self.replace_at(current, sched).is_some_and(|at| now >= at);
         if self.caps.version_probe
+            && !replace
             && let Some(cur) = current.version()
         {
             let probed = self.source.version(&self.key).await?;

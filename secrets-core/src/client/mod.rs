@@ -6,7 +6,6 @@ mod driver;
 mod entry;
 mod events;
 mod handle;
-mod schedule;
 mod view;
 
 use std::borrow::Cow;

@@ -1,4 +1,5 @@
-//! When to check, renew and re-issue: the timing rules, as pure functions of durations and a
+//! When to check, renew and re-issue: the timing rules the client (and backends that keep their own
+//! login tokens alive) follow, as pure functions of durations and a
 //! uniform random number, so they are tested without a clock.
 //!
 //! Lease timing follows Vault's `LifetimeWatcher` (api/lifetime_watcher.go): the grace period is a
@@ -12,7 +13,7 @@
 use std::time::Duration;
 
 /// The grace period for a lease of `ttl` renewed by `increment`: uniform in 10–20 % of the smaller.
-pub(crate) fn grace(ttl: Duration, increment: Option<Duration>, unit: f64) -> Duration {
+pub fn grace(ttl: Duration, increment: Option<Duration>, unit: f64) -> Duration {
     let base = match increment {
         Some(inc) if !inc.is_zero() => ttl.min(inc),
         _ => ttl,
@@ -21,24 +22,24 @@ pub(crate) fn grace(ttl: Duration, increment: Option<Duration>, unit: f64) -> Du
 }
 
 /// Delay until a lease with `remaining` time left should be renewed or replaced.
-pub(crate) fn lease_delay(remaining: Duration, grace: Duration) -> Duration {
+pub fn lease_delay(remaining: Duration, grace: Duration) -> Duration {
     remaining.mul_f64(2.0 / 3.0) + grace / 3
 }
 
 /// Whether a renewal to `renewed` (down from `previous`) shows the lease has stopped extending.
 /// Backends answer whole seconds and cap at the max TTL, so anything more than 1 % shorter is a cap.
-pub(crate) fn stopped_extending(previous: Duration, renewed: Duration) -> bool {
+pub fn stopped_extending(previous: Duration, renewed: Duration) -> bool {
     renewed < previous.saturating_sub(previous / 100)
 }
 
 /// The delay before the next routine check: `interval` shortened by up to `jitter` (a fraction) so
 /// that a fleet started together spreads its checks over the last `jitter` of the interval.
-pub(crate) fn check_delay(interval: Duration, jitter: f64, unit: f64) -> Duration {
+pub fn check_delay(interval: Duration, jitter: f64, unit: f64) -> Duration {
     interval.mul_f64(1.0 - jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0))
 }
 
 /// Delay before checking a value whose own expiry is `remaining` away: ⅔ of the way there.
-pub(crate) fn expiry_delay(remaining: Duration) -> Duration {
+pub fn expiry_delay(remaining: Duration) -> Duration {
     remaining.mul_f64(2.0 / 3.0)
 }
 
