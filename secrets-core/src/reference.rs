@@ -24,7 +24,9 @@
 //! ```
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
@@ -44,13 +46,70 @@ const STAGE: &str = "stage";
 /// or with [`SecretRef::new`] and the `with_*` builders. Equal references have equal
 /// canonical strings ([`Display`](fmt::Display)), and the canonical string parses back to an
 /// equal reference.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Cheap to clone (the parts are shared), to hash (the hash is computed once, when the reference
+/// is made) and to print (the canonical text too): references are the keys of the client's cache.
+#[derive(Clone)]
 pub struct SecretRef {
+    inner: Arc<Inner>,
+    hash: u64,
+}
+
+struct Inner {
+    parts: Parts,
+    /// The canonical URI.
+    text: Box<str>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
     source: String,
     path: String,
     selector: Option<Selector>,
     params: Vec<(String, String)>,
     field: Option<String>,
+}
+
+impl From<Parts> for SecretRef {
+    fn from(parts: Parts) -> Self {
+        // A fixed-key hasher: the value is stored, so it must not depend on a per-map seed.
+        // References come from configuration, not from untrusted input, so hash flooding is
+        // not a concern here.
+        let mut h = std::hash::DefaultHasher::new();
+        parts.hash(&mut h);
+        let text = parts.to_string().into_boxed_str();
+        SecretRef {
+            hash: h.finish(),
+            inner: Arc::new(Inner { parts, text }),
+        }
+    }
+}
+
+impl PartialEq for SecretRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+            || (self.hash == other.hash && self.inner.parts == other.inner.parts)
+    }
+}
+
+impl Eq for SecretRef {}
+
+impl Hash for SecretRef {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for SecretRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SecretRef {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.inner.parts.cmp(&other.inner.parts)
+    }
 }
 
 /// Which revision of a secret a reference selects.
@@ -215,50 +274,49 @@ impl SecretRef {
         if path.is_empty() {
             return Err(err(RefErrorKind::EmptyPath));
         }
-        Ok(Self {
+        Ok(Parts {
             source,
             path: path.to_owned(),
             selector: None,
             params: Vec::new(),
             field: None,
-        })
+        }
+        .into())
     }
 
     /// Selects version `id`, replacing a version already selected.
     ///
     /// Fails if `id` is empty or a stage is already selected.
-    pub fn with_version(mut self, id: impl Into<String>) -> Result<Self, RefError> {
+    pub fn with_version(self, id: impl Into<String>) -> Result<Self, RefError> {
         let id = id.into();
         if id.is_empty() {
             return Err(self.error(RefErrorKind::EmptySelector { key: VERSION }));
         }
-        if let Some(Selector::Stage(_)) = self.selector {
+        if let Some(Selector::Stage(_)) = self.inner.parts.selector {
             return Err(self.error(RefErrorKind::ConflictingSelectors));
         }
-        self.selector = Some(Selector::Version(id));
-        Ok(self)
+        Ok(self.edit(|p| p.selector = Some(Selector::Version(id))))
     }
 
     /// Selects stage `label`, replacing a stage already selected.
     ///
     /// Fails if `label` is empty or a version is already selected.
-    pub fn with_stage(mut self, label: impl Into<String>) -> Result<Self, RefError> {
+    pub fn with_stage(self, label: impl Into<String>) -> Result<Self, RefError> {
         let label = label.into();
         if label.is_empty() {
             return Err(self.error(RefErrorKind::EmptySelector { key: STAGE }));
         }
-        if let Some(Selector::Version(_)) = self.selector {
+        if let Some(Selector::Version(_)) = self.inner.parts.selector {
             return Err(self.error(RefErrorKind::ConflictingSelectors));
         }
-        self.selector = Some(Selector::Stage(label));
-        Ok(self)
+        Ok(self.edit(|p| p.selector = Some(Selector::Stage(label))))
     }
 
     /// Appends the backend parameter `key=value` (the value may be empty).
     ///
     /// Fails if `key` is empty, is `version` or `stage`, or is already present.
     pub fn with_param(
-        mut self,
+        self,
         key: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<Self, RefError> {
@@ -273,38 +331,37 @@ impl SecretRef {
         if let Some(kind) = kind {
             return Err(self.error(kind));
         }
-        self.params.push((key, value.into()));
-        Ok(self)
+        let value = value.into();
+        Ok(self.edit(|p| p.params.push((key, value))))
     }
 
     /// Sets the field, replacing any field already set. Fails if `field` is empty.
-    pub fn with_field(mut self, field: impl Into<String>) -> Result<Self, RefError> {
+    pub fn with_field(self, field: impl Into<String>) -> Result<Self, RefError> {
         let field = field.into();
         if field.is_empty() {
             return Err(self.error(RefErrorKind::EmptyField));
         }
-        self.field = Some(field);
-        Ok(self)
+        Ok(self.edit(|p| p.field = Some(field)))
     }
 
     /// The (lowercase) name of the source this reference is resolved against.
     pub fn source(&self) -> &str {
-        &self.source
+        &self.inner.parts.source
     }
 
     /// The decoded path within the source.
     pub fn path(&self) -> &str {
-        &self.path
+        &self.inner.parts.path
     }
 
     /// The selected version or stage, if any.
     pub fn selector(&self) -> Option<&Selector> {
-        self.selector.as_ref()
+        self.inner.parts.selector.as_ref()
     }
 
     /// The selected version id, if a version is selected.
     pub fn version(&self) -> Option<&str> {
-        match &self.selector {
+        match &self.inner.parts.selector {
             Some(Selector::Version(v)) => Some(v),
             _ => None,
         }
@@ -312,7 +369,7 @@ impl SecretRef {
 
     /// The selected stage label, if a stage is selected.
     pub fn stage(&self) -> Option<&str> {
-        match &self.selector {
+        match &self.inner.parts.selector {
             Some(Selector::Stage(s)) => Some(s),
             _ => None,
         }
@@ -320,12 +377,14 @@ impl SecretRef {
 
     /// The backend-specific query parameters, in order (excluding `version` and `stage`).
     pub fn params(&self) -> &[(String, String)] {
-        &self.params
+        &self.inner.parts.params
     }
 
     /// The value of the backend parameter `key`, if present.
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.params
+        self.inner
+            .parts
+            .params
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
@@ -333,18 +392,33 @@ impl SecretRef {
 
     /// The field (the decoded part after `#`), if any.
     pub fn field(&self) -> Option<&str> {
-        self.field.as_deref()
+        self.inner.parts.field.as_deref()
+    }
+
+    /// The canonical URI (what `Display` prints), without formatting it.
+    pub fn as_str(&self) -> &str {
+        &self.inner.text
     }
 
     /// The same reference without `#field`: the unit a source fetches and a lease belongs to.
     pub fn without_field(&self) -> SecretRef {
-        SecretRef {
-            source: self.source.clone(),
-            path: self.path.clone(),
-            selector: self.selector.clone(),
-            params: self.params.clone(),
-            field: None,
+        if self.inner.parts.field.is_none() {
+            return self.clone();
         }
+        Parts {
+            field: None,
+            ..self.inner.parts.clone()
+        }
+        .into()
+    }
+
+    fn edit(self, change: impl FnOnce(&mut Parts)) -> Self {
+        let mut parts = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.parts,
+            Err(shared) => shared.parts.clone(),
+        };
+        change(&mut parts);
+        parts.into()
     }
 
     fn error(&self, kind: RefErrorKind) -> RefError {
@@ -383,6 +457,10 @@ fn decode(raw: &str, base: usize, part: RefPart) -> Result<String, RefErrorKind>
 }
 
 fn parse_ref(s: &str) -> Result<SecretRef, RefErrorKind> {
+    parse_parts(s).map(SecretRef::from)
+}
+
+fn parse_parts(s: &str) -> Result<Parts, RefErrorKind> {
     if let Some(offset) = s.bytes().position(|b| b == b' ' || b.is_ascii_control()) {
         return Err(RefErrorKind::RawCharacter { offset });
     }
@@ -402,7 +480,7 @@ fn parse_ref(s: &str) -> Result<SecretRef, RefErrorKind> {
     if path_raw.is_empty() {
         return Err(RefErrorKind::EmptyPath);
     }
-    let mut r = SecretRef {
+    let mut r = Parts {
         source: source_lower,
         path: decode(path_raw, rest_base, RefPart::Path)?,
         selector: None,
@@ -428,7 +506,7 @@ fn parse_ref(s: &str) -> Result<SecretRef, RefErrorKind> {
 }
 
 /// Parses the query (which starts at byte `base` of the input) into `r`.
-fn parse_query(r: &mut SecretRef, query: &str, base: usize) -> Result<(), RefErrorKind> {
+fn parse_query(r: &mut Parts, query: &str, base: usize) -> Result<(), RefErrorKind> {
     if query.is_empty() {
         return Err(RefErrorKind::EmptyQuery);
     }
@@ -450,7 +528,7 @@ fn parse_query(r: &mut SecretRef, query: &str, base: usize) -> Result<(), RefErr
             VERSION => Selector::Version(value),
             STAGE => Selector::Stage(value),
             _ => {
-                if r.param(&key).is_some() {
+                if r.params.iter().any(|(k, _)| *k == key) {
                     return Err(RefErrorKind::DuplicateKey { key });
                 }
                 r.params.push((key, value));
@@ -499,6 +577,12 @@ impl TryFrom<String> for SecretRef {
 
 impl fmt::Display for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.text)
+    }
+}
+
+impl fmt::Display for Parts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{}://{}",
@@ -525,7 +609,9 @@ impl fmt::Display for SecretRef {
 
 impl fmt::Debug for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SecretRef").field(&self.to_string()).finish()
+        f.debug_tuple("SecretRef")
+            .field(&&*self.inner.text)
+            .finish()
     }
 }
 

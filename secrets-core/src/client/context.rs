@@ -59,6 +59,8 @@ impl Config {
 
 pub(crate) struct Ctx {
     pub(crate) clock: Arc<dyn Clock>,
+    /// A fixed point of the clock, to keep deadlines as plain numbers.
+    pub(crate) epoch: std::time::Instant,
     pub(crate) config: Config,
     pub(crate) events: broadcast::Sender<RotationEvent>,
     rng: Mutex<fastrand::Rng>,
@@ -72,6 +74,7 @@ impl Ctx {
             None => fastrand::Rng::new(),
         };
         Ctx {
+            epoch: clock.now(),
             clock,
             config,
             events,

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
+use tokio::sync::Notify;
 
 use crate::error::Result;
 use crate::source::SourceEvent;
 
 use super::entry::{Entry, Trigger};
 
-pub(crate) async fn drive(entry: Arc<Entry>, mut feed: Option<Feed>) {
+pub(crate) async fn drive(entry: Arc<Entry>, mut feed: Option<Feed>, replan: Arc<Notify>) {
     if feed.is_some() {
         // The value may have changed between its read and the feed's start (it may have been
         // cached long before this handle): look once, then rely on the feed.
@@ -30,7 +31,7 @@ pub(crate) async fn drive(entry: Arc<Entry>, mut feed: Option<Feed>) {
                     feed = open_feed(&entry);
                 }
             }
-            () = entry.replan.notified() => {}
+            () = replan.notified() => {}
             event = next_event(&mut feed) => match event {
                 // Changed, Deleted and Resync all mean: read it again and compare.
                 Some(Ok(_)) => {

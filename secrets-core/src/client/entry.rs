@@ -1,12 +1,12 @@
 //! [`Entry`]: one secret as the backend knows it (a reference without `#field`), the unit that is
 //! fetched once, checked, renewed, re-issued and published to its [`View`]s.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::{Notify, OnceCell, broadcast};
+use tokio::sync::{Notify, broadcast};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
@@ -53,8 +53,12 @@ struct Sched {
     capped: bool,
     expired: bool,
     deleted: bool,
-    retry_at: Option<Instant>,
-    revokes: Vec<(Instant, Lease)>,
+    /// When to retry; meaningful while `failures > 0`.
+    retry_at: Instant,
+    /// Replaced leases waiting for revocation. Boxed: one pointer instead of a `Vec`'s three on
+    /// every cached secret, for a list that is almost always empty.
+    #[allow(clippy::box_collection)]
+    revokes: Option<Box<Vec<(Instant, Lease)>>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +73,8 @@ pub(crate) enum Trigger {
 struct DriverSlot {
     handles: usize,
     task: Option<tokio::task::AbortHandle>,
+    /// Wakes the driver to re-plan after a forced check.
+    replan: Option<Arc<Notify>>,
 }
 
 pub(crate) struct Entry {
@@ -78,13 +84,16 @@ pub(crate) struct Entry {
     pub(crate) caps: Capabilities,
     pub(crate) ctx: Arc<Ctx>,
     state: ArcSwapOption<Snapshot>,
-    first_load: OnceCell<()>,
+    /// `min(next_check, hard deadline)` of the current snapshot, in nanoseconds after the
+    /// client's epoch: the hit path's freshness test without loading the snapshot.
+    fresh_until: AtomicU64,
     sched: tokio::sync::Mutex<Option<Sched>>,
-    views: Mutex<HashMap<Option<Box<str>>, Weak<View>>>,
+    views: Mutex<Vec<Weak<View>>>,
     driver: Mutex<DriverSlot>,
-    pub(crate) events: broadcast::Sender<RotationEvent>,
-    /// Wakes the driver to re-plan after a forced check.
-    pub(crate) replan: Notify,
+    /// Made on first subscription: most cached secrets never have a subscriber.
+    events: OnceLock<broadcast::Sender<RotationEvent>>,
+    /// Shut down: no more maintenance; `changed()` waiters are told.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,7 +108,6 @@ impl Entry {
         ctx: Arc<Ctx>,
     ) -> Self {
         let caps = source.capabilities();
-        let (events, _) = broadcast::channel(ctx.config.event_capacity.max(1));
         Entry {
             key,
             source_name,
@@ -107,12 +115,12 @@ impl Entry {
             caps,
             ctx,
             state: ArcSwapOption::empty(),
-            first_load: OnceCell::new(),
+            fresh_until: AtomicU64::new(0),
             sched: tokio::sync::Mutex::new(None),
-            views: Mutex::new(HashMap::new()),
+            views: Mutex::new(Vec::new()),
             driver: Mutex::new(DriverSlot::default()),
-            events,
-            replan: Notify::new(),
+            events: OnceLock::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -134,35 +142,31 @@ impl Entry {
         }
     }
 
-    /// Load the value once; concurrent callers wait for the same fetch.
-    pub(crate) async fn ensure_loaded(&self) -> Result<()> {
-        self.first_load
-            .get_or_try_init(|| async {
-                let secret = self
-                    .source
-                    .fetch(&self.key)
-                    .await
-                    .map_err(|e| self.annotate(e))?;
-                self.install_first(secret).await;
-                Ok(())
-            })
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.state.load().is_some()
+    }
+
+    /// Fetch and install the first value (the client makes sure only one caller does).
+    pub(crate) async fn load(&self) -> Result<()> {
+        if self.is_loaded() {
+            return Ok(());
+        }
+        let secret = self
+            .source
+            .fetch(&self.key)
             .await
-            .map(|_| ())
+            .map_err(|e| self.annotate(e))?;
+        self.install_first(secret).await;
+        Ok(())
     }
 
-    /// Load with a value fetched elsewhere (a batch); no-op if already loaded.
-    pub(crate) async fn ensure_loaded_with(&self, secret: Secret) {
-        let _ = self
-            .first_load
-            .get_or_init(|| async {
-                self.install_first(secret).await;
-            })
-            .await;
-    }
-
-    async fn install_first(&self, secret: Secret) {
+    /// Install the first value (from a fetch or a batch); no-op if one is in place.
+    pub(crate) async fn install_first(&self, secret: Secret) {
         let now = self.ctx.clock.now();
         let mut guard = self.sched.lock().await;
+        if guard.is_some() {
+            return;
+        }
         let sched = guard.insert(Sched {
             failures: 0,
             last_ok: now,
@@ -171,11 +175,28 @@ impl Entry {
             capped: false,
             expired: false,
             deleted: false,
-            retry_at: None,
-            revokes: Vec::new(),
+            retry_at: now,
+            revokes: None,
         });
         let snap = self.plan(secret, sched, now);
+        self.set_state(snap);
+    }
+
+    fn set_state(&self, snap: Snapshot) {
+        let until = match snap.hard_deadline {
+            Some(h) => h.min(snap.next_check),
+            None => snap.next_check,
+        };
+        let nanos = until.saturating_duration_since(self.ctx.epoch).as_nanos();
+        self.fresh_until
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Release);
         self.state.store(Some(Arc::new(snap)));
+    }
+
+    /// Whether the value may be served without a look at the backend (the hit path).
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        let nanos = now.saturating_duration_since(self.ctx.epoch).as_nanos();
+        u64::try_from(nanos).is_ok_and(|n| n < self.fresh_until.load(Ordering::Acquire))
     }
 
     fn lease_grace(&self, secret: &Secret) -> Duration {
@@ -197,9 +218,8 @@ impl Entry {
             let d = sched.last_ok + max;
             hard = Some(hard.map_or(d, |h| h.min(d)));
         }
-        let next_check = match sched.retry_at {
-            Some(retry) => retry,
-            None => {
+        let next_check = match sched.failures {
+            0 => {
                 let interval = config.interval_for(&self.key);
                 let mut next = match &meta.lease {
                     Some(l) => sched.received + schedule::lease_delay(l.ttl, sched.grace),
@@ -221,18 +241,33 @@ impl Entry {
                 }
                 next
             }
+            _ => sched.retry_at,
         };
         Snapshot {
             secret,
             next_check,
             hard_deadline: hard,
-            next_revoke: sched.revokes.iter().map(|(at, _)| *at).min(),
+            next_revoke: sched
+                .revokes
+                .iter()
+                .flat_map(|r| r.iter())
+                .map(|(at, _)| *at)
+                .min(),
         }
+    }
+
+    /// Events of this secret.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<RotationEvent> {
+        self.events
+            .get_or_init(|| broadcast::channel(self.ctx.config.event_capacity.max(1)).0)
+            .subscribe()
     }
 
     fn emit(&self, ev: RotationEvent) {
         tracing::debug!(target: "secrets_core::events", event = %ev, "secret event");
-        let _ = self.events.send(ev.clone());
+        if let Some(events) = self.events.get() {
+            let _ = events.send(ev.clone());
+        }
         let _ = self.ctx.events.send(ev);
     }
 
@@ -370,7 +405,10 @@ impl Entry {
         if let (Some(lease), Some(after)) = (replaced, self.ctx.config.revoke_replaced_after)
             && self.caps.revoke
         {
-            sched.revokes.push((now + after, lease));
+            sched
+                .revokes
+                .get_or_insert_default()
+                .push((now + after, lease));
             self.store(self.current_secret(), sched, now);
         }
         self.emit(RotationEvent::Rotated {
@@ -391,7 +429,6 @@ impl Entry {
 
     fn succeed(&self, sched: &mut Sched, now: Instant) {
         sched.last_ok = now;
-        sched.retry_at = None;
         if sched.failures > 0 {
             let failures = std::mem::take(&mut sched.failures);
             self.emit(RotationEvent::Recovered {
@@ -412,7 +449,7 @@ impl Entry {
         if let Some(hard) = snap.hard_deadline.filter(|h| *h > now) {
             delay = delay.min(hard - now);
         }
-        sched.retry_at = Some(now + delay);
+        sched.retry_at = now + delay;
         if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::Deleted) && !sched.deleted {
             sched.deleted = true;
             self.emit(RotationEvent::Deleted {
@@ -436,7 +473,7 @@ impl Entry {
                 version: snap.secret.version().cloned(),
             });
         }
-        self.state.store(Some(Arc::new(next)));
+        self.set_state(next);
     }
 
     fn store(&self, secret: Secret, sched: &Sched, now: Instant) {
@@ -449,24 +486,14 @@ impl Entry {
     fn publish(&self, secret: Secret, sched: &Sched, now: Instant, changed: bool) -> Result<()> {
         let mut views = lock(&self.views);
         let mut updates = Vec::with_capacity(views.len());
-        let mut dropped = Vec::new();
-        for (field, weak) in views.iter() {
-            let Some(view) = weak.upgrade() else {
-                dropped.push(field.clone());
-                continue;
-            };
-            match project(&secret, field.as_deref()) {
+        for view in views.iter().filter_map(Weak::upgrade) {
+            match project(&secret, view.field()) {
                 Ok(p) => updates.push((view, p)),
                 Err(e) if view.has_handles() => return Err(e),
-                Err(_) => {
-                    view.detach();
-                    dropped.push(field.clone());
-                }
+                Err(_) => view.detach(),
             }
         }
-        for field in dropped {
-            views.remove(&field);
-        }
+        views.retain(|w| w.upgrade().is_some_and(|v| !v.is_detached()));
         self.store(secret, sched, now);
         for (view, projected) in updates {
             view.set(projected, changed);
@@ -474,27 +501,35 @@ impl Entry {
         Ok(())
     }
 
-    /// The view for `field` (created, projecting the current value, if there is none).
-    pub(crate) fn view(self: &Arc<Self>, field: Option<&str>) -> Result<Arc<View>> {
+    /// The view for `r` (this entry's reference, with or without a field), created projecting
+    /// the current value if there is none.
+    pub(crate) fn view(self: &Arc<Self>, r: &SecretRef) -> Result<Arc<View>> {
         let mut views = lock(&self.views);
-        let key: Option<Box<str>> = field.map(Into::into);
-        if let Some(v) = views.get(&key).and_then(Weak::upgrade) {
+        if let Some(v) = views
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|v| v.field() == r.field() && !v.is_detached())
+        {
             return Ok(v);
         }
         let snap = self
             .snapshot()
             .ok_or_else(|| Error::new(ErrorKind::Backend, "secret not loaded"))?;
-        let projected = project(&snap.secret, field).map_err(|e| self.annotate(e))?;
-        let view = Arc::new(View::new(self.clone(), key.clone(), projected));
-        views.insert(key, Arc::downgrade(&view));
+        let projected = project(&snap.secret, r.field()).map_err(|e| self.annotate(e))?;
+        let view = Arc::new(View::new(self.clone(), r.clone(), projected));
+        views.retain(|w| w.strong_count() > 0);
+        views.push(Arc::downgrade(&view));
         Ok(view)
     }
 
     async fn revoke_due(&self, sched: &mut Sched, now: Instant) {
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut sched.revokes)
-            .into_iter()
-            .partition(|(at, _)| *at <= now);
-        sched.revokes = later;
+        let Some(revokes) = sched.revokes.take() else {
+            return;
+        };
+        let (due, later): (Vec<_>, Vec<_>) = (*revokes).into_iter().partition(|(at, _)| *at <= now);
+        if !later.is_empty() {
+            sched.revokes = Some(Box::new(later));
+        }
         for (_, lease) in due {
             self.revoke_lease(&lease).await;
         }
@@ -511,17 +546,33 @@ impl Entry {
         if let Some(task) = lock(&self.driver).task.take() {
             task.abort();
         }
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        for view in lock(&self.views).iter().filter_map(Weak::upgrade) {
+            view.changed.notify_waiters();
+        }
         if !(revoke && self.caps.revoke) {
             return;
         }
         let mut guard = self.sched.lock().await;
         if let Some(sched) = guard.as_mut() {
-            for (_, lease) in std::mem::take(&mut sched.revokes) {
+            for (_, lease) in sched.revokes.take().into_iter().flat_map(|r| *r) {
                 self.revoke_lease(&lease).await;
             }
         }
         if let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned()) {
             self.revoke_lease(&lease).await;
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Tell the driver (if any) that the deadlines moved.
+    pub(crate) fn replan(&self) {
+        if let Some(replan) = &lock(&self.driver).replan {
+            replan.notify_one();
         }
     }
 
@@ -537,8 +588,11 @@ impl Entry {
             // The feed is opened before the handle is returned, so a change made right after
             // `handle()` returns is not missed while the task starts.
             let feed = super::driver::open_feed(self);
+            let replan = Arc::new(Notify::new());
+            slot.replan = Some(replan.clone());
             let entry = self.clone();
-            slot.task = Some(tokio::spawn(super::driver::drive(entry, feed)).abort_handle());
+            slot.task =
+                Some(tokio::spawn(super::driver::drive(entry, feed, replan)).abort_handle());
         }
     }
 
@@ -550,6 +604,7 @@ impl Entry {
             && let Some(task) = slot.task.take()
         {
             task.abort();
+            slot.replan = None;
         }
     }
 }

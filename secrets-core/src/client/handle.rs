@@ -5,7 +5,6 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use arc_swap::Guard;
-use tokio::sync::watch;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
@@ -21,14 +20,15 @@ use super::view::View;
 /// Cloning a handle is cheap and keeps the same secret alive.
 pub struct SecretHandle {
     view: Arc<View>,
-    changes: watch::Receiver<u64>,
+    /// The value generation this handle last reported through `changed`.
+    seen: u64,
 }
 
 /// The value a handle held at the moment of [`SecretHandle::current`]; derefs to [`Secret`].
 ///
 /// Hold it briefly (for the duration of a connection setup, say): it pins that value in memory.
 /// Clone the `Secret` to keep it longer.
-pub struct Current(Guard<Arc<Secret>>);
+pub struct Current(Guard<Secret>);
 
 impl Deref for Current {
     type Target = Secret;
@@ -40,7 +40,7 @@ impl Deref for Current {
 
 impl fmt::Debug for Current {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self.0, f)
+        fmt::Debug::fmt(&*self.0, f)
     }
 }
 
@@ -48,14 +48,14 @@ impl SecretHandle {
     pub(crate) fn new(view: Arc<View>) -> Self {
         view.add_handle();
         view.entry.acquire();
-        let changes = view.generation.subscribe();
-        SecretHandle { view, changes }
+        let seen = view.generation();
+        SecretHandle { view, seen }
     }
 
     /// The latest value: one atomic load, no lock, no await. After the value's hard expiry it is
     /// still the last good value; use [`try_current`](Self::try_current) to be told.
     pub fn current(&self) -> Current {
-        Current(self.view.current.load())
+        Current(self.view.load())
     }
 
     /// The latest value, or [`ErrorKind::Expired`] once it is past its hard expiry (lease end,
@@ -72,22 +72,35 @@ impl SecretHandle {
             .with_ref(&self.reference())
             .with_source_name(&*entry.source_name));
         }
-        Ok((**self.view.current.load()).clone())
+        Ok(self.view.value())
     }
 
     /// Wait until the value changes, then return the new one.
     pub async fn changed(&mut self) -> Result<Secret> {
-        self.changes
-            .changed()
-            .await
-            .map_err(|_| Error::new(ErrorKind::Shutdown, "the secret is no longer maintained"))?;
-        Ok((**self.view.current.load()).clone())
+        loop {
+            let notified = self.view.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a change between the two is not missed.
+            notified.as_mut().enable();
+            let generation = self.view.generation();
+            if generation != self.seen {
+                self.seen = generation;
+                return Ok(self.view.value());
+            }
+            if self.view.entry.is_closed() {
+                return Err(Error::new(
+                    ErrorKind::Shutdown,
+                    "the client was shut down; the secret is no longer maintained",
+                ));
+            }
+            notified.await;
+        }
     }
 
     /// Events about this secret (rotations, renewals, failures). Field handles see the events of
     /// the whole secret they select from.
     pub fn subscribe(&self) -> RotationEvents {
-        RotationEvents::new(self.view.entry.events.subscribe())
+        RotationEvents::new(self.view.entry.subscribe())
     }
 
     /// Check the backend now (after a failed login with the current value, say), instead of at
@@ -95,24 +108,21 @@ impl SecretHandle {
     /// the last good value stays in place either way.
     pub async fn refresh_now(&self) -> Result<()> {
         let result = self.view.entry.maintain(Trigger::Forced).await;
-        self.view.entry.replan.notify_one();
+        self.view.entry.replan();
         result
     }
 
     /// The reference this handle reads (with its `#field`, if any).
     pub fn reference(&self) -> SecretRef {
-        let key = self.view.entry.key.clone();
-        match &self.view.field {
-            // The field came from a parsed reference, so it is valid.
-            Some(f) => key.clone().with_field(&**f).unwrap_or(key),
-            None => key,
-        }
+        self.view.key.clone()
     }
 }
 
 impl Clone for SecretHandle {
     fn clone(&self) -> Self {
-        SecretHandle::new(self.view.clone())
+        let mut handle = SecretHandle::new(self.view.clone());
+        handle.seen = self.seen;
+        handle
     }
 }
 

@@ -5,6 +5,8 @@ mod context;
 mod driver;
 mod entry;
 mod events;
+mod flight;
+mod front;
 mod handle;
 mod view;
 
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use moka::notification::RemovalCause;
 
 use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
@@ -26,6 +29,8 @@ use crate::source::SecretSource;
 
 use context::{Config, Ctx};
 use entry::{Entry, Trigger};
+use flight::Flights;
+use front::Front;
 use view::View;
 
 pub use events::{RotationEvent, RotationEvents};
@@ -35,11 +40,19 @@ pub use handle::{Current, SecretHandle};
 pub trait ToSecretRef {
     /// The reference, parsed if need be.
     fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>>;
+
+    /// The reference's text as given, for a cache lookup without parsing (a reference in
+    /// canonical form hits directly; any other spelling is parsed first).
+    fn as_text(&self) -> &str;
 }
 
 impl ToSecretRef for str {
     fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>> {
         Ok(Cow::Owned(SecretRef::parse(self)?))
+    }
+
+    fn as_text(&self) -> &str {
+        self
     }
 }
 
@@ -47,17 +60,29 @@ impl ToSecretRef for String {
     fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>> {
         self.as_str().to_secret_ref()
     }
+
+    fn as_text(&self) -> &str {
+        self
+    }
 }
 
 impl ToSecretRef for SecretRef {
     fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>> {
         Ok(Cow::Borrowed(self))
     }
+
+    fn as_text(&self) -> &str {
+        self.as_str()
+    }
 }
 
 impl<T: ToSecretRef + ?Sized> ToSecretRef for &T {
     fn to_secret_ref(&self) -> Result<Cow<'_, SecretRef>> {
         (**self).to_secret_ref()
+    }
+
+    fn as_text(&self) -> &str {
+        (**self).as_text()
     }
 }
 
@@ -88,12 +113,27 @@ pub struct Secrets {
 struct Shared {
     sources: HashMap<String, (Arc<str>, Arc<dyn SecretSource>)>,
     ctx: Arc<Ctx>,
-    cache: moka::future::Cache<SecretRef, Arc<View>>,
+    /// Where hits are served from (canonical text → view).
+    front: Arc<Front>,
+    /// The bound and the eviction policy (keys only: `front` holds the views); what it evicts
+    /// leaves `front` too.
+    policy: moka::sync::Cache<SecretRef, ()>,
+    flights: Flights<SecretRef, Result<Arc<View>>>,
+    /// First loads of entries, keyed by the reference without field.
+    loads: Flights<SecretRef, Result<()>>,
     /// Every entry alive (held by a cached view or a handle), so a reference whose view was
     /// evicted finds the entry its handles keep alive instead of fetching (and leasing) again.
     entries: Mutex<HashMap<SecretRef, Weak<Entry>>>,
-    negative: moka::future::Cache<SecretRef, (Error, Instant)>,
+    negative: moka::sync::Cache<SecretRef, (Error, Instant)>,
     shut_down: AtomicBool,
+}
+
+/// The cache is told of one hit in this many (per thread), enough for its frequency sketch to
+/// rank secrets without every hit paying for the bookkeeping.
+const HIT_SAMPLE: u32 = 32;
+
+thread_local! {
+    static HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl Secrets {
@@ -104,15 +144,40 @@ impl Secrets {
 
     /// Read a secret, from the cache when it is there and fresh.
     ///
-    /// A cache hit takes no lock and copies no secret bytes. A miss fetches once however many
-    /// callers wait for it. A `NotFound` is remembered briefly (see
+    /// A cache hit takes no async lock, allocates nothing and copies no secret bytes; a reference
+    /// in canonical form (what [`SecretRef`]'s `Display` prints) is not even parsed. A miss
+    /// fetches once however many callers wait for it. A `NotFound` is remembered briefly (see
     /// [`SecretsBuilder::negative_cache_ttl`]). A cached value past its check time is re-checked
     /// on read unless a handle keeps it fresh; if that check fails the last good value is served
     /// until its hard expiry, after which this returns [`ErrorKind::Expired`].
     pub async fn get_secret(&self, r: impl ToSecretRef) -> Result<Secret> {
+        if let Some(secret) = self.hit(r.as_text()) {
+            return Ok(secret);
+        }
         let r = r.to_secret_ref()?;
         let view = self.view(&r).await?;
         self.read(&view, &r).await
+    }
+
+    /// A fresh cached value, without parsing, allocating or waiting.
+    fn hit(&self, text: &str) -> Option<Secret> {
+        let shard = self.inner.front.read(text);
+        let view = shard.get(text)?;
+        if view.is_detached() || self.inner.shut_down.load(Ordering::Relaxed) {
+            return None;
+        }
+        if !view.entry.is_fresh(self.inner.ctx.clock.now_coarse()) {
+            return None;
+        }
+        let secret = view.value();
+        if HITS.with(|h| {
+            let n = h.get().wrapping_add(1);
+            h.set(n);
+            n % HIT_SAMPLE == 0
+        }) {
+            let _ = self.inner.policy.get(&view.key);
+        }
+        Some(secret)
     }
 
     /// A live handle on a secret: kept fresh in the background while it exists.
@@ -132,7 +197,7 @@ impl Secrets {
         // Bases to fetch, grouped by source; cached ones are skipped.
         let mut groups: HashMap<&str, Vec<SecretRef>> = HashMap::new();
         for r in parsed.iter().flatten() {
-            if self.inner.cache.contains_key(r) {
+            if self.inner.front.get(r.as_str()).is_some() {
                 continue;
             }
             let base = r.without_field();
@@ -152,7 +217,7 @@ impl Secrets {
                 match result {
                     Ok(secret) => {
                         let entry = self.entry_for(&base, &source_name, &source);
-                        entry.ensure_loaded_with(secret).await;
+                        entry.install_first(secret).await;
                         // Keep the entry alive in the cache until the views are made below.
                         out.push((base, Ok(entry)));
                     }
@@ -203,7 +268,8 @@ impl Secrets {
             .collect();
         let revoke = self.inner.ctx.config.revoke_on_shutdown;
         join_all(entries.iter().map(|e| e.shut_down(revoke))).await;
-        self.inner.cache.invalidate_all();
+        self.inner.policy.invalidate_all();
+        self.inner.front.clear();
     }
 
     /// Number of secrets held (cached or behind a live handle).
@@ -215,7 +281,7 @@ impl Secrets {
 
     /// Run the cache's pending housekeeping (eviction) now; useful in tests.
     pub async fn run_pending_tasks(&self) {
-        self.inner.cache.run_pending_tasks().await;
+        self.inner.policy.run_pending_tasks();
     }
 
     fn check_open(&self) -> Result<()> {
@@ -227,44 +293,47 @@ impl Secrets {
 
     async fn view(&self, r: &SecretRef) -> Result<Arc<View>> {
         self.check_open()?;
-        if let Some(v) = self.inner.cache.get(r).await {
+        if let Some(v) = self.inner.front.get(r.as_str()) {
             if !v.is_detached() {
                 return Ok(v);
             }
-            self.inner.cache.invalidate(r).await;
+            self.inner.front.remove_if_same(r.as_str(), &v);
         }
         let now = self.inner.ctx.clock.now();
-        if let Some((e, until)) = self.inner.negative.get(r).await
+        if let Some((e, until)) = self.inner.negative.get(r)
             && now < until
         {
             return Err(e);
         }
-        match self
-            .inner
-            .cache
-            .try_get_with_by_ref(r, self.load_view(r))
-            .await
+        let this = self.clone();
+        let key = r.clone();
+        let load = async move {
+            let view = this.load_view(&key).await?;
+            this.inner.front.insert(&key, view.clone());
+            this.inner.policy.insert(key, ());
+            Ok(view)
+        };
+        let result = self.inner.flights.join(r.clone(), load).await;
+        if let Err(e) = &result
+            && e.kind() == &ErrorKind::NotFound
         {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let e = (*e).clone();
-                if e.kind() == &ErrorKind::NotFound {
-                    let until = now + self.inner.ctx.config.negative_ttl;
-                    self.inner
-                        .negative
-                        .insert(r.clone(), (e.clone(), until))
-                        .await;
-                }
-                Err(e)
-            }
+            let until = now + self.inner.ctx.config.negative_ttl;
+            self.inner.negative.insert(r.clone(), (e.clone(), until));
         }
+        result
     }
 
     async fn load_view(&self, r: &SecretRef) -> Result<Arc<View>> {
         let (name, source) = self.source_for(r.source())?;
-        let entry = self.entry_for(&r.without_field(), &name, &source);
-        entry.ensure_loaded().await?;
-        entry.view(r.field())
+        let base = r.without_field();
+        let entry = self.entry_for(&base, &name, &source);
+        if !entry.is_loaded() {
+            // One fetch per secret, whichever of its fields asked first.
+            let loading = entry.clone();
+            let load = async move { loading.load().await };
+            self.inner.loads.join(base, load).await?;
+        }
+        entry.view(r)
     }
 
     async fn read(&self, view: &View, r: &SecretRef) -> Result<Secret> {
@@ -275,7 +344,7 @@ impl Secrets {
             .snapshot()
             .is_some_and(|s| now < s.next_check && !s.is_expired(now));
         if fresh {
-            return Ok((**view.current.load()).clone());
+            return Ok(view.value());
         }
         let mut failure = None;
         if !entry.has_driver() {
@@ -283,9 +352,8 @@ impl Secrets {
         }
         if view.is_detached() {
             // The new value no longer has this view's field: read it afresh to say so.
-            self.inner.cache.invalidate(r).await;
-            let fresh = self.view(r).await?;
-            return Ok((**fresh.current.load()).clone());
+            let fresh = Box::pin(self.view(r)).await?;
+            return Ok(fresh.value());
         }
         if entry.snapshot().is_some_and(|s| s.is_expired(clock.now())) {
             let e = Error::new(
@@ -299,7 +367,7 @@ impl Secrets {
                 None => e,
             });
         }
-        Ok((**view.current.load()).clone())
+        Ok(view.value())
     }
 
     fn source_for(&self, name: &str) -> Result<(Arc<str>, Arc<dyn SecretSource>)> {
@@ -350,7 +418,7 @@ impl fmt::Debug for Secrets {
         names.sort_unstable();
         f.debug_struct("Secrets")
             .field("sources", &names)
-            .field("cached", &self.inner.cache.entry_count())
+            .field("cached", &self.inner.policy.entry_count())
             .finish()
     }
 }
@@ -525,17 +593,32 @@ impl SecretsBuilder {
             return Err(Error::new(ErrorKind::Config, problems.join("; ")));
         }
         let ctx = Arc::new(Ctx::new(self.clock, self.config, self.seed));
-        let cache = moka::future::Cache::builder()
+        let front = Arc::new(Front::default());
+        let evicted = Arc::downgrade(&front);
+        let policy = moka::sync::Cache::builder()
             .max_capacity(ctx.config.capacity)
+            .eviction_listener(move |key: Arc<SecretRef>, (), cause: RemovalCause| {
+                // Front and policy take a key in together, so an eviction is of the view front
+                // holds. A view behind a live handle stays alive and is found again through its
+                // entry.
+                if cause.was_evicted()
+                    && let Some(front) = evicted.upgrade()
+                {
+                    front.remove(key.as_str());
+                }
+            })
             .build();
-        let negative = moka::future::Cache::builder()
+        let negative = moka::sync::Cache::builder()
             .max_capacity(ctx.config.capacity.clamp(16, 10_000))
             .build();
         Ok(Secrets {
             inner: Arc::new(Shared {
                 sources,
                 ctx,
-                cache,
+                front,
+                policy,
+                flights: Flights::default(),
+                loads: Flights::default(),
                 entries: Mutex::new(HashMap::new()),
                 negative,
                 shut_down: AtomicBool::new(false),
