@@ -222,6 +222,8 @@ impl Entry {
             0 => {
                 let interval = config.interval_for(&self.key);
                 let mut next = match &meta.lease {
+                    // Less left than the grace: replace it now rather than after it ends.
+                    Some(l) if sched.capped && l.ttl <= sched.grace => now,
                     Some(l) => sched.received + schedule::lease_delay(l.ttl, sched.grace),
                     None => {
                         sched.last_ok
@@ -274,6 +276,9 @@ impl Entry {
     /// Check, renew or re-issue if due (or now, when forced). Returns the error of a failed
     /// attempt; the last good value stays in place either way.
     pub(crate) async fn maintain(&self, trigger: Trigger) -> Result<()> {
+        if self.is_closed() {
+            return Ok(());
+        }
         let mut guard = self.sched.lock().await;
         let Some(sched) = guard.as_mut() else {
             return Ok(());
@@ -326,7 +331,9 @@ impl Entry {
     ) -> Result<()> {
         let increment = self.ctx.config.renew_increment;
         let renewed = self.source.renew(lease, increment).await?;
-        if schedule::stopped_extending(lease.ttl, renewed.ttl) || renewed.ttl <= sched.grace {
+        // A renewal grants the increment asked for (or the previous TTL): less means max TTL.
+        let expected = increment.map_or(lease.ttl, |i| i.min(lease.ttl));
+        if schedule::stopped_extending(expected, renewed.ttl) || renewed.ttl <= sched.grace {
             sched.capped = true;
         } else {
             sched.grace = schedule::grace(renewed.ttl, increment, self.ctx.unit());
@@ -334,7 +341,6 @@ impl Entry {
         sched.received = now;
         let ttl = renewed.ttl;
         let lease_id = renewed.id.clone();
-        self.succeed(sched, now);
         self.publish(secret.with_lease(renewed), sched, now, false)?;
         self.emit(RotationEvent::Renewed {
             secret: self.key.clone(),
@@ -395,13 +401,10 @@ impl Entry {
         sched.received = now;
         sched.grace = self.lease_grace(&fresh);
         sched.capped = false;
-        self.succeed(sched, now);
         if let Err(e) = self.publish(fresh, sched, now, true) {
             (sched.received, sched.grace, sched.capped) = prior;
             return Err(e);
         }
-        sched.expired = false;
-        sched.deleted = false;
         if let (Some(lease), Some(after)) = (replaced, self.ctx.config.revoke_replaced_after)
             && self.caps.revoke
         {
@@ -429,6 +432,8 @@ impl Entry {
 
     fn succeed(&self, sched: &mut Sched, now: Instant) {
         sched.last_ok = now;
+        sched.expired = false;
+        sched.deleted = false;
         if sched.failures > 0 {
             let failures = std::mem::take(&mut sched.failures);
             self.emit(RotationEvent::Recovered {
@@ -477,28 +482,51 @@ impl Entry {
     }
 
     fn store(&self, secret: Secret, sched: &Sched, now: Instant) {
-        self.state
-            .store(Some(Arc::new(self.plan(secret, sched, now))));
+        self.set_state(self.plan(secret, sched, now));
     }
 
-    /// Install a new value in the entry and every view of it. Fails (changing nothing) if a view
-    /// that a live handle depends on cannot select its field from the new value.
-    fn publish(&self, secret: Secret, sched: &Sched, now: Instant, changed: bool) -> Result<()> {
+    /// Install a new value in the entry and every view of it, and count the attempt a success.
+    /// Fails (changing nothing, counting nothing) if a view that a live handle depends on cannot
+    /// select its field from the new value. Views are written before the entry's snapshot, so a
+    /// hit never pairs new freshness with an old value.
+    fn publish(
+        &self,
+        secret: Secret,
+        sched: &mut Sched,
+        now: Instant,
+        changed: bool,
+    ) -> Result<()> {
         let mut views = lock(&self.views);
         let mut updates = Vec::with_capacity(views.len());
         for view in views.iter().filter_map(Weak::upgrade) {
             match project(&secret, view.field()) {
-                Ok(p) => updates.push((view, p)),
+                Ok(p) => updates.push((view, Some(p))),
                 Err(e) if view.has_handles() => return Err(e),
-                Err(_) => view.detach(),
+                // Only cached: it stops serving, and the next read says why.
+                Err(_) => updates.push((view, None)),
+            }
+        }
+        self.succeed(sched, now);
+        for (view, projected) in updates {
+            match projected {
+                Some(p) => view.set(p, changed),
+                None => view.detach(),
             }
         }
         views.retain(|w| w.upgrade().is_some_and(|v| !v.is_detached()));
         self.store(secret, sched, now);
-        for (view, projected) in updates {
-            view.set(projected, changed);
-        }
         Ok(())
+    }
+
+    /// Count a handle on `view`, unless the view was detached meanwhile (then the caller looks
+    /// the reference up again). Under the views lock, so `publish` sees the handle.
+    pub(crate) fn attach(&self, view: &View) -> bool {
+        let _views = lock(&self.views);
+        if view.is_detached() {
+            return false;
+        }
+        view.add_handle();
+        true
     }
 
     /// The view for `r` (this entry's reference, with or without a field), created projecting
@@ -584,7 +612,7 @@ impl Entry {
     pub(crate) fn acquire(self: &Arc<Self>) {
         let mut slot = lock(&self.driver);
         slot.handles += 1;
-        if slot.task.is_none() {
+        if slot.task.is_none() && !self.is_closed() {
             // The feed is opened before the handle is returned, so a change made right after
             // `handle()` returns is not missed while the task starts.
             let feed = super::driver::open_feed(self);

@@ -45,8 +45,9 @@ impl fmt::Debug for Current {
 }
 
 impl SecretHandle {
-    pub(crate) fn new(view: Arc<View>) -> Self {
-        view.add_handle();
+    /// A handle on `view`, whose handle count the caller already raised
+    /// ([`Entry::attach`](super::entry::Entry::attach)).
+    pub(crate) fn attached(view: Arc<View>) -> Self {
         view.entry.acquire();
         let seen = view.generation();
         SecretHandle { view, seen }
@@ -120,7 +121,9 @@ impl SecretHandle {
 
 impl Clone for SecretHandle {
     fn clone(&self) -> Self {
-        let mut handle = SecretHandle::new(self.view.clone());
+        // A view with a handle is never detached, so it can take another directly.
+        self.view.add_handle();
+        let mut handle = SecretHandle::attached(self.view.clone());
         handle.seen = self.seen;
         handle
     }

@@ -183,8 +183,16 @@ impl Secrets {
     /// A live handle on a secret: kept fresh in the background while it exists.
     pub async fn handle(&self, r: impl ToSecretRef) -> Result<SecretHandle> {
         let r = r.to_secret_ref()?;
-        let view = self.view(&r).await?;
-        Ok(SecretHandle::new(view))
+        loop {
+            let view = self.view(&r).await?;
+            // The load may have raced a shutdown.
+            self.check_open()?;
+            if view.entry.attach(&view) {
+                return Ok(SecretHandle::attached(view));
+            }
+            // Detached between lookup and attach (a new value without its field): look again.
+            self.inner.front.remove_if_same(r.as_str(), &view);
+        }
     }
 
     /// Load many secrets at once (at startup): one batch call per source where the source has a
@@ -305,9 +313,15 @@ impl Secrets {
         {
             return Err(e);
         }
-        let this = self.clone();
+        // Weak: a flight whose waiters all gave up must not keep the client alive.
+        let weak = Arc::downgrade(&self.inner);
         let key = r.clone();
         let load = async move {
+            let this = Secrets {
+                inner: weak
+                    .upgrade()
+                    .ok_or_else(|| Error::new(ErrorKind::Shutdown, "the client was dropped"))?,
+            };
             let view = this.load_view(&key).await?;
             this.inner.front.insert(&key, view.clone());
             this.inner.policy.insert(key, ());
