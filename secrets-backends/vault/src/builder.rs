@@ -1,0 +1,240 @@
+//! [`VaultBuilder`]: address, TLS, namespace and login method, from code or the environment.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrets_core::{Clock, Error, ErrorKind, Result, SystemClock};
+use url::Url;
+
+use crate::auth::Auth;
+use crate::http::Http;
+use crate::session::Session;
+use crate::source::VaultSource;
+
+/// Configures a [`VaultSource`].
+///
+/// [`new`](Self::new) reads nothing from the environment; [`from_env`](Self::from_env) reads the
+/// variables Vault's own CLI reads. TLS goes through rustls.
+#[derive(Debug)]
+pub struct VaultBuilder {
+    address: Option<String>,
+    auth: Option<Auth>,
+    namespace: Option<String>,
+    ca_files: Vec<PathBuf>,
+    ca_dirs: Vec<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+    skip_verify: bool,
+    allow_skip_verify_remote: bool,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for VaultBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl VaultBuilder {
+    /// Nothing set: give at least an address and a login method.
+    pub fn new() -> Self {
+        VaultBuilder {
+            address: None,
+            auth: None,
+            namespace: None,
+            ca_files: Vec::new(),
+            ca_dirs: Vec::new(),
+            client_cert: None,
+            skip_verify: false,
+            allow_skip_verify_remote: false,
+            timeout: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Read the environment, as Vault's CLI does:
+    ///
+    /// | variable | sets |
+    /// |---|---|
+    /// | `VAULT_ADDR` | the address |
+    /// | `VAULT_TOKEN` | a static token ([`Auth::Token`]), unless a login method is set later |
+    /// | `VAULT_CACERT` | a PEM file of CA certificates to trust |
+    /// | `VAULT_CAPATH` | a directory of PEM CA certificates to trust |
+    /// | `VAULT_CLIENT_CERT`, `VAULT_CLIENT_KEY` | a client certificate and its key (PEM) |
+    /// | `VAULT_NAMESPACE` | the namespace (Vault Enterprise, OpenBao) |
+    /// | `VAULT_SKIP_VERIFY` | `1`/`true`: skip certificate verification — refused by `build` for a non-loopback address unless [`allow_skip_verify_for_remote`](Self::allow_skip_verify_for_remote) |
+    pub fn from_env() -> Self {
+        let mut b = Self::new();
+        b.address = env("VAULT_ADDR");
+        b.auth = env("VAULT_TOKEN").map(Auth::token);
+        b.namespace = env("VAULT_NAMESPACE");
+        b.ca_files.extend(env("VAULT_CACERT").map(PathBuf::from));
+        b.ca_dirs.extend(env("VAULT_CAPATH").map(PathBuf::from));
+        if let (Some(c), Some(k)) = (env("VAULT_CLIENT_CERT"), env("VAULT_CLIENT_KEY")) {
+            b.client_cert = Some((c.into(), k.into()));
+        }
+        b.skip_verify = env("VAULT_SKIP_VERIFY")
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "t" | "true"));
+        b
+    }
+
+    /// The server address (`https://vault.example:8200`).
+    pub fn with_address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// How to log in.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// A static token (shorthand for `with_auth(Auth::token(..))`).
+    pub fn with_token(self, token: impl Into<secrets_core::SecretValue>) -> Self {
+        self.with_auth(Auth::token(token))
+    }
+
+    /// A namespace.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file.
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_files.push(path.into());
+        self
+    }
+
+    /// Present this client certificate (PEM) with its key (PEM).
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Skip certificate verification. Allowed only for loopback addresses unless
+    /// [`allow_skip_verify_for_remote`](Self::allow_skip_verify_for_remote) is also set.
+    pub fn danger_skip_verify(mut self, skip: bool) -> Self {
+        self.skip_verify = skip;
+        self
+    }
+
+    /// Allow skipping certificate verification for a non-loopback address (a man in the middle can
+    /// then read every secret and token).
+    pub fn allow_skip_verify_for_remote(mut self, allow: bool) -> Self {
+        self.allow_skip_verify_remote = allow;
+        self
+    }
+
+    /// Timeout of each request (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The clock the token keeper schedules by (default: the system clock).
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Validate and build. No request is made until the first read.
+    pub fn build(self) -> Result<VaultSource> {
+        let config = |m: String| Error::new(ErrorKind::Config, m);
+        let address = self
+            .address
+            .ok_or_else(|| config("no Vault address (set VAULT_ADDR or with_address)".into()))?;
+        let url = Url::parse(&address)
+            .map_err(|e| config(format!("Vault address `{address}` is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(config(format!(
+                "Vault address `{address}` is not an http(s) URL"
+            )));
+        }
+        let auth = self
+            .auth
+            .ok_or_else(|| config("no login method (set VAULT_TOKEN or with_auth)".into()))?;
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+            None => false,
+        };
+        if self.skip_verify && !loopback && !self.allow_skip_verify_remote {
+            return Err(config(format!(
+                "refusing to skip TLS verification for non-loopback address `{address}` \
+                 (VAULT_SKIP_VERIFY); allow it explicitly with allow_skip_verify_for_remote"
+            )));
+        }
+
+        secrets_core::tls::ensure_crypto_provider();
+        let mut client = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)));
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| {
+                Error::new(ErrorKind::Config, format!("cannot read `{}`", p.display()))
+                    .with_cause(e)
+            })
+        };
+        let mut ca_files = self.ca_files.clone();
+        for dir in &self.ca_dirs {
+            let entries = std::fs::read_dir(dir).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("cannot read `{}`", dir.display()),
+                )
+                .with_cause(e)
+            })?;
+            ca_files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
+        if url.scheme() == "http" {
+            // Plain HTTP: no trust store to load (reqwest would otherwise load the platform's).
+            client = client.tls_certs_only(Vec::new());
+        } else {
+            for path in &ca_files {
+                let certs = reqwest::Certificate::from_pem_bundle(&read(path)?).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("`{}` is not PEM certificates", path.display()),
+                    )
+                    .with_cause(e)
+                })?;
+                client = client.tls_certs_merge(certs);
+            }
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    "client certificate or key is not valid PEM",
+                )
+                .with_cause(e)
+            })?;
+            client = client.identity(identity);
+        }
+        if self.skip_verify {
+            client = client.tls_danger_accept_invalid_certs(true);
+        }
+        let client = client.build().map_err(|e| {
+            Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
+        })?;
+        let http = Http {
+            client,
+            address: url,
+            namespace: self.namespace,
+        };
+        let session = Session::new(http, auth, self.clock.clone());
+        Ok(VaultSource::new(session, self.clock))
+    }
+}

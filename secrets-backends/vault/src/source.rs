@@ -1,0 +1,451 @@
+//! [`VaultSource`]: the `SecretSource` over Vault / OpenBao.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use reqwest::{Method, StatusCode};
+use secrets_core::{
+    Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
+    SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+use crate::http::{Answer, Envelope};
+use crate::mounts::{Engine, Mount, Mounts, UiMount};
+use crate::session::Session;
+
+/// Secrets from Vault or OpenBao, addressed as `<name>://<path>`:
+///
+/// * KV v2 (`vault://secret/app/config`, `?version=3`): the secret's key/value map as a JSON
+///   object (select keys with `#field`); version and creation time from its metadata; the version
+///   probe reads only the metadata. A deleted or destroyed version is an
+///   [`ErrorKind::Deleted`] error, never an empty value.
+/// * KV v1 (`vault://kv1/app/config`): the map, unversioned.
+/// * Any other path is read as is (`vault://database/creds/app`, `vault://aws/creds/deploy`):
+///   `data` as a JSON object, with the lease (`lease_id`, `lease_duration`, `renewable`) kept;
+///   leases are renewed and revoked through `sys/leases/renew` and `sys/leases/revoke`.
+/// * A reference with parameters is a write (`vault://pki/issue/web?common_name=a.example.test`):
+///   each fetch issues anew; a certificate's `expiration` becomes the value's expiry, its serial
+///   number the version.
+///
+/// Build one with [`VaultBuilder`](crate::VaultBuilder).
+#[derive(Clone)]
+pub struct VaultSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    session: Arc<Session>,
+    mounts: Mounts,
+    clock: Arc<dyn Clock>,
+    /// Last version issued per writing reference: the version probe answers it, so a routine
+    /// check does not issue again (expiry drives re-issue).
+    issued: Mutex<HashMap<String, Version>>,
+}
+
+impl std::fmt::Debug for VaultSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultSource")
+            .field("address", &self.inner.session.http.address.as_str())
+            .field("namespace", &self.inner.session.http.namespace)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Kv2Read {
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    metadata: Kv2VersionMeta,
+}
+
+#[derive(Deserialize, Default)]
+struct Kv2VersionMeta {
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    created_time: String,
+    #[serde(default)]
+    deletion_time: String,
+    #[serde(default)]
+    destroyed: bool,
+}
+
+impl Kv2VersionMeta {
+    fn gone(&self) -> Option<&'static str> {
+        if self.destroyed {
+            Some("this version was destroyed")
+        } else if !self.deletion_time.is_empty() {
+            Some("this version was deleted")
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Kv2Metadata {
+    current_version: u64,
+    #[serde(default)]
+    versions: HashMap<String, Kv2VersionMeta>,
+}
+
+/// What a PKI issue (or similar) answers besides the value.
+#[derive(Deserialize, Default)]
+struct Issued {
+    #[serde(default)]
+    serial_number: Option<String>,
+    #[serde(default)]
+    expiration: Option<u64>,
+}
+
+fn parse<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        Error::new(
+            ErrorKind::Backend,
+            format!(
+                "unexpected shape of Vault's {what} (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+fn value_of(raw: &RawValue) -> SecretValue {
+    SecretValue::copy_from_slice(raw.get().as_bytes())
+}
+
+fn no_selectors(r: &SecretRef, what: &str) -> Result<()> {
+    if r.selector().is_some() {
+        return Err(Error::unsupported(format!(
+            "{what} has no versions or stages"
+        )));
+    }
+    Ok(())
+}
+
+impl VaultSource {
+    pub(crate) fn new(session: Arc<Session>, clock: Arc<dyn Clock>) -> Self {
+        VaultSource {
+            inner: Arc::new(Inner {
+                session,
+                mounts: Mounts::default(),
+                clock,
+                issued: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Send a request with the current token; after a 403 caused by a dead token, log in again
+    /// and send it once more.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer> {
+        let session = &self.inner.session;
+        let (token, generation) = session.token().await?;
+        let answer = session
+            .http
+            .send(method.clone(), path, query, body, Some(&token))
+            .await?;
+        if answer.status != StatusCode::FORBIDDEN {
+            return Ok(answer);
+        }
+        match session.recover_from_forbidden(&token, generation).await? {
+            Some(fresh) => {
+                session
+                    .http
+                    .send(method, path, query, body, Some(&fresh))
+                    .await
+            }
+            None => Ok(answer),
+        }
+    }
+
+    async fn mount(&self, path: &str) -> Result<Mount> {
+        if let Some(m) = self.inner.mounts.find(path) {
+            return Ok(m);
+        }
+        let answer = self
+            .call(
+                Method::GET,
+                &format!("sys/internal/ui/mounts/{path}"),
+                &[],
+                None,
+            )
+            .await?;
+        if !answer.status.is_success() {
+            let e = answer.error();
+            if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::NotFound) {
+                // Not allowed to see the mount (or no mount): read the path as it is.
+                return Ok(Mount {
+                    path: String::new(),
+                    engine: Engine::Other,
+                });
+            }
+            return Err(e);
+        }
+        let envelope = answer.envelope()?;
+        let raw = envelope
+            .data
+            .ok_or_else(|| Error::new(ErrorKind::Backend, "Vault's mount answer has no data"))?;
+        let mount = Mount::from(parse::<UiMount>(&raw, "mount description")?);
+        self.inner.mounts.remember(mount.clone());
+        Ok(mount)
+    }
+
+    async fn kv2_read(&self, mount: &Mount, path: &str, r: &SecretRef) -> Result<Secret> {
+        let version = match r.selector() {
+            None => None,
+            Some(Selector::Version(v)) => Some(v.as_str()),
+            Some(_) => return Err(Error::unsupported("KV v2 has versions, not stages")),
+        };
+        let query: Vec<(&str, &str)> = version.map(|v| ("version", v)).into_iter().collect();
+        let data_path = format!("{}data/{}", mount.path, mount.rest(path));
+        let answer = self.call(Method::GET, &data_path, &query, None).await?;
+        // A deleted or destroyed version answers 404 with its metadata in the body.
+        let found = answer.status.is_success();
+        if !found && answer.status != StatusCode::NOT_FOUND {
+            return Err(answer.error());
+        }
+        let envelope = answer.envelope().unwrap_or_default();
+        let read = match envelope.data {
+            Some(raw) => parse::<Kv2Read>(&raw, "KV v2 answer")?,
+            None if found => {
+                return Err(Error::new(ErrorKind::Backend, "KV v2 answer without data"));
+            }
+            None => return Err(answer.error()),
+        };
+        if let Some(gone) = read.metadata.gone() {
+            return Err(Error::new(ErrorKind::Deleted, gone));
+        }
+        let data = read
+            .data
+            .filter(|d| d.get() != "null")
+            .ok_or_else(|| Error::new(ErrorKind::Deleted, "this version has no data"))?;
+        let mut secret = Secret::new(value_of(&data)).versioned(read.metadata.version.to_string());
+        if let Ok(created) = humantime::parse_rfc3339_weak(&read.metadata.created_time) {
+            secret = secret.created_at(created);
+        }
+        Ok(secret)
+    }
+
+    /// The version served (the current one, or the pinned one), from the metadata alone.
+    async fn kv2_version(
+        &self,
+        mount: &Mount,
+        path: &str,
+        pinned: Option<&str>,
+    ) -> Result<Option<Version>> {
+        let meta_path = format!("{}metadata/{}", mount.path, mount.rest(path));
+        let answer = self.call(Method::GET, &meta_path, &[], None).await?;
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        let raw = answer
+            .envelope()?
+            .data
+            .ok_or_else(|| Error::new(ErrorKind::Backend, "KV v2 metadata without data"))?;
+        let meta = parse::<Kv2Metadata>(&raw, "KV v2 metadata")?;
+        let served = pinned.map_or_else(|| meta.current_version.to_string(), str::to_owned);
+        match meta.versions.get(&served) {
+            Some(v) => {
+                if let Some(gone) = v.gone() {
+                    return Err(Error::new(ErrorKind::Deleted, gone));
+                }
+            }
+            None if pinned.is_some() => return Err(Error::not_found("no such version")),
+            None => {}
+        }
+        Ok(Some(Version::from(served)))
+    }
+
+    async fn kv1_read(&self, path: &str, r: &SecretRef) -> Result<Secret> {
+        no_selectors(r, "KV v1")?;
+        let answer = self.call(Method::GET, path, &[], None).await?;
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        let raw = answer
+            .envelope()?
+            .data
+            .ok_or_else(|| Error::not_found("no data at this path"))?;
+        Ok(Secret::new(value_of(&raw)))
+    }
+
+    /// Any other path: a read, or a write when the reference has parameters.
+    async fn logical(&self, path: &str, r: &SecretRef) -> Result<Secret> {
+        no_selectors(r, "this path")?;
+        let answer = if r.params().is_empty() {
+            self.call(Method::GET, path, &[], None).await?
+        } else {
+            let body: serde_json::Map<String, serde_json::Value> = r
+                .params()
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            self.call(Method::POST, path, &[], Some(&body.into()))
+                .await?
+        };
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        let envelope = answer.envelope()?;
+        self.warn(&envelope, r);
+        let raw = envelope
+            .data
+            .as_deref()
+            .ok_or_else(|| Error::not_found("no data at this path"))?;
+        let issued: Issued = serde_json::from_str(raw.get()).unwrap_or_default();
+        let now = self.inner.clock.wall();
+        let mut secret = Secret::new(value_of(raw)).created_at(now);
+        if !envelope.lease_id.is_empty() {
+            secret = secret
+                .versioned(envelope.lease_id.as_str())
+                .leased(Lease::new(
+                    envelope.lease_id.clone(),
+                    Duration::from_secs(envelope.lease_duration),
+                    envelope.renewable,
+                    now,
+                ));
+        } else if let Some(serial) = &issued.serial_number {
+            secret = secret.versioned(serial.as_str());
+        }
+        if let Some(exp) = issued.expiration {
+            secret = secret.expires_at(SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
+        }
+        if !r.params().is_empty()
+            && let Some(v) = secret.version()
+        {
+            self.lock_issued().insert(r.to_string(), v.clone());
+        }
+        Ok(secret)
+    }
+
+    fn lock_issued(&self) -> std::sync::MutexGuard<'_, HashMap<String, Version>> {
+        self.inner.issued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn warn(&self, envelope: &Envelope, r: &SecretRef) {
+        for w in envelope.warnings.iter().flatten() {
+            tracing::debug!(secret = %r, warning = %w, "Vault warning");
+        }
+    }
+
+    async fn lease_call(&self, path: &str, body: serde_json::Value) -> Result<Envelope> {
+        let answer = self.call(Method::PUT, path, &[], Some(&body)).await?;
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        answer.envelope()
+    }
+}
+
+#[async_trait]
+impl SecretSource for VaultSource {
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::NONE;
+        caps.version_probe = true;
+        caps.versions = true;
+        caps.renew = true;
+        caps.revoke = true;
+        // The change feed reports new logins: leases of the old token must be re-issued.
+        caps.watch = self.inner.session.can_login();
+        caps
+    }
+
+    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
+        let path = r.path().trim_matches('/');
+        let mount = self.mount(path).await?;
+        match mount.engine {
+            Engine::Kv2 => {
+                if !r.params().is_empty() {
+                    return Err(Error::unsupported("KV v2 reads take no parameters"));
+                }
+                self.kv2_read(&mount, path, r).await
+            }
+            Engine::Kv1 => {
+                if !r.params().is_empty() {
+                    return Err(Error::unsupported("KV v1 reads take no parameters"));
+                }
+                self.kv1_read(path, r).await
+            }
+            Engine::Other => self.logical(path, r).await,
+        }
+    }
+
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
+        fetch_each(self, refs, 8).await
+    }
+
+    async fn version(&self, r: &SecretRef) -> Result<Option<Version>> {
+        let path = r.path().trim_matches('/');
+        let mount = self.mount(path).await?;
+        match mount.engine {
+            Engine::Kv2 => match r.selector() {
+                None => self.kv2_version(&mount, path, None).await,
+                Some(Selector::Version(v)) => self.kv2_version(&mount, path, Some(v)).await,
+                Some(_) => Err(Error::unsupported("KV v2 has versions, not stages")),
+            },
+            Engine::Other if !r.params().is_empty() => {
+                Ok(self.lock_issued().get(&r.to_string()).cloned())
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn renew(&self, lease: &Lease, increment: Option<Duration>) -> Result<Lease> {
+        let mut body = serde_json::json!({ "lease_id": lease.id });
+        if let Some(inc) = increment {
+            body["increment"] = inc.as_secs().into();
+        }
+        let envelope = self.lease_call("sys/leases/renew", body).await?;
+        for w in envelope.warnings.iter().flatten() {
+            // "TTL of … exceeded the effective max_ttl …": the shortened TTL tells the client.
+            tracing::debug!(lease_id = %lease.id, warning = %w, "Vault warning on renewal");
+        }
+        Ok(Lease::new(
+            if envelope.lease_id.is_empty() {
+                lease.id.clone()
+            } else {
+                envelope.lease_id
+            },
+            Duration::from_secs(envelope.lease_duration),
+            envelope.renewable,
+            self.inner.clock.wall(),
+        ))
+    }
+
+    async fn revoke(&self, lease: &Lease) -> Result<()> {
+        self.lease_call(
+            "sys/leases/revoke",
+            serde_json::json!({ "lease_id": lease.id }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    fn watch(&self, _r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
+        if !self.inner.session.can_login() {
+            return None;
+        }
+        let mut generations = self.inner.session.generations();
+        generations.mark_unchanged();
+        Some(
+            futures_util::stream::unfold(generations, |mut rx: watch::Receiver<u64>| async move {
+                rx.changed().await.ok()?;
+                Some((Ok(SourceEvent::Resync), rx))
+            })
+            .boxed(),
+        )
+    }
+}
