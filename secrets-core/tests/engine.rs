@@ -695,3 +695,19 @@ async fn builder_rejects_bad_settings() {
         .unwrap_err();
     assert!(e.to_string().contains("twice"));
 }
+
+#[tokio::test]
+async fn opening_a_push_feed_does_not_reissue_a_lease() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone()).watchable();
+    let secrets = builder(&clock, &memory).build().unwrap();
+    memory.lease("db", S(60), S(600), true);
+    let handle = secrets.handle("mem://db").await.unwrap();
+    secrets_core::clock::settle().await;
+    assert_eq!(
+        memory.calls().fetch,
+        1,
+        "one credential, not a second at handle creation"
+    );
+    assert_eq!(handle.current().version(), v("db/1").as_ref());
+}

@@ -17,7 +17,7 @@ pub(crate) async fn drive(entry: Arc<Entry>, mut feed: Option<Feed>, replan: Arc
     if feed.is_some() {
         // The value may have changed between its read and the feed's start (it may have been
         // cached long before this handle): look once, then rely on the feed.
-        let _ = entry.maintain(Trigger::Forced).await;
+        let _ = entry.maintain(Trigger::FeedOpened).await;
     }
     loop {
         let Some(snap) = entry.snapshot() else { return };

@@ -65,8 +65,11 @@ struct Sched {
 pub(crate) enum Trigger {
     /// The snapshot's deadline passed.
     Due,
-    /// A caller or a push feed asked for a check now.
+    /// A caller or a push feed asked for a check now (a leased secret is re-issued).
     Forced,
+    /// A push feed just opened: look whether an unleased value changed before it did. A lease
+    /// is left alone (its own schedule covers it).
+    FeedOpened,
 }
 
 #[derive(Default)]
@@ -288,7 +291,10 @@ impl Entry {
         };
         let now = self.ctx.clock.now();
         self.revoke_due(sched, now).await;
-        if trigger == Trigger::Due && now < snap.next_check {
+        let leased = snap.secret.lease().is_some();
+        if (trigger == Trigger::Due && now < snap.next_check)
+            || (trigger == Trigger::FeedOpened && leased)
+        {
             self.store(snap.secret.clone(), sched, now);
             return Ok(());
         }

@@ -109,7 +109,7 @@ pub async fn pg_login(creds: &DbCreds) -> Result<(), String> {
     );
     let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("connect as {}: {e}", creds.username))?;
+        .map_err(|e| format!("connect as {}: {e:?}", creds.username))?;
     let conn = tokio::spawn(connection);
     let result = client
         .query_one("select count(*) from items", &[])
