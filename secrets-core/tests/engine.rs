@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use secrets_core::sources::MemorySource;
+use secrets_core::testkit::drain;
 use secrets_core::{
-    Clock, ErrorKind, ManualClock, RotationEvent, RotationEvents, Secrets, SecretsBuilder, Version,
+    Clock, ErrorKind, ManualClock, RotationEvent, Secrets, SecretsBuilder, Version,
 };
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -27,15 +28,6 @@ fn setup() -> (ManualClock, MemorySource, Secrets) {
     let memory = MemorySource::with_clock(clock.clone());
     let secrets = builder(&clock, &memory).build().unwrap();
     (clock, memory, secrets)
-}
-
-/// Every event already delivered, without waiting.
-fn drain(events: &mut RotationEvents) -> Vec<RotationEvent> {
-    let mut out = Vec::new();
-    while let Some(Some(ev)) = events.recv().now_or_never() {
-        out.push(ev);
-    }
-    out
 }
 
 fn rotated(events: &[RotationEvent]) -> Vec<(Option<Version>, Option<Version>)> {

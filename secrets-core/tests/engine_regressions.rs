@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_core::stream::BoxStream;
 use futures_util::FutureExt;
 use secrets_core::sources::MemorySource;
+use secrets_core::testkit::drain;
 use secrets_core::{
     Capabilities, Clock, ErrorKind, Lease, ManualClock, Result, RotationEvent, RotationEvents,
     Secret, SecretRef, SecretSource, Secrets, SecretsBuilder, SourceEvent, Version, async_trait,
@@ -32,14 +33,6 @@ fn setup() -> (ManualClock, MemorySource, Secrets) {
         .build()
         .unwrap();
     (clock, memory, secrets)
-}
-
-fn drain(events: &mut RotationEvents) -> Vec<RotationEvent> {
-    let mut out = Vec::new();
-    while let Some(Some(ev)) = events.recv().now_or_never() {
-        out.push(ev);
-    }
-    out
 }
 
 /// A memory source with hooks.

@@ -10,3 +10,15 @@ mod conformance;
 
 pub use crate::clock::settle;
 pub use conformance::{Seeder, assert_conformance, conformance};
+
+use crate::client::{RotationEvent, RotationEvents};
+
+/// Every event already delivered to `events`, without waiting.
+pub fn drain(events: &mut RotationEvents) -> Vec<RotationEvent> {
+    use futures_util::FutureExt;
+    let mut out = Vec::new();
+    while let Some(Some(ev)) = events.recv().now_or_never() {
+        out.push(ev);
+    }
+    out
+}
