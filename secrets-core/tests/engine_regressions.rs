@@ -11,8 +11,8 @@ use futures_util::FutureExt;
 use secrets_core::sources::MemorySource;
 use secrets_core::testkit::drain;
 use secrets_core::{
-    Capabilities, Clock, ErrorKind, Lease, ManualClock, Result, RotationEvent, RotationEvents,
-    Secret, SecretRef, SecretSource, Secrets, SecretsBuilder, SourceEvent, Version, async_trait,
+    Capabilities, Clock, ErrorKind, Lease, ManualClock, Result, RotationEvent, Secret, SecretRef,
+    SecretSource, Secrets, SecretsBuilder, SourceEvent, Version, async_trait,
 };
 
 const S: fn(u64) -> Duration = Duration::from_secs;

@@ -1,0 +1,427 @@
+//! [`AwsSource`]: the [`SecretSource`] over Secrets Manager.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use secrets_core::{
+    Backoff, Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
+    SecretValue, Selector, SourceEvent, Version, async_trait,
+};
+use tokio::sync::Semaphore;
+
+use crate::errors::{batch_entry_error, from_sdk};
+
+/// The staging label read when a reference names none.
+pub const AWSCURRENT: &str = "AWSCURRENT";
+
+/// BatchGetSecretValue takes at most 20 ids per request.
+const BATCH_SIZE: usize = 20;
+/// Batches of one `fetch_many` in flight at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Settings of [`AwsSource`] that [`AwsBuilder`](crate::AwsBuilder) exposes.
+#[derive(Clone, Debug)]
+pub(crate) struct Tuning {
+    pub(crate) rotation_schedule: bool,
+    pub(crate) fallback_concurrency: usize,
+    pub(crate) fallback_attempts: u32,
+    pub(crate) fallback_backoff: Backoff,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            rotation_schedule: true,
+            fallback_concurrency: 8,
+            fallback_attempts: 4,
+            fallback_backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            },
+        }
+    }
+}
+
+/// AWS Secrets Manager as a [`SecretSource`].
+///
+/// References: `aws-sm://<name-or-arn>[?version=<id>|stage=<label>][#field]`.
+/// - No selector reads the `AWSCURRENT` stage; the stage is always sent explicitly.
+/// - `?stage=AWSPREVIOUS` reads the value before the last rotation (for the alternating-users
+///   strategy, or while a new password has not reached every server yet); `?stage=AWSPENDING`
+///   the one a rotation is preparing.
+/// - `?version=<VersionId>` pins a version.
+///
+/// `SecretString` is returned as its UTF-8 bytes, `SecretBinary` as the raw bytes. The version
+/// is the `VersionId`, `created_at` the version's `CreatedDate`.
+///
+/// **Rotation schedule.** `fetch` also calls DescribeSecret (concurrently, for unpinned
+/// references) and sets [`Metadata::next_rotation`](secrets_core::Metadata) from
+/// `NextRotationDate`, so the engine checks right after a planned rotation; a failing
+/// DescribeSecret (e.g. not allowed by the policy) only loses that hint. Turn it off with
+/// [`AwsBuilder::with_rotation_schedule`](crate::AwsBuilder::with_rotation_schedule). Secrets
+/// read through `fetch_many` carry no rotation date (the batch API does not return it).
+///
+/// **Version probe.** `version` calls DescribeSecret and answers the `VersionId` that carries
+/// the requested stage (or the pinned id, `NotFound` once it is gone), so the engine reads the
+/// value again only when `AWSCURRENT` moved. During a rotation (`AWSPENDING` present) this is
+/// still the old `AWSCURRENT`.
+///
+/// **Batches.** `fetch_many` reads `AWSCURRENT` references with BatchGetSecretValue, 20 ids per
+/// request, keeping each secret's own error; other references are read one by one. A batch
+/// that is throttled (its quota is 100 requests/s, GetSecretValue's 10,000/s) or refused is
+/// replaced by single GetSecretValue calls, at most 8 at a time, each retried on throttling with
+/// jittered backoff (at most 4 attempts); see
+/// [`AwsBuilder::with_batch_fallback`](crate::AwsBuilder::with_batch_fallback).
+///
+/// **Errors.** ResourceNotFoundException → `NotFound`; AccessDeniedException →
+/// `PermissionDenied`; ThrottlingException / HTTP 429 → `Throttled` (retryable); a secret
+/// scheduled for deletion → `Deleted`; DecryptionFailure → `Corrupted`; InternalServiceError,
+/// 5xx and failures to send → `Unavailable` (retryable); bad credentials → `Unauthenticated`.
+///
+/// The SDK's response buffers are not zeroized; only the value handed to the engine is.
+#[derive(Clone)]
+pub struct AwsSource {
+    client: Client,
+    tuning: Tuning,
+    clock: Arc<dyn Clock>,
+    fallback_permits: Arc<Semaphore>,
+}
+
+impl fmt::Debug for AwsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsSource")
+            .field("region", &self.client.config().region())
+            .field("tuning", &self.tuning)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which version a reference selects.
+enum Pick<'a> {
+    Version(&'a str),
+    Stage(&'a str),
+}
+
+fn pick(r: &SecretRef) -> Result<Pick<'_>> {
+    match r.selector() {
+        None => Ok(Pick::Stage(AWSCURRENT)),
+        Some(Selector::Version(v)) => Ok(Pick::Version(v)),
+        Some(Selector::Stage(s)) => Ok(Pick::Stage(s)),
+        Some(other) => Err(Error::unsupported(format!(
+            "Secrets Manager cannot select {other:?}"
+        ))),
+    }
+}
+
+fn secret_id(r: &SecretRef) -> Result<&str> {
+    match r.path() {
+        "" => Err(Error::new(
+            ErrorKind::InvalidRef,
+            "an aws-sm reference needs a secret name or ARN",
+        )),
+        id => Ok(id),
+    }
+}
+
+fn wall(t: &DateTime) -> Option<SystemTime> {
+    SystemTime::try_from(*t).ok()
+}
+
+/// A secret from the parts GetSecretValue and BatchGetSecretValue both return.
+fn secret_from(
+    string: Option<String>,
+    binary: Option<Blob>,
+    version: Option<String>,
+    created: Option<&DateTime>,
+) -> Result<Secret> {
+    let value = match (string, binary) {
+        (Some(s), _) => SecretValue::from_string(s),
+        (None, Some(b)) => SecretValue::from_bytes(b.into_inner()),
+        (None, None) => {
+            return Err(Error::invalid_value(
+                "the version has neither SecretString nor SecretBinary",
+            ));
+        }
+    };
+    let mut secret = Secret::new(value);
+    if let Some(v) = version {
+        secret = secret.versioned(v);
+    }
+    if let Some(at) = created.and_then(wall) {
+        secret = secret.created_at(at);
+    }
+    Ok(secret)
+}
+
+impl AwsSource {
+    pub(crate) fn new(client: Client, tuning: Tuning, clock: Arc<dyn Clock>) -> Self {
+        AwsSource {
+            fallback_permits: Arc::new(Semaphore::new(tuning.fallback_concurrency)),
+            client,
+            tuning,
+            clock,
+        }
+    }
+
+    /// The SDK client this source uses (to write secrets, or for calls this crate does not make).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// GetSecretValue, with the stage always explicit (moto, and some proxies, answer a stale
+    /// version when it is left out after a stage move).
+    async fn get_value(&self, id: &str, pick: &Pick<'_>) -> Result<Secret> {
+        let request = self.client.get_secret_value().secret_id(id);
+        let request = match pick {
+            Pick::Version(v) => request.version_id(*v),
+            Pick::Stage(s) => request.version_stage(*s),
+        };
+        let out = request
+            .send()
+            .await
+            .map_err(|e| from_sdk("GetSecretValue", e))?;
+        secret_from(
+            out.secret_string,
+            out.secret_binary,
+            out.version_id,
+            out.created_date.as_ref(),
+        )
+    }
+
+    /// GetSecretValue of `AWSCURRENT` for the batch fallback: bounded concurrency, throttled
+    /// attempts retried with jittered backoff.
+    async fn get_current_retrying(&self, id: &str) -> Result<Secret> {
+        let _permit = self
+            .fallback_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Shutdown, "source closed"))?;
+        let mut attempt = 0;
+        loop {
+            match self.get_value(id, &Pick::Stage(AWSCURRENT)).await {
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::Throttled { .. })
+                        && attempt + 1 < self.tuning.fallback_attempts =>
+                {
+                    let wait = self
+                        .tuning
+                        .fallback_backoff
+                        .delay(attempt, &e, fastrand::f64());
+                    tracing::debug!(
+                        secret = id,
+                        attempt,
+                        ?wait,
+                        "GetSecretValue throttled; backing off"
+                    );
+                    self.clock.sleep_until(self.clock.now() + wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One BatchGetSecretValue of up to 20 distinct ids; one result per id, in order.
+    async fn batch(&self, ids: &[String]) -> Vec<Result<Secret>> {
+        let response = self
+            .client
+            .batch_get_secret_value()
+            .set_secret_id_list(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| from_sdk("BatchGetSecretValue", e));
+        let mut slots: Vec<Option<Result<Secret>>> = vec![None; ids.len()];
+        match response {
+            Ok(out) => {
+                let position = |name: Option<&str>, arn: Option<&str>| {
+                    ids.iter()
+                        .position(|id| Some(id.as_str()) == name || Some(id.as_str()) == arn)
+                };
+                for entry in out.secret_values.unwrap_or_default() {
+                    let Some(i) = position(entry.name.as_deref(), entry.arn.as_deref()) else {
+                        continue;
+                    };
+                    slots[i] = Some(secret_from(
+                        entry.secret_string,
+                        entry.secret_binary,
+                        entry.version_id,
+                        entry.created_date.as_ref(),
+                    ));
+                }
+                for error in out.errors.unwrap_or_default() {
+                    let Some(i) = position(error.secret_id.as_deref(), None) else {
+                        continue;
+                    };
+                    let e =
+                        batch_entry_error(error.error_code.as_deref(), error.message.as_deref());
+                    // A throttled entry is read again below, like any entry left unanswered.
+                    if !matches!(e.kind(), ErrorKind::Throttled { .. }) {
+                        slots[i] = Some(Err(e));
+                    }
+                }
+            }
+            Err(e) => match e.kind() {
+                // Throttled: GetSecretValue has a 100× larger quota. Refused: the policy may
+                // allow GetSecretValue but not BatchGetSecretValue.
+                // Not found: some implementations (moto among them) fail the whole batch for
+                // one missing id instead of listing it in `Errors`.
+                ErrorKind::Throttled { .. } | ErrorKind::PermissionDenied | ErrorKind::NotFound => {
+                    tracing::debug!(error = %e, "BatchGetSecretValue failed; reading one by one");
+                }
+                _ => return vec![Err(e); ids.len()],
+            },
+        }
+        // Unanswered ids (throttled, a partial ARN the answer names differently, a NextToken)
+        // are read one by one.
+        let rest: Vec<_> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none())
+            .map(|(i, _)| async move { (i, self.get_current_retrying(&ids[i]).await) })
+            .collect();
+        for (i, result) in futures_util::future::join_all(rest).await {
+            slots[i] = Some(result);
+        }
+        slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Err(Error::new(ErrorKind::Backend, "no answer"))))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl SecretSource for AwsSource {
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::NONE;
+        caps.version_probe = true;
+        caps.batch = true;
+        caps.versions = true;
+        caps.stages = true;
+        caps.binary = true;
+        caps
+    }
+
+    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
+        let id = secret_id(r)?;
+        let pick = pick(r)?;
+        if !self.tuning.rotation_schedule || matches!(pick, Pick::Version(_)) {
+            return self.get_value(id, &pick).await;
+        }
+        let describe = self.client.describe_secret().secret_id(id).send();
+        let (value, described) = tokio::join!(self.get_value(id, &pick), describe);
+        let secret = value?;
+        match described {
+            Ok(d) => match d.next_rotation_date().and_then(wall) {
+                Some(at) => Ok(secret.next_rotation(at)),
+                None => Ok(secret),
+            },
+            Err(e) => {
+                let e = from_sdk("DescribeSecret", e);
+                tracing::debug!(secret = id, error = %e, "no rotation schedule");
+                Ok(secret)
+            }
+        }
+    }
+
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
+        // AWSCURRENT references go through the batch API, each distinct id once.
+        let mut ids: Vec<String> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut batched: Vec<Option<usize>> = Vec::with_capacity(refs.len());
+        for r in refs {
+            let current = matches!(pick(r), Ok(Pick::Stage(AWSCURRENT)));
+            match secret_id(r) {
+                Ok(id) if current => {
+                    let n = *index.entry(id).or_insert_with(|| {
+                        ids.push(id.to_owned());
+                        ids.len() - 1
+                    });
+                    batched.push(Some(n));
+                }
+                _ => batched.push(None),
+            }
+        }
+        // Collected first: a lazily mapped iterator in the stream makes the future's `Send`-ness
+        // unprovable inside `#[async_trait]`.
+        let batch_calls: Vec<_> = ids.chunks(BATCH_SIZE).map(|c| self.batch(c)).collect();
+        let batches = futures_util::stream::iter(batch_calls)
+            .buffered(BATCHES_IN_FLIGHT)
+            .collect::<Vec<_>>();
+        let singles = futures_util::stream::iter(
+            refs.iter()
+                .zip(&batched)
+                .filter(|(_, b)| b.is_none())
+                .map(|(r, _)| self.fetch(r))
+                .collect::<Vec<_>>(),
+        )
+        .buffered(self.tuning.fallback_concurrency)
+        .collect::<Vec<_>>();
+        let (batch_results, single_results) = tokio::join!(batches, singles);
+        let batch_results: Vec<Result<Secret>> = batch_results.into_iter().flatten().collect();
+        let mut singles = single_results.into_iter();
+        batched
+            .into_iter()
+            .map(|b| match b {
+                Some(n) => batch_results[n].clone(),
+                None => singles
+                    .next()
+                    .unwrap_or_else(|| Err(Error::new(ErrorKind::Backend, "no answer"))),
+            })
+            .collect()
+    }
+
+    async fn version(&self, r: &SecretRef) -> Result<Option<Version>> {
+        let id = secret_id(r)?;
+        let pick = pick(r)?;
+        let d = self
+            .client
+            .describe_secret()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| from_sdk("DescribeSecret", e))?;
+        if d.deleted_date().is_some() {
+            return Err(Error::new(
+                ErrorKind::Deleted,
+                "the secret is scheduled for deletion: restore it with RestoreSecret or stop \
+                 referring to it",
+            ));
+        }
+        let versions = d.version_ids_to_stages();
+        let found = match pick {
+            Pick::Version(v) => versions
+                .and_then(|m| m.get_key_value(v))
+                .map(|(k, _)| k.as_str()),
+            Pick::Stage(s) => versions.and_then(|m| {
+                m.iter()
+                    .find(|(_, stages)| stages.iter().any(|l| l == s))
+                    .map(|(k, _)| k.as_str())
+            }),
+        };
+        match found {
+            Some(id) => Ok(Some(Version::new(id))),
+            None => Err(Error::not_found(match pick {
+                Pick::Version(v) => format!("version {v} no longer exists"),
+                Pick::Stage(s) => format!("no version carries the stage {s}"),
+            })),
+        }
+    }
+
+    async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
+        Err(Error::unsupported("Secrets Manager values have no leases"))
+    }
+
+    async fn revoke(&self, _lease: &Lease) -> Result<()> {
+        Err(Error::unsupported("Secrets Manager values have no leases"))
+    }
+
+    fn watch(&self, _r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
+        None
+    }
+}
