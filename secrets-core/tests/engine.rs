@@ -703,3 +703,19 @@ async fn opening_a_push_feed_does_not_reissue_a_lease() {
     );
     assert_eq!(handle.current().version(), v("db/1").as_ref());
 }
+
+#[tokio::test]
+async fn prefetch_does_not_fetch_a_secret_already_held() {
+    let (_clock, memory, secrets) = setup();
+    memory.lease("db", S(60), S(600), true);
+    let handle = secrets.handle("mem://db").await.unwrap();
+    let results = secrets.prefetch(&["mem://db#username"]).await;
+    assert_eq!(memory.calls().fetch_many, 0);
+    assert_eq!(memory.calls().fetch, 1);
+    let user = results[0].as_ref().unwrap();
+    assert_eq!(
+        user.lease(),
+        handle.current().lease(),
+        "the held lease, not a second one"
+    );
+}

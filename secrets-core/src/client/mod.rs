@@ -209,6 +209,14 @@ impl Secrets {
                 continue;
             }
             let base = r.without_field();
+            // Held already (by a handle, say): fetching again would only waste (or lease) one.
+            let held = lock(&self.inner.entries)
+                .get(&base)
+                .and_then(Weak::upgrade)
+                .is_some_and(|e| e.is_loaded());
+            if held {
+                continue;
+            }
             let group = groups.entry(r.source()).or_default();
             if !group.contains(&base) {
                 group.push(base);
