@@ -34,6 +34,7 @@
 // Printing the results is the point of a benchmark.
 #![allow(clippy::print_stdout)]
 
+use secrets_benches::median;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -239,20 +240,6 @@ fn multi_thread() -> Runtime {
         .enable_all()
         .build()
         .expect("tokio multi-thread runtime")
-}
-
-fn median(samples: &[f64]) -> f64 {
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn spread(samples: &[f64]) -> (f64, f64) {

@@ -31,6 +31,7 @@
 // Printing the results is the point of a benchmark.
 #![allow(clippy::print_stdout)]
 
+use secrets_benches::{median, quantile};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -403,32 +404,6 @@ const TIMED: [(&str, bool, bool, TimedLoop); 11] = [
     // Timed last in each round as well as first, so drift within a round shows.
     ("arcswap_floor_again_ns", false, true, loop_floor),
 ];
-
-fn median(samples: &[f64]) -> f64 {
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// The `q` quantile (nearest rank): interference on a shared machine only ever adds time, so a
-/// low quantile shows the undisturbed cost.
-fn quantile(samples: &[f64], q: f64) -> f64 {
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * (v.len() - 1) as f64).round() as usize;
-    v[rank.min(v.len() - 1)]
-}
 
 fn ns_per_iter(d: Duration, iters: u64) -> f64 {
     d.as_secs_f64() * 1e9 / iters as f64
