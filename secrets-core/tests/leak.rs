@@ -5,8 +5,7 @@
 //! value, secret, error, event and handle met on the way is formatted with `{:?}` and `{}`; then
 //! the captured text is searched for every secret byte string.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use secrets_core::testkit::LogCapture;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -14,19 +13,6 @@ use secrets_core::sources::MemorySource;
 use secrets_core::{
     ErrorKind, ManualClock, RotationEvent, RotationEvents, SecretRef, SecretValue, Secrets,
 };
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Everything formatted during the test.
 #[derive(Default)]
@@ -65,14 +51,7 @@ const NOT_JSON: &str = "S3CRET-not-json-7007";
 
 #[tokio::test]
 async fn no_secret_reaches_logs_debug_display_errors_or_events() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = LogCapture::start();
 
     let clock = ManualClock::new();
     let memory = MemorySource::with_clock(clock.clone());
@@ -198,7 +177,7 @@ async fn no_secret_reaches_logs_debug_display_errors_or_events() {
     secrets.shutdown().await;
     seen.events(&mut all);
 
-    let logs = String::from_utf8(capture.0.lock().expect("capture").clone()).expect("utf-8 logs");
+    let logs = capture.text();
     assert!(
         logs.contains("refresh failed"),
         "logging was captured: {logs}"

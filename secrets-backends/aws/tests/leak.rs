@@ -5,37 +5,16 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use secrets_core::testkit::LogCapture;
 use std::time::Duration;
 
 use common::*;
 use secrets_core::{RotationEvent, SecretSource, Secrets};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // Current-thread runtime: every task (the SDK's connections included) logs on this thread.
 #[tokio::test]
 async fn no_secret_reaches_logs_debug_display_errors_or_events() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = LogCapture::start();
 
     let canary = format!("S3CRET-aws-{:016x}", rand_u64());
     let binary_canary: Vec<u8> = [&[0xff, 0xfe][..], canary.as_bytes()].concat();
@@ -59,7 +38,7 @@ async fn no_secret_reaches_logs_debug_display_errors_or_events() {
     )
     .await
     .unwrap();
-    capture.0.lock().unwrap().clear();
+    capture.clear();
 
     let mut seen = String::new();
     let mut both = |d: &dyn std::fmt::Debug, s: &dyn std::fmt::Display| {
@@ -126,7 +105,7 @@ async fn no_secret_reaches_logs_debug_display_errors_or_events() {
     both(&handle.current().version(), &"current");
     secrets.shutdown().await;
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(logs.len() > 1000, "the capture saw almost nothing: {logs}");
     for text in [&seen, &logs] {
         if let Some(at) = text.find(&canary) {

@@ -7,9 +7,11 @@
 //! not must be refused with `Unsupported` rather than faked.
 
 mod conformance;
+mod logs;
 
 pub use crate::clock::settle;
 pub use conformance::{Seeder, assert_conformance, conformance};
+pub use logs::LogCapture;
 
 use crate::client::{RotationEvent, RotationEvents};
 
