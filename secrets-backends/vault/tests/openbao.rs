@@ -15,8 +15,8 @@ use common::*;
 use reqwest::Method;
 use secrets_core::testkit::{Seeder, assert_conformance};
 use secrets_core::{
-    ErrorKind, Result, RotationEvent, Secret, SecretRef, SecretSource, Secrets, StaticToken,
-    Version, async_trait,
+    ErrorKind, Result, RotationEvent, Secret, SecretRef, SecretSource, StaticToken, Version,
+    async_trait,
 };
 use secrets_vault::Auth;
 
@@ -63,11 +63,7 @@ async fn openbao_conforms() {
 async fn kv2_write_from_outside_reaches_a_handle_as_rotated() {
     let path = uniq("app/rotating");
     kv2_put(&path, serde_json::json!({ "api_key": "first" })).await;
-    let secrets = Secrets::builder()
-        .source("vault", root())
-        .refresh_interval(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let secrets = client_every(root(), Duration::from_secs(1));
     let handle = secrets
         .handle(format!("vault://secret/{path}#api_key"))
         .await
@@ -154,11 +150,7 @@ async fn kv1_kv2_versions_metadata_and_deletion() {
     // Through the client: a handle sees the deletion as an event and keeps its value.
     let path = uniq("app/deleted");
     kv2_put(&path, serde_json::json!({ "k": "kept" })).await;
-    let secrets = Secrets::builder()
-        .source("vault", root())
-        .refresh_interval(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let secrets = client_every(root(), Duration::from_secs(1));
     let handle = secrets
         .handle(format!("vault://secret/{path}#k"))
         .await
@@ -176,17 +168,13 @@ async fn kv1_kv2_versions_metadata_and_deletion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pki_certificate_carries_its_expiry_and_is_reissued_before_it() {
-    let secrets = Secrets::builder()
-        .source(
-            "vault",
-            source(Auth::approle(
-                env("VAULT_APPROLE_ROLE_ID"),
-                env("VAULT_APPROLE_SECRET_ID"),
-            )),
-        )
-        .refresh_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
+    let secrets = client_every(
+        source(Auth::approle(
+            env("VAULT_APPROLE_ROLE_ID"),
+            env("VAULT_APPROLE_SECRET_ID"),
+        )),
+        Duration::from_secs(3600),
+    );
     let uri = "vault://pki/issue/app?common_name=svc.example.test&ttl=15s";
     let handle = secrets.handle(uri).await.unwrap();
     let cert = handle.current().clone();
@@ -228,10 +216,7 @@ async fn pki_certificate_carries_its_expiry_and_is_reissued_before_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_and_permission_errors() {
     // A token whose policy does not cover the path: PermissionDenied, not NotFound.
-    let restricted = Secrets::builder()
-        .source("vault", source(Auth::token(env("VAULT_RESTRICTED_TOKEN"))))
-        .build()
-        .unwrap();
+    let restricted = client(source(Auth::token(env("VAULT_RESTRICTED_TOKEN"))));
     let e = restricted
         .get_secret("vault://secret/app/config#api_key")
         .await
@@ -245,16 +230,10 @@ async fn logins_and_permission_errors() {
     );
 
     // AppRole.
-    let approle = Secrets::builder()
-        .source(
-            "vault",
-            source(Auth::approle(
-                env("VAULT_APPROLE_ROLE_ID"),
-                env("VAULT_APPROLE_SECRET_ID"),
-            )),
-        )
-        .build()
-        .unwrap();
+    let approle = client(source(Auth::approle(
+        env("VAULT_APPROLE_ROLE_ID"),
+        env("VAULT_APPROLE_SECRET_ID"),
+    )));
     let key = approle
         .get_secret("vault://secret/app/config#api_key")
         .await
@@ -262,13 +241,10 @@ async fn logins_and_permission_errors() {
     assert_eq!(key.expose_str().unwrap(), "k-1");
 
     // JWT signed by the key the role trusts.
-    let jwt = Secrets::builder()
-        .source(
-            "vault",
-            source(Auth::jwt("app", StaticToken::new(env("VAULT_JWT_TOKEN")))),
-        )
-        .build()
-        .unwrap();
+    let jwt = client(source(Auth::jwt(
+        "app",
+        StaticToken::new(env("VAULT_JWT_TOKEN")),
+    )));
     assert!(
         jwt.get_secret("vault://secret/app/config#user")
             .await
@@ -276,16 +252,10 @@ async fn logins_and_permission_errors() {
     );
 
     // JWT signed by another key: refused as Unauthenticated.
-    let wrong = Secrets::builder()
-        .source(
-            "vault",
-            source(Auth::jwt(
-                "app",
-                StaticToken::new(env("VAULT_JWT_TOKEN_WRONG_KEY")),
-            )),
-        )
-        .build()
-        .unwrap();
+    let wrong = client(source(Auth::jwt(
+        "app",
+        StaticToken::new(env("VAULT_JWT_TOKEN_WRONG_KEY")),
+    )));
     let e = wrong
         .get_secret("vault://secret/app/config#user")
         .await
@@ -297,16 +267,10 @@ async fn logins_and_permission_errors() {
     );
 
     // A wrong AppRole secret id.
-    let bad = Secrets::builder()
-        .source(
-            "vault",
-            source(Auth::approle(
-                env("VAULT_APPROLE_ROLE_ID"),
-                "not-the-secret-id",
-            )),
-        )
-        .build()
-        .unwrap();
+    let bad = client(source(Auth::approle(
+        env("VAULT_APPROLE_ROLE_ID"),
+        "not-the-secret-id",
+    )));
     let e = bad
         .get_secret("vault://secret/app/config")
         .await
@@ -321,17 +285,13 @@ async fn logins_and_permission_errors() {
     assert!(!e.to_string().contains("not-the-secret-id"));
 
     // Nothing listening: Unavailable (retryable).
-    let down = Secrets::builder()
-        .source(
-            "vault",
-            secrets_vault::VaultBuilder::new()
-                .with_address("http://127.0.0.1:9")
-                .with_token("x")
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let down = client(
+        secrets_vault::VaultBuilder::new()
+            .with_address("http://127.0.0.1:9")
+            .with_token("x")
+            .build()
+            .unwrap(),
+    );
     let e = down
         .get_secret("vault://secret/app/config")
         .await

@@ -211,10 +211,7 @@ async fn token_max_ttl_relogin_reissues_dynamic_secrets() {
         .as_str()
         .unwrap()
         .to_owned();
-    let secrets = Secrets::builder()
-        .source("vault", source(Auth::approle(role_id, secret_id)))
-        .build()
-        .unwrap();
+    let secrets = client(source(Auth::approle(role_id, secret_id)));
     let handle = secrets.handle("vault://database/creds/app").await.unwrap();
     let started = Instant::now();
     let first = creds(&handle.current());

@@ -12,21 +12,15 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::Method;
-use secrets_core::{RotationEvent, Secrets};
+use secrets_core::RotationEvent;
 use secrets_vault::Auth;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_is_replaced_by_a_new_login() {
-    let secrets = Secrets::builder()
-        .source(
-            "vault",
-            source(Auth::approle(
-                env("VAULT_APPROLE_ROLE_ID"),
-                env("VAULT_APPROLE_SECRET_ID"),
-            )),
-        )
-        .build()
-        .unwrap();
+    let secrets = client(source(Auth::approle(
+        env("VAULT_APPROLE_ROLE_ID"),
+        env("VAULT_APPROLE_SECRET_ID"),
+    )));
     let db = secrets.handle("vault://database/creds/app").await.unwrap();
     let first = creds(&db.current());
     let mut events = db.subscribe();

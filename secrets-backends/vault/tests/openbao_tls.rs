@@ -11,8 +11,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::env;
-use secrets_core::{ErrorKind, Secrets};
+use common::{client, env};
+use secrets_core::ErrorKind;
 use secrets_vault::VaultBuilder;
 
 struct Server(Child);
@@ -62,17 +62,13 @@ async fn tls_with_the_servers_ca_and_refused_without_it() {
     );
     let ca = dir.path().join("vault-ca.pem");
     let address = format!("https://127.0.0.1:{port}");
-    let trusted = Secrets::builder()
-        .source(
-            "vault",
-            VaultBuilder::new()
-                .with_address(&address)
-                .with_token("tls-root")
-                .with_ca_file(&ca)
-                .build_when_ready(&ca),
-        )
-        .build()
-        .unwrap();
+    let trusted = client(
+        VaultBuilder::new()
+            .with_address(&address)
+            .with_token("tls-root")
+            .with_ca_file(&ca)
+            .build_when_ready(&ca),
+    );
     // Dev mode mounts KV v2 at secret/; ask until the server is up.
     let deadline = Instant::now() + Duration::from_secs(20);
     let e = loop {
@@ -86,17 +82,13 @@ async fn tls_with_the_servers_ca_and_refused_without_it() {
     assert_eq!(e.kind(), &ErrorKind::NotFound, "over TLS: {e}");
 
     // The same server without its CA: the certificate is not trusted.
-    let untrusted = Secrets::builder()
-        .source(
-            "vault",
-            VaultBuilder::new()
-                .with_address(&address)
-                .with_token("tls-root")
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let untrusted = client(
+        VaultBuilder::new()
+            .with_address(&address)
+            .with_token("tls-root")
+            .build()
+            .unwrap(),
+    );
     let e = untrusted
         .get_secret("vault://secret/missing")
         .await

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use secrets_core::{RotationEvent, RotationEvents, Secret, SecretRef};
+use secrets_core::{RotationEvent, RotationEvents, Secret, SecretRef, Secrets};
 use secrets_vault::{Auth, VaultBuilder, VaultSource};
 
 pub fn env(name: &str) -> String {
@@ -22,6 +22,20 @@ pub fn source(auth: Auth) -> VaultSource {
     VaultBuilder::new()
         .with_address(env("VAULT_ADDR"))
         .with_auth(auth)
+        .build()
+        .unwrap()
+}
+
+/// A client with `source` registered as `vault`.
+pub fn client(source: VaultSource) -> Secrets {
+    Secrets::builder().source("vault", source).build().unwrap()
+}
+
+/// The same, re-checking secrets every `refresh`.
+pub fn client_every(source: VaultSource, refresh: Duration) -> Secrets {
+    Secrets::builder()
+        .source("vault", source)
+        .refresh_interval(refresh)
         .build()
         .unwrap()
 }
