@@ -1,6 +1,5 @@
-//! In-cluster identity for `secrets-core` — **not implemented yet**.
+//! In-cluster identity for `secrets-core` (being written, issue 5).
 //!
-//! This crate will hold `ProjectedToken` (the kubelet-rotated service-account token file, as an
-//! [`secrets_core::IdentityToken`]), in-cluster detection, the glue that logs each backend in with
-//! that token, and a Kubernetes Secrets source. Until then it exports nothing, so nothing can be
-//! mistaken for working code. See the project README's feature table for what exists today.
+//! * [`source`]: the `k8s://<namespace>/<name>#<key>` Kubernetes Secrets source (GET + watch).
+
+pub mod source;

@@ -1,0 +1,1 @@
+//! Azure Key Vault source for `secrets-core` — being written (issue 6).

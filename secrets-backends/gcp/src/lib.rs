@@ -1,0 +1,1 @@
+//! Google Secret Manager source for `secrets-core` — being written (issue 6).

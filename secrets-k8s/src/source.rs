@@ -1,0 +1,1 @@
+//! The Kubernetes Secrets source (being written).
