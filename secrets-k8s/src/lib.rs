@@ -1,5 +1,20 @@
-//! In-cluster identity for `secrets-core` (being written, issue 5).
+//! In-cluster identity for `secrets-core`: a pod fetches its secrets in-process, with no sidecar,
+//! CSI volume or mutating webhook.
 //!
+//! * [`ProjectedToken`]: the kubelet-rotated service-account token file as an
+//!   [`IdentityToken`](secrets_core::IdentityToken), re-read when the kubelet swaps it, at 80 % of
+//!   its lifetime, and after a backend refused it; its [`TokenClaims`] decoded (not verified).
+//! * [`InCluster`]: the API server, namespace, CA bundle and token of the pod.
 //! * [`source`]: the `k8s://<namespace>/<name>#<key>` Kubernetes Secrets source (GET + watch).
+//! * `testkit` (feature `testkit`): a kubelet-style token projector for tests.
 
+pub mod claims;
+pub mod in_cluster;
 pub mod source;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod token;
+
+pub use claims::TokenClaims;
+pub use in_cluster::InCluster;
+pub use token::ProjectedToken;
