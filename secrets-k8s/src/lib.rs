@@ -5,16 +5,25 @@
 //!   [`IdentityToken`](secrets_core::IdentityToken), re-read when the kubelet swaps it, at 80 % of
 //!   its lifetime, and after a backend refused it; its [`TokenClaims`] decoded (not verified).
 //! * [`InCluster`]: the API server, namespace, CA bundle and token of the pod.
+//! * [`Pod`]: which identities the pod was given (Vault, AWS IRSA, Azure and Google workload
+//!   identity), with errors that name exactly what is missing; `vault::from_pod` and
+//!   `aws::from_pod` (features `vault`, `aws`) turn them into configured builders.
 //! * [`source`]: the `k8s://<namespace>/<name>#<key>` Kubernetes Secrets source (GET + watch).
 //! * `testkit` (feature `testkit`): a kubelet-style token projector for tests.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod claims;
+pub mod detect;
 pub mod in_cluster;
 pub mod source;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod token;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 pub use claims::TokenClaims;
+pub use detect::Pod;
 pub use in_cluster::InCluster;
 pub use token::ProjectedToken;

@@ -2,7 +2,7 @@
 //! re-read on the `..data` swap, at 80 % of the lifetime, after `invalidate`; last good token kept.
 //! Claim shapes follow fixtures/k8s/projected_sa_token_claims.samples.json
 //! (`official_docs_pod_bound_token`).
-#![allow(clippy::disallowed_methods)] // waits for the real directory watch
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // waits for the real directory watch
 
 use std::time::{Duration, UNIX_EPOCH};
 

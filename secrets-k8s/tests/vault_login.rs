@@ -8,7 +8,7 @@
 //!   `response_authenticated_docs` with the user of `observed_service_account_user`, and
 //!   `response_unauthenticated_docs`) and the TokenReview schema in
 //!   fixtures/k8s/openapi-v3/apis__authentication.k8s.io__v1_openapi.json.
-#![allow(clippy::disallowed_methods)] // real servers, real time
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // real servers, real time
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -45,6 +45,7 @@ pub struct AwsBuilder {
     credentials: Option<SharedCredentialsProvider>,
     web_identity: Option<StaticConfiguration>,
     timeout: Duration,
+    refresh_before_expiry: Option<Duration>,
     interceptors: Vec<SharedInterceptor>,
     tuning: Tuning,
     clock: Arc<dyn Clock>,
@@ -60,6 +61,7 @@ impl fmt::Debug for AwsBuilder {
             .field("credentials", &self.credentials.is_some())
             .field("web_identity", &self.web_identity)
             .field("timeout", &self.timeout)
+            .field("refresh_before_expiry", &self.refresh_before_expiry)
             .field("tuning", &self.tuning)
             .finish_non_exhaustive()
     }
@@ -82,6 +84,7 @@ impl AwsBuilder {
             credentials: None,
             web_identity: None,
             timeout: Duration::from_secs(30),
+            refresh_before_expiry: None,
             interceptors: Vec::new(),
             tuning: Tuning::default(),
             clock: Arc::new(SystemClock),
@@ -164,6 +167,15 @@ impl AwsBuilder {
             role_arn: role_arn.into(),
             session_name: session_name.unwrap_or_else(|| "secrets-aws".to_owned()),
         });
+        self
+    }
+
+    /// Load new AWS credentials this long before the current ones expire (the SDK's default is
+    /// 10 s; the SDK shortens the buffer by a random 0–50 % so a fleet does not refresh at once).
+    /// With web identity every load reads the token file again, so this also bounds how long a
+    /// rotated projected token waits before it is used.
+    pub fn with_credentials_refresh_before_expiry(mut self, buffer: Duration) -> Self {
+        self.refresh_before_expiry = Some(buffer);
         self
     }
 
@@ -252,6 +264,13 @@ impl AwsBuilder {
             );
         if base.http_client().is_none() {
             config = config.http_client(http.clone());
+        }
+        if let Some(buffer) = self.refresh_before_expiry {
+            config = config.identity_cache(
+                aws_sdk_secretsmanager::config::IdentityCache::lazy()
+                    .buffer_time(buffer)
+                    .build(),
+            );
         }
         if let Some(url) = self.endpoint_url {
             config = config.endpoint_url(url);
