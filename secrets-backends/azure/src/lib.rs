@@ -1,1 +1,48 @@
-//! Azure Key Vault source for `secrets-core` — being written (issue 6).
+//! Azure Key Vault for [`secrets_core`], on the official `azure_security_keyvault_secrets` 1.0
+//! SDK, with one TLS stack (rustls + ring through the workspace's reqwest; no OpenSSL).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use secrets_azure::AzureBuilder;
+//! use secrets_core::Secrets;
+//!
+//! // Workload identity (AKS), else a client secret, else managed identity.
+//! let azure = AzureBuilder::from_env().with_default_vault("payments-kv").build()?;
+//! let secrets = Secrets::builder().source("azure-kv", azure).build()?;
+//! let password = secrets.get_secret("azure-kv://payments-kv/db-password").await?;
+//! let api_key = secrets.get_secret("azure-kv://stripe#api_key").await?; // default vault
+//! let db = secrets.handle("azure-kv://payments-kv/db").await?; // re-read on the refresh interval
+//! # let _ = (password, api_key, db);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! In Kubernetes without the workload-identity webhook, or with a token source of your own,
+//! hand the token over as an [`IdentityToken`](secrets_core::IdentityToken):
+//!
+//! ```no_run
+//! # fn run(token: std::sync::Arc<dyn secrets_core::IdentityToken>) -> secrets_core::Result<()> {
+//! use secrets_azure::{AzureBuilder, WorkloadIdentity};
+//!
+//! let identity = WorkloadIdentity::new("tenant-id", "client-id", token);
+//! let azure = AzureBuilder::new().with_workload_identity(identity).build()?;
+//! # let _ = azure;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What references read, how errors map and why there is no version probe is described on
+//! [`AzureSource`]; configuration and the credential chain on [`AzureBuilder`].
+
+mod builder;
+mod credential;
+mod errors;
+mod source;
+
+pub use builder::{AzureBuilder, PUBLIC_VAULT_AUDIENCE, PUBLIC_VAULT_URL_TEMPLATE};
+pub use credential::{PUBLIC_AUTHORITY_HOST, WorkloadIdentity};
+pub use source::AzureSource;
+
+/// The SDK crates this one is built on, for callers who pass their own credential or use the
+/// [`SecretClient`](azure_security_keyvault_secrets::SecretClient) directly.
+pub use {azure_core, azure_identity, azure_security_keyvault_secrets};

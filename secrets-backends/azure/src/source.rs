@@ -1,0 +1,354 @@
+//! [`AzureSource`]: the [`SecretSource`] over Key Vault's secrets API.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind as AzureKind;
+use azure_core::http::Url;
+use azure_security_keyvault_secrets::models::{self, SecretClientGetSecretOptions};
+use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use futures_util::stream::BoxStream;
+use secrets_core::{
+    Capabilities, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource, SecretValue,
+    Selector, SourceEvent, Version, async_trait, fetch_each,
+};
+
+use crate::errors::from_azure;
+
+/// Concurrent reads of one `fetch_many` (Key Vault has no batch read).
+const READS_IN_FLIGHT: usize = 8;
+
+/// Where each vault name is served.
+#[derive(Clone, Debug)]
+pub(crate) struct Vaults {
+    pub(crate) default_vault: Option<String>,
+    pub(crate) urls: HashMap<String, String>,
+    pub(crate) template: String,
+}
+
+impl Vaults {
+    pub(crate) fn url_for(&self, vault: &str) -> String {
+        match self.urls.get(vault) {
+            Some(url) => url.clone(),
+            None => self.template.replace("{name}", vault),
+        }
+    }
+}
+
+/// Azure Key Vault as a [`SecretSource`].
+///
+/// References: `azure-kv://<vault-name>/<secret-name>[?version=<id>][#field]`, or
+/// `azure-kv://<secret-name>` in the builder's default vault. One source serves any number of
+/// vaults; each gets its own SDK client (and its own authentication challenge) on first use.
+///
+/// - No selector reads the latest version; `?version=<id>` (the last segment of the secret's
+///   id URL) pins one. `?stage=` is `Unsupported`: Key Vault has no staging labels.
+/// - The value is the secret's text (`value`), returned as its UTF-8 bytes; Key Vault stores
+///   text only, so binary data has to be encoded by whoever writes it.
+/// - Metadata: the version is taken from the id URL
+///   (`https://<vault>/secrets/<name>/<version>`), `created_at` from `attributes.created`,
+///   `expires_at` from `attributes.exp`. An expiry makes the client re-check before that time
+///   (at two thirds of the remaining time) and stop serving the value once it has passed.
+///   `nbf` is not enforced by Key Vault for secrets and has no slot in the metadata, so it is
+///   not reported.
+/// - A disabled secret (`attributes.enabled = false`, which Key Vault answers with 403
+///   `SecretDisabled`) is `ErrorKind::Disabled`, never a value.
+///
+/// **No version probe.** Key Vault has no call that answers a secret's current version more
+/// cheaply than reading it: listing versions is a paged list operation and every call counts
+/// against the same limit (4,000 secret operations per 10 s per vault). A probe followed by a
+/// read would double the cost of a change, so `capabilities().version_probe` is `false` and the
+/// client re-reads on its refresh interval, which it shortens by a random fraction (the
+/// client's `refresh_jitter`, 20 % by default) so a fleet started together spreads its reads
+/// over that fraction of the interval instead of hitting the vault at once.
+///
+/// **Errors.** 404 (`SecretNotFound`) → `NotFound`; 403 → `PermissionDenied` (`Disabled` for a
+/// disabled secret); 401 after the challenge and a token → `Unauthenticated`; no token (Entra
+/// ID refused, nothing configured) → `Unauthenticated` with the credential's reason; 429 →
+/// `Throttled` with `Retry-After` (retryable); 5xx and failures to connect → `Unavailable`.
+/// The SDK's own retries are off: the client's backoff, which honours `Retry-After`, is the
+/// only retry loop.
+///
+/// The SDK's response buffers are not zeroized; only the value handed to the engine is.
+#[derive(Clone)]
+pub struct AzureSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    vaults: Vaults,
+    credential: Arc<dyn TokenCredential>,
+    options: SecretClientOptions,
+    clients: Mutex<HashMap<String, Arc<SecretClient>>>,
+}
+
+impl fmt::Debug for AzureSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureSource")
+            .field("vaults", &self.inner.vaults)
+            .field("credential", &self.inner.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidRef, message)
+}
+
+/// Vault names: 3–24 letters, digits and hyphens.
+pub(crate) fn check_vault(name: &str) -> Result<()> {
+    let ok = (3..=24).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "`{name}` is not a Key Vault name (3-24 letters, digits and hyphens)"
+        )))
+    }
+}
+
+/// Secret names: 1–127 letters, digits and hyphens. Checked here because the SDK pastes the
+/// name into the URL path: a `/` or `..` would address another resource.
+fn check_secret_name(name: &str) -> Result<()> {
+    let ok = (1..=127).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "`{name}` is not a Key Vault secret name (1-127 letters, digits and hyphens)"
+        )))
+    }
+}
+
+fn check_version(version: &str) -> Result<()> {
+    let ok =
+        (1..=64).contains(&version.len()) && version.bytes().all(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "`{version}` is not a Key Vault version id (letters and digits)"
+        )))
+    }
+}
+
+/// The version id: the last path segment of `https://<vault>/secrets/<name>/<version>`.
+fn version_from_id(id: &str) -> Option<String> {
+    let url = Url::parse(id).ok()?;
+    let segments: Vec<&str> = url.path_segments()?.filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        [_, _, version] => Some((*version).to_owned()),
+        _ => None,
+    }
+}
+
+fn wall(t: azure_core::time::OffsetDateTime) -> SystemTime {
+    let secs = t.unix_timestamp();
+    match u64::try_from(secs) {
+        Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
+}
+
+/// A secret from Key Vault's answer.
+pub(crate) fn secret_from(model: models::Secret) -> Result<Secret> {
+    let attributes = model.attributes.unwrap_or_default();
+    if attributes.enabled == Some(false) {
+        return Err(Error::new(
+            ErrorKind::Disabled,
+            "the secret version is disabled (attributes.enabled = false)",
+        ));
+    }
+    let Some(value) = model.value else {
+        return Err(Error::invalid_value(
+            "Key Vault returned the secret without a value",
+        ));
+    };
+    let mut secret = Secret::new(SecretValue::from_string(value));
+    if let Some(v) = model.id.as_deref().and_then(version_from_id) {
+        secret = secret.versioned(v);
+    }
+    if let Some(created) = attributes.created {
+        secret = secret.created_at(wall(created));
+    }
+    if let Some(exp) = attributes.expires {
+        secret = secret.expires_at(wall(exp));
+    }
+    Ok(secret)
+}
+
+impl AzureSource {
+    pub(crate) fn new(
+        vaults: Vaults,
+        credential: Arc<dyn TokenCredential>,
+        options: SecretClientOptions,
+    ) -> Self {
+        AzureSource {
+            inner: Arc::new(Inner {
+                vaults,
+                credential,
+                options,
+                clients: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The SDK client for `vault` (to write secrets, or for calls this crate does not make). It
+    /// shares this source's credential, transport and challenge state.
+    pub fn client(&self, vault: &str) -> Result<Arc<SecretClient>> {
+        check_vault(vault)?;
+        let mut clients = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = clients.get(vault) {
+            return Ok(c.clone());
+        }
+        let url = self.inner.vaults.url_for(vault);
+        let client = SecretClient::new(
+            &url,
+            self.inner.credential.clone(),
+            Some(self.inner.options.clone()),
+        )
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("vault `{vault}` at `{url}`: {e}"),
+            )
+        })?;
+        let client = Arc::new(client);
+        clients.insert(vault.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// The vault and secret a reference names.
+    fn locate<'r>(&'r self, r: &'r SecretRef) -> Result<(&'r str, &'r str)> {
+        if let Some((key, _)) = r.params().first() {
+            return Err(invalid(format!(
+                "unknown parameter `{key}`; azure-kv references take only `version`"
+            )));
+        }
+        let (vault, name) = match r.path().split_once('/') {
+            Some((vault, name)) => (vault, name),
+            None => match &self.inner.vaults.default_vault {
+                Some(vault) => (vault.as_str(), r.path()),
+                None => {
+                    return Err(invalid(
+                        "an azure-kv reference needs `<vault-name>/<secret-name>` (no default \
+                         vault is configured)",
+                    ));
+                }
+            },
+        };
+        check_vault(vault)?;
+        check_secret_name(name)?;
+        Ok((vault, name))
+    }
+}
+
+#[async_trait]
+impl SecretSource for AzureSource {
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::NONE;
+        caps.versions = true;
+        caps
+    }
+
+    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
+        let (vault, name) = self.locate(r)?;
+        let version = match r.selector() {
+            None => None,
+            Some(Selector::Version(v)) => {
+                check_version(v)?;
+                Some(v.clone())
+            }
+            Some(other) => {
+                return Err(Error::unsupported(format!(
+                    "Key Vault cannot select {other:?}: it has versions, not stages"
+                )));
+            }
+        };
+        let client = self.client(vault)?;
+        let options = SecretClientGetSecretOptions {
+            secret_version: version,
+            ..Default::default()
+        };
+        let response = client
+            .get_secret(name, Some(options))
+            .await
+            .map_err(|e| from_azure("GetSecret", e))?;
+        let model = response.into_model().map_err(|e| match e.kind() {
+            AzureKind::DataConversion => Error::new(
+                ErrorKind::Backend,
+                "Key Vault GetSecret: unreadable response",
+            ),
+            _ => from_azure("GetSecret", e),
+        })?;
+        secret_from(model)
+    }
+
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
+        fetch_each(self, refs, READS_IN_FLIGHT).await
+    }
+
+    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
+        Err(Error::unsupported(
+            "Key Vault has no version probe cheaper than a read",
+        ))
+    }
+
+    async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
+        Err(Error::unsupported("Key Vault secrets have no leases"))
+    }
+
+    async fn revoke(&self, _lease: &Lease) -> Result<()> {
+        Err(Error::unsupported("Key Vault secrets have no leases"))
+    }
+
+    fn watch(&self, _r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_comes_from_the_id_url() {
+        // id of rust/secret_roundtrip.json, entry 0.
+        assert_eq!(
+            version_from_id(
+                "https://t74470a1f9658b2b5.vault.azure.net/secrets/secret-roundtrip/a471deac486e4fe1bc64dfb520bd6fda"
+            )
+            .as_deref(),
+            Some("a471deac486e4fe1bc64dfb520bd6fda")
+        );
+        assert_eq!(
+            version_from_id("https://v.vault.azure.net/secrets/name"),
+            None
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_vault("my-vault").is_ok());
+        assert!(check_vault("ab").is_err());
+        assert!(check_secret_name("db-password").is_ok());
+        for bad in ["", "a/b", "..", "a b", "a?x", "ä"] {
+            assert_eq!(
+                check_secret_name(bad).unwrap_err().kind(),
+                &ErrorKind::InvalidRef,
+                "{bad}"
+            );
+        }
+        assert!(check_version("a471deac486e4fe1bc64dfb520bd6fda").is_ok());
+        assert!(check_version("../x").is_err());
+    }
+}
