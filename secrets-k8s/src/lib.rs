@@ -6,13 +6,16 @@
 //!   its lifetime, and after a backend refused it; its [`TokenClaims`] decoded (not verified).
 //! * [`InCluster`]: the API server, namespace, CA bundle and token of the pod.
 //! * [`Pod`]: which identities the pod was given (Vault, AWS IRSA, Azure and Google workload
-//!   identity), with errors that name exactly what is missing; `vault::from_pod` and
-//!   `aws::from_pod` (features `vault`, `aws`) turn them into configured builders.
+//!   identity), with errors that name exactly what is missing; `vault::from_pod`,
+//!   `aws::from_pod` and `azure::from_pod` (features `vault`, `aws`, `azure`) turn them into
+//!   configured builders.
 //! * [`source`]: the `k8s://<namespace>/<name>#<key>` Kubernetes Secrets source (GET + watch).
 //! * `testkit` (feature `testkit`): a kubelet-style token projector for tests.
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod claims;
 pub mod detect;
 pub mod in_cluster;

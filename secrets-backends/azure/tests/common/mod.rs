@@ -25,9 +25,27 @@ pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 /// (entra_client_assertion_token_exchange.documented.json, `request.form_body_in_documented_order`).
 pub const CLIENT_ID: &str = "97e0a5b7-d745-40b6-94fe-5f77d35c6e05";
 
+/// A fixture file, embedded relative to this file so that other crates' tests (secrets-k8s's
+/// workload-identity test) can include these fakes with `#[path]`.
 pub fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    let text = match name {
+        "entra_client_assertion_token_exchange.documented.json" => {
+            include_str!("../fixtures/entra_client_assertion_token_exchange.documented.json")
+        }
+        "get_secret.excerpt.json" => include_str!("../fixtures/get_secret.excerpt.json"),
+        "instance_discovery_disabled.json" => {
+            include_str!("../fixtures/instance_discovery_disabled.json")
+        }
+        "list_secrets_by_pages_verify_telemetry.excerpt.json" => {
+            include_str!("../fixtures/list_secrets_by_pages_verify_telemetry.excerpt.json")
+        }
+        "python_crud_operations_7.3.json" => {
+            include_str!("../fixtures/python_crud_operations_7.3.json")
+        }
+        "secret_roundtrip.json" => include_str!("../fixtures/secret_roundtrip.json"),
+        other => panic!("no fixture {other} in secrets-backends/azure/tests/fixtures"),
+    };
+    serde_json::from_str(text).unwrap()
 }
 
 /// Entry `i` of a test-proxy recording.

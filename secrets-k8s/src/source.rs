@@ -1,1 +1,0 @@
-//! The Kubernetes Secrets source (being written).

@@ -1,0 +1,252 @@
+//! Requests to the API server and the mapping of its answers to [`ErrorKind`]s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use reqwest::{Response, StatusCode};
+use secrets_core::{Error, ErrorKind, IdentityToken, Result};
+use serde::Deserialize;
+use url::Url;
+
+use super::Target;
+
+/// Authenticated GETs against one API server.
+#[derive(Clone)]
+pub(super) struct Api {
+    pub(super) client: reqwest::Client,
+    pub(super) base: Url,
+    pub(super) token: Arc<dyn IdentityToken>,
+    /// Bound on a whole GET; watches are bounded by `timeoutSeconds` and an idle limit instead.
+    pub(super) timeout: Duration,
+}
+
+/// `metav1.Status`: the body of every failed answer and of a watch `ERROR` event.
+#[derive(Deserialize, Default, Debug)]
+pub(super) struct Status {
+    #[serde(default)]
+    pub(super) message: String,
+    #[serde(default)]
+    pub(super) reason: String,
+    #[serde(default)]
+    pub(super) code: u16,
+    #[serde(default)]
+    pub(super) details: Option<StatusDetails>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+pub(super) struct StatusDetails {
+    #[serde(default, rename = "retryAfterSeconds")]
+    retry_after_seconds: Option<u64>,
+}
+
+/// The parts of `ObjectMeta` this source reads.
+#[derive(Deserialize, Default, Debug)]
+pub(super) struct ObjectMeta {
+    #[serde(default, rename = "resourceVersion")]
+    pub(super) resource_version: Option<String>,
+}
+
+/// A core/v1 Secret. `data` holds base64 text; it is decoded by the caller, straight into
+/// zeroizing buffers.
+#[derive(Deserialize)]
+pub(super) struct SecretObject {
+    #[serde(default)]
+    pub(super) metadata: ObjectMeta,
+    #[serde(default)]
+    pub(super) data: Option<BTreeMap<String, String>>,
+}
+
+/// What opening a watch gave.
+pub(super) enum Opened {
+    /// The event stream.
+    Stream(Response),
+    /// HTTP 410: the resourceVersion is older than the server keeps.
+    Gone,
+}
+
+impl Api {
+    fn url(&self, t: &Target, named: bool) -> Result<Url> {
+        let mut url = self.base.clone();
+        {
+            let mut segments = url.path_segments_mut().map_err(|()| {
+                Error::new(ErrorKind::Config, "the API server URL cannot be a base URL")
+            })?;
+            segments
+                .pop_if_empty()
+                .extend(["api", "v1", "namespaces", &t.namespace, "secrets"]);
+            if named {
+                segments.push(&t.name);
+            }
+        }
+        Ok(url)
+    }
+
+    /// `GET /api/v1/namespaces/{ns}/secrets/{name}`.
+    pub(super) async fn get_secret(&self, t: &Target) -> Result<SecretObject> {
+        let response = self.send(self.url(t, true)?, false).await?;
+        if !response.status().is_success() {
+            return Err(failure(response, t).await);
+        }
+        let body = response.bytes().await.map_err(transport_error)?;
+        // serde's messages can quote the input (here: base64 of the value), so only the
+        // position is kept.
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the API server answered with a body that is not a Secret (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
+    }
+
+    /// A watch of the one named Secret, from `resource_version` (from now, with the current
+    /// object as a synthetic `ADDED`, when `None`).
+    pub(super) async fn watch(
+        &self,
+        t: &Target,
+        resource_version: Option<&str>,
+        timeout_seconds: u64,
+    ) -> Result<Opened> {
+        let mut url = self.url(t, false)?;
+        {
+            let mut q = url.query_pairs_mut();
+            // A field selector on the name is what lets a Role with `resourceNames` authorize
+            // the watch: the authorizer sees a request for that one object.
+            q.append_pair("fieldSelector", &format!("metadata.name={}", t.name))
+                .append_pair("watch", "1");
+            if let Some(rv) = resource_version {
+                q.append_pair("resourceVersion", rv);
+            }
+            q.append_pair("allowWatchBookmarks", "true")
+                .append_pair("timeoutSeconds", &timeout_seconds.to_string());
+        }
+        let response = self.send(url, true).await?;
+        match response.status() {
+            s if s.is_success() => Ok(Opened::Stream(response)),
+            StatusCode::GONE => Ok(Opened::Gone),
+            _ => Err(failure(response, t).await),
+        }
+    }
+
+    /// One GET with the current token; after a 401 the token is invalidated and the request sent
+    /// once more with a fresh one (the kubelet may have rotated it since it was read). The answer
+    /// is returned whatever its status.
+    async fn send(&self, url: Url, streaming: bool) -> Result<Response> {
+        let mut retried = false;
+        loop {
+            let token = self.token.token().await?;
+            let mut header = Vec::with_capacity(7 + token.len());
+            header.extend_from_slice(b"Bearer ");
+            header.extend_from_slice(token.expose_bytes());
+            // Shared rather than copied, so no second copy of the token is left behind.
+            let mut auth = HeaderValue::from_maybe_shared(Bytes::from(header)).map_err(|_| {
+                Error::new(
+                    ErrorKind::Unauthenticated,
+                    "the service-account token is not a valid HTTP header value",
+                )
+            })?;
+            auth.set_sensitive(true);
+            let mut request = self
+                .client
+                .get(url.clone())
+                .header(AUTHORIZATION, auth)
+                .header(ACCEPT, "application/json");
+            if !streaming {
+                request = request.timeout(self.timeout);
+            }
+            let response = request.send().await.map_err(transport_error)?;
+            if response.status() == StatusCode::UNAUTHORIZED && !retried {
+                tracing::debug!(
+                    "the API server refused the token (401); retrying with a fresh one"
+                );
+                self.token.invalidate();
+                retried = true;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> Error {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Unavailable
+    };
+    Error::new(kind, "could not reach the Kubernetes API server").with_cause(e.without_url())
+}
+
+/// The error for a failed answer, from its status and `metav1.Status` body.
+async fn failure(response: Response, t: &Target) -> Error {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body: Status = match response.bytes().await {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Err(_) => Status::default(),
+    };
+    classify(status, &body, retry_after, t)
+}
+
+/// Map an API server status to an error. The Status `message` is the server's description of the
+/// request (names, verbs, the caller), never of a Secret's data, so it is kept.
+pub(super) fn classify(
+    status: StatusCode,
+    body: &Status,
+    retry_after: Option<u64>,
+    t: &Target,
+) -> Error {
+    let retry_after = retry_after
+        .or(body.details.as_ref().and_then(|d| d.retry_after_seconds))
+        .map(Duration::from_secs);
+    let (kind, what) = match status.as_u16() {
+        401 => (
+            ErrorKind::Unauthenticated,
+            "the API server refused the service-account token, also after re-reading it".to_owned(),
+        ),
+        403 => (
+            ErrorKind::PermissionDenied,
+            format!(
+                "the service account may not read it: bind it to a Role in namespace `{ns}` \
+                 granting verbs `get` and `watch` on resource `secrets` with \
+                 resourceNames [\"{name}\"]",
+                ns = t.namespace,
+                name = t.name
+            ),
+        ),
+        404 => (
+            ErrorKind::NotFound,
+            format!("no Secret `{}` in namespace `{}`", t.name, t.namespace),
+        ),
+        429 => (
+            ErrorKind::Throttled { retry_after },
+            "the API server is rate limiting (API priority and fairness)".to_owned(),
+        ),
+        s if s >= 500 => (
+            ErrorKind::Unavailable,
+            "the API server failed to answer".to_owned(),
+        ),
+        _ => (ErrorKind::Backend, "unexpected answer".to_owned()),
+    };
+    let mut message = format!("{what} (HTTP {}", status.as_u16());
+    if !body.reason.is_empty() {
+        message.push_str(", ");
+        message.push_str(&body.reason);
+    }
+    message.push(')');
+    if !body.message.is_empty() {
+        message.push_str(": ");
+        message.push_str(&body.message);
+    }
+    Error::new(kind, message)
+}

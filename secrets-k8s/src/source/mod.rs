@@ -1,0 +1,499 @@
+//! [`KubernetesSecrets`]: `k8s://<namespace>/<name>[#<key>]`, a Secret read through the API
+//! server with the pod's service-account token, and watched for changes.
+//!
+//! # What a secret's value is
+//!
+//! A Secret is a map of keys to bytes (`data`, base64 on the wire, decoded here). The value of
+//! `k8s://apps/db-creds` is that map as a JSON object of strings, keys sorted:
+//! `{"password":"s3cr3t","username":"admin"}`. `#password` then selects one key the way every
+//! source's `#field` does (through [`Secret::field`], by the client), so a missing key is the same
+//! [`ErrorKind::InvalidValue`] as a missing JSON field anywhere else. A key whose bytes are not
+//! UTF-8 cannot be a JSON string: reading the whole map then fails with `InvalidValue` naming the
+//! key, and that key is read alone, byte for byte, with the parameter `?key=<key>`
+//! (`k8s://apps/tls-store?key=keystore.jks`).
+//!
+//! The version is the object's `metadata.resourceVersion`. Kubernetes keeps no older versions, so
+//! `?version=` and `?stage=` are refused as unsupported; there is no cheaper probe than the GET
+//! itself, so the source declares no version probe and the client's routine check is a read.
+//!
+//! # Watching
+//!
+//! A handle on a `k8s://` secret is kept current by a watch of that one object
+//! (`GET …/secrets?fieldSelector=metadata.name%3D<name>&watch=1&resourceVersion=<rv>&allowWatchBookmarks=true`),
+//! resumed from the resourceVersion of the last read, so a change between the read and the watch
+//! is replayed rather than lost. `ADDED`/`MODIFIED` with a new resourceVersion make the client
+//! re-read (and fire `Rotated`), `DELETED` reports the deletion, `BOOKMARK` only moves the
+//! resume point. When the server has compacted past the resume point (`ERROR` 410 `Expired`/`Gone`
+//! in the stream, or HTTP 410) the object is read again (a change is reported if its
+//! resourceVersion moved; a deletion if it is gone) and the watch restarts from there. A stream
+//! the server ends (`timeoutSeconds`, 5–10 min at random, as client-go does) or that goes silent
+//! is re-opened from the last resourceVersion, with backoff after failures.
+//!
+//! # Least privilege
+//!
+//! Neither reads nor watches list the namespace, so the service account needs no `list`, only
+//! `get` and `watch` on the named Secrets:
+//!
+//! ```yaml
+//! apiVersion: rbac.authorization.k8s.io/v1
+//! kind: Role
+//! metadata: { namespace: apps, name: read-db-creds }
+//! rules:
+//!   - apiGroups: [""]
+//!     resources: ["secrets"]
+//!     resourceNames: ["db-creds"]
+//!     verbs: ["get", "watch"]
+//! ---
+//! apiVersion: rbac.authorization.k8s.io/v1
+//! kind: RoleBinding
+//! metadata: { namespace: apps, name: app-reads-db-creds }
+//! roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-db-creds }
+//! subjects: [{ kind: ServiceAccount, name: app, namespace: apps }]
+//! ```
+//!
+//! A watch with `fieldSelector=metadata.name=<name>` is authorized against `resourceNames` like a
+//! GET of that object; a Role without `watch` still works (handles then fall back to the client's
+//! interval checks, after one logged watch failure).
+//!
+//! # Credentials and secrecy
+//!
+//! The token is asked of the [`IdentityToken`] at every request, never kept; after a 401 it is
+//! invalidated and the request retried once with a fresh token (the kubelet may have rotated it).
+//! Values are decoded straight into zeroize-on-drop buffers; the base64 text still passes through
+//! the HTTP client's buffers, which are not zeroized. No value or token is logged or put into an
+//! error: server messages kept in errors describe the request, never the data.
+
+mod api;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use futures_util::stream::BoxStream;
+use secrets_core::{
+    Backoff, Capabilities, Clock, Error, ErrorKind, IdentityToken, Lease, Metadata, Result, Secret,
+    SecretRef, SecretSource, SecretValue, Selector, SourceEvent, SystemClock, Version, fetch_each,
+};
+use url::Url;
+
+use api::{Api, SecretObject};
+
+/// Concurrent GETs in `fetch_many` (the API server has no batch read of named objects).
+const FETCH_CONCURRENCY: usize = 8;
+/// The query parameter that reads one key's raw bytes.
+const KEY_PARAM: &str = "key";
+
+/// The Kubernetes Secrets source: `k8s://<namespace>/<name>[#<key>]` (see the
+/// [module documentation](self)).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use secrets_core::{IdentityToken, Secrets};
+/// use secrets_k8s::{ProjectedToken, source::KubernetesSecrets};
+///
+/// let token: Arc<dyn IdentityToken> = Arc::new(ProjectedToken::service_account());
+/// let k8s = KubernetesSecrets::builder()
+///     .api_server("https://kubernetes.default.svc")
+///     .ca_pem(std::fs::read("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")?)
+///     .token(token)
+///     .build()?;
+/// let secrets = Secrets::builder().source("k8s", k8s).build()?;
+/// let password = secrets.get_secret("k8s://apps/db-creds#password").await?;
+/// # let _ = password;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct KubernetesSecrets {
+    api: Api,
+    clock: Arc<dyn Clock>,
+    watch_backoff: Backoff,
+    /// The resourceVersion of the last read of each `namespace/name`: where a new watch resumes.
+    last_read: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl fmt::Debug for KubernetesSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubernetesSecrets")
+            .field("api_server", &self.api.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubernetesSecrets {
+    /// A builder; `api_server`, `token` and (for any CA not in the platform's store) `ca_pem`
+    /// are needed.
+    pub fn builder() -> KubernetesSecretsBuilder {
+        KubernetesSecretsBuilder::default()
+    }
+
+    fn remember(&self, t: &Target, resource_version: &str) {
+        let mut seen = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(t.key(), resource_version.to_owned());
+    }
+}
+
+/// Builds a [`KubernetesSecrets`].
+pub struct KubernetesSecretsBuilder {
+    api_server: Option<String>,
+    ca_pem: Option<Vec<u8>>,
+    token: Option<Arc<dyn IdentityToken>>,
+    clock: Arc<dyn Clock>,
+    watch_backoff: Backoff,
+    request_timeout: Duration,
+}
+
+impl Default for KubernetesSecretsBuilder {
+    fn default() -> Self {
+        KubernetesSecretsBuilder {
+            api_server: None,
+            ca_pem: None,
+            token: None,
+            clock: Arc::new(SystemClock),
+            watch_backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl fmt::Debug for KubernetesSecretsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubernetesSecretsBuilder")
+            .field("api_server", &self.api_server)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<PEM>"))
+            .field("token", &self.token.as_ref().map(|_| "<IdentityToken>"))
+            .field("watch_backoff", &self.watch_backoff)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl KubernetesSecretsBuilder {
+    /// The API server's URL (`https://kubernetes.default.svc`, `https://10.96.0.1:443`); `https`
+    /// only, since every request carries the token.
+    pub fn api_server(mut self, url: impl AsRef<str>) -> Self {
+        self.api_server = Some(url.as_ref().to_owned());
+        self
+    }
+
+    /// The PEM bundle of the CA(s) that issued the API server's certificate (the pod's
+    /// `ca.crt`); when given, only these are trusted. Without it the platform's store is used.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// The bearer token, asked for at every request (a [`ProjectedToken`](crate::ProjectedToken)
+    /// in a pod).
+    pub fn token(mut self, token: Arc<dyn IdentityToken>) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// The clock watches wait on between reconnections (the system clock by default).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Backoff between failed watch (re)connections (1 s doubling to 60 s, full jitter, by
+    /// default); a throttling server's Retry-After is honoured on top.
+    pub fn watch_backoff(mut self, backoff: Backoff) -> Self {
+        self.watch_backoff = backoff;
+        self
+    }
+
+    /// Bound on one GET (30 s by default). Watches are long-lived and bounded otherwise.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the HTTP client.
+    pub fn build(self) -> Result<KubernetesSecrets> {
+        let config = |m: &str| Error::new(ErrorKind::Config, m.to_owned());
+        let raw = self
+            .api_server
+            .ok_or_else(|| config("the API server URL is not set (`api_server`)"))?;
+        let base = Url::parse(&raw).map_err(|e| {
+            Error::new(ErrorKind::Config, "the API server URL is not a URL").with_cause(e)
+        })?;
+        if base.scheme() != "https" {
+            return Err(config(
+                "the API server URL must be https: every request carries the token",
+            ));
+        }
+        let token = self
+            .token
+            .ok_or_else(|| config("no service-account token is set (`token`)"))?;
+        secrets_core::tls::ensure_crypto_provider();
+        let mut client = reqwest::Client::builder()
+            .https_only(true)
+            .connect_timeout(Duration::from_secs(10))
+            // A redirect would carry the token elsewhere; the API server never redirects reads.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &self.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                Error::new(ErrorKind::Config, "the CA bundle is not PEM certificates").with_cause(e)
+            })?;
+            if certs.is_empty() {
+                return Err(config("the CA bundle holds no certificate"));
+            }
+            client = client.tls_certs_only(certs);
+        }
+        let client = client.build().map_err(|e| {
+            Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
+        })?;
+        Ok(KubernetesSecrets {
+            api: Api {
+                client,
+                base,
+                token,
+                timeout: self.request_timeout,
+            },
+            clock: self.clock,
+            watch_backoff: self.watch_backoff,
+            last_read: Arc::default(),
+        })
+    }
+}
+
+/// The object (and key) a reference names.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    namespace: String,
+    name: String,
+    key: Option<String>,
+}
+
+impl Target {
+    fn parse(r: &SecretRef) -> Result<Target> {
+        match r.selector() {
+            Some(Selector::Version(_)) => {
+                return Err(Error::unsupported(
+                    "Kubernetes keeps no older versions of a Secret: remove `?version=`",
+                ));
+            }
+            Some(_) => {
+                return Err(Error::unsupported(
+                    "Kubernetes Secrets have no stages: remove `?stage=`",
+                ));
+            }
+            None => {}
+        }
+        let invalid = |m: String| Error::new(ErrorKind::InvalidRef, m);
+        let mut key = None;
+        for (k, v) in r.params() {
+            if k != KEY_PARAM {
+                return Err(invalid(format!(
+                    "unknown parameter `{k}` (a k8s:// reference takes only `?key=`)"
+                )));
+            }
+            if !is_data_key(v) {
+                return Err(invalid(format!(
+                    "`{v}` is not a Secret key (letters, digits, `-`, `_`, `.`; at most 253)"
+                )));
+            }
+            key = Some(v.clone());
+        }
+        let (namespace, name) = r.path().split_once('/').ok_or_else(|| {
+            invalid("a k8s:// reference is `k8s://<namespace>/<name>[#<key>]`".to_owned())
+        })?;
+        if !is_dns_label(namespace) {
+            return Err(invalid(format!(
+                "`{namespace}` is not a namespace name (lowercase letters, digits and `-`, \
+                 at most 63)"
+            )));
+        }
+        if !is_dns_subdomain(name) {
+            return Err(invalid(format!(
+                "`{name}` is not a Secret name (lowercase letters, digits, `-` and `.`, \
+                 at most 253)"
+            )));
+        }
+        Ok(Target {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// RFC 1123 label: what namespace names must be.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// RFC 1123 subdomain: what Secret names must be.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// What the API server accepts as a key of `data`.
+fn is_data_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Decode one `data` value into a zeroizing buffer (sized up front, so it never reallocates and
+/// leaves a copy behind).
+fn decode(key: &str, b64: &str) -> Result<SecretValue> {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let mut out = Vec::with_capacity(base64::decoded_len_estimate(b64.len()));
+    // The decoder's error names the offending byte, which is part of the value: dropped.
+    engine
+        .decode_vec(b64, &mut out)
+        .map_err(|_| Error::new(ErrorKind::Backend, format!("key `{key}` is not base64")))?;
+    Ok(SecretValue::from_bytes(out))
+}
+
+/// The value a reference reads: one key's bytes, or every key as a JSON object of strings.
+fn value_of(object: &SecretObject, t: &Target) -> Result<SecretValue> {
+    let empty = BTreeMap::new();
+    let data = object.data.as_ref().unwrap_or(&empty);
+    if let Some(key) = &t.key {
+        let b64 = data.get(key).ok_or_else(|| {
+            Error::invalid_value(format!("key `{key}` is not in Secret `{}`", t.key()))
+        })?;
+        return decode(key, b64);
+    }
+    let mut decoded = BTreeMap::new();
+    for (key, b64) in data {
+        decoded.insert(key.as_str(), decode(key, b64)?);
+    }
+    let mut texts = BTreeMap::new();
+    for (key, value) in &decoded {
+        let text = std::str::from_utf8(value.expose_bytes()).map_err(|_| {
+            Error::invalid_value(format!(
+                "key `{key}` of Secret `{}` is binary and cannot be part of the JSON map: \
+                 read it alone with `?{KEY_PARAM}={key}`",
+                t.key()
+            ))
+        })?;
+        texts.insert(*key, text);
+    }
+    // Measured first, so the buffer is allocated once and never leaves a copy of the value in
+    // memory freed by a reallocation.
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, &texts).map_err(json_write_error)?;
+    let mut json = Vec::with_capacity(counter.0);
+    serde_json::to_writer(&mut json, &texts).map_err(json_write_error)?;
+    Ok(SecretValue::from_bytes(json))
+}
+
+fn json_write_error(e: serde_json::Error) -> Error {
+    // Writing strings into memory cannot fail; should it, serde's text is not kept.
+    let _ = e;
+    Error::new(ErrorKind::Backend, "cannot write the Secret's keys as JSON")
+}
+
+/// A writer that only counts.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn not_leased() -> Error {
+    Error::unsupported("Kubernetes Secrets have no leases")
+}
+
+#[async_trait]
+impl SecretSource for KubernetesSecrets {
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::NONE;
+        caps.watch = true;
+        // `binary` stays off: the unit a reference reads is the key map, JSON text. Binary keys
+        // are readable with `?key=`, but a source must not declare what its plain form refuses.
+        caps
+    }
+
+    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
+        let annotate = |e: Error| e.with_ref(r);
+        let t = Target::parse(r).map_err(annotate)?;
+        let object = self.api.get_secret(&t).await.map_err(annotate)?;
+        let value = value_of(&object, &t).map_err(annotate)?;
+        let mut meta = Metadata::default();
+        if let Some(rv) = &object.metadata.resource_version {
+            self.remember(&t, rv);
+            meta.version = Some(Version::new(rv));
+        }
+        tracing::debug!(secret = %r, version = ?meta.version, "read Secret");
+        let secret = Secret::with_metadata(value, meta);
+        // The client strips `#key` and selects it itself; a direct caller gets the same result.
+        match r.field() {
+            Some(f) => secret.field(f).map_err(annotate),
+            None => Ok(secret),
+        }
+    }
+
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
+        fetch_each(self, refs, FETCH_CONCURRENCY).await
+    }
+
+    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
+        Err(Error::unsupported(
+            "no cheaper probe than a read: a GET of a Secret returns its data too",
+        ))
+    }
+
+    async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
+        Err(not_leased())
+    }
+
+    async fn revoke(&self, _lease: &Lease) -> Result<()> {
+        Err(not_leased())
+    }
+
+    fn watch(&self, r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
+        let t = match Target::parse(r) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = e.with_ref(r);
+                return Some(Box::pin(futures_util::stream::once(async move { Err(e) })));
+            }
+        };
+        // The resume point is looked up when the stream is first polled, not now: the client
+        // reads the secret once more between opening the feed and polling it.
+        let last_read = self.last_read.clone();
+        let resume = move |t: &Target| {
+            let seen = last_read.lock().unwrap_or_else(|p| p.into_inner());
+            seen.get(&t.key()).cloned()
+        };
+        Some(watch::watch(
+            self.api.clone(),
+            t,
+            Box::new(resume),
+            self.clock.clone(),
+            self.watch_backoff,
+        ))
+    }
+}

@@ -1,0 +1,372 @@
+//! The watch of one Secret as a stream of [`SourceEvent`]s: reconnection, resume points, 410
+//! recovery and backoff live here, so the client sees one feed that ends only on a failure
+//! retrying cannot fix (it then polls and re-opens the feed later).
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use reqwest::Response;
+use secrets_core::{Backoff, Clock, Error, ErrorKind, Result, SourceEvent, Version};
+use serde::Deserialize;
+
+use super::Target;
+use super::api::{Api, ObjectMeta, Opened, Status};
+
+/// Longest event line kept while waiting for its end: a Secret is at most 1 MiB, about 1.4 MiB in
+/// base64; anything far longer is not a watch stream.
+const MAX_LINE: usize = 8 << 20;
+/// Silence, beyond the requested `timeoutSeconds`, after which a stream is taken for dead (a
+/// half-open connection otherwise waits forever).
+const IDLE_GRACE: Duration = Duration::from_secs(60);
+
+/// Looks up where a new watch of a target resumes (the resourceVersion of its last read).
+pub(super) type Resume = Box<dyn Fn(&Target) -> Option<String> + Send + Sync>;
+
+pub(super) fn watch(
+    api: Api,
+    target: Target,
+    resume: Resume,
+    clock: Arc<dyn Clock>,
+    backoff: Backoff,
+) -> BoxStream<'static, Result<SourceEvent>> {
+    let state = Watch {
+        api,
+        target,
+        resume: Some(resume),
+        clock,
+        backoff,
+        rv: None,
+        exists: None,
+        relist: false,
+        body: None,
+        buf: Vec::new(),
+        lines_seen: false,
+        pending: VecDeque::new(),
+        failures: 0,
+        timeout: Duration::ZERO,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut w| async move {
+        let item = w.next().await?;
+        Some((item, w))
+    })
+    .boxed()
+}
+
+struct Watch {
+    api: Api,
+    target: Target,
+    /// Taken at the first connection.
+    resume: Option<Resume>,
+    clock: Arc<dyn Clock>,
+    backoff: Backoff,
+    /// Where the next watch starts: the last resourceVersion seen (object or bookmark).
+    rv: Option<String>,
+    /// Whether the object existed at the last look, when known.
+    exists: Option<bool>,
+    /// The resume point is gone: read the object before watching again.
+    relist: bool,
+    body: Option<Response>,
+    /// Bytes of an event line not yet ended by `\n`.
+    buf: Vec<u8>,
+    /// Whether the open stream delivered any line (a stream that ends without one is a failure).
+    lines_seen: bool,
+    pending: VecDeque<SourceEvent>,
+    /// Failed attempts in a row, for backoff.
+    failures: u32,
+    /// The `timeoutSeconds` the open stream was asked for.
+    timeout: Duration,
+    done: bool,
+}
+
+/// One line of the stream (`metav1.WatchEvent`). Only metadata is read: `data` is skipped by the
+/// parser and never held.
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    object: EventObject,
+}
+
+/// The event's object: a Secret (only its metadata) or, for `ERROR`, a `metav1.Status`.
+#[derive(Deserialize, Default)]
+struct EventObject {
+    #[serde(default)]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A line of the stream, parsed.
+enum Parsed {
+    Blank,
+    Event(Event),
+    /// Not a watch event; where the parser gave up.
+    Malformed {
+        column: usize,
+    },
+}
+
+fn parse(line: &[u8]) -> Parsed {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Parsed::Blank;
+    }
+    match serde_json::from_slice(line) {
+        Ok(event) => Parsed::Event(event),
+        Err(e) => Parsed::Malformed { column: e.column() },
+    }
+}
+
+/// What a line asks of the connection.
+enum Next {
+    Continue,
+    /// Read the object and watch again from its resourceVersion.
+    Relist,
+    /// Re-open the watch from the last resourceVersion, after a backoff.
+    Reconnect(Error),
+}
+
+impl Watch {
+    async fn next(&mut self) -> Option<Result<SourceEvent>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            let step = if self.relist {
+                self.relist().await
+            } else if self.body.is_none() {
+                self.open().await
+            } else {
+                self.read().await;
+                Ok(())
+            };
+            if let Err(e) = step {
+                tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, error = %e, "watch of the Secret failed");
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+
+    /// Read the object after the resume point was lost; retryable failures wait and return, to
+    /// be tried again.
+    async fn relist(&mut self) -> Result<()> {
+        match self.api.get_secret(&self.target).await {
+            Ok(object) => {
+                let rv = object.metadata.resource_version;
+                drop(object.data);
+                if rv.is_some() && rv != self.rv {
+                    self.pending.push_back(SourceEvent::Changed {
+                        version: rv.as_deref().map(Version::new),
+                    });
+                }
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, resource_version = ?rv, "re-read the Secret after its watch expired");
+                self.rv = rv;
+                self.exists = Some(true);
+            }
+            Err(e) if e.kind() == &ErrorKind::NotFound => {
+                if self.exists != Some(false) {
+                    self.pending.push_back(SourceEvent::Deleted);
+                }
+                // Watched from now: its creation would show as a synthetic ADDED.
+                self.rv = None;
+                self.exists = Some(false);
+            }
+            Err(e) if e.is_retryable() => {
+                self.pause(&e).await;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        self.relist = false;
+        Ok(())
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        if let Some(resume) = self.resume.take() {
+            self.rv = resume(&self.target);
+        }
+        // 5-10 min at random, as client-go does, so a fleet's watches do not end together.
+        let timeout = 300 + (unit() * 300.0) as u64;
+        self.timeout = Duration::from_secs(timeout);
+        let opened = self
+            .api
+            .watch(&self.target, self.rv.as_deref(), timeout)
+            .await;
+        match opened {
+            Ok(Opened::Stream(body)) => {
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, resource_version = ?self.rv, "watching the Secret");
+                self.body = Some(body);
+                self.buf.clear();
+                self.lines_seen = false;
+                Ok(())
+            }
+            Ok(Opened::Gone) => {
+                self.relist = true;
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => {
+                self.pause(&e).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read one chunk and act on every line it completes.
+    async fn read(&mut self) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        let idle = self
+            .clock
+            .sleep_until(self.clock.now() + self.timeout + IDLE_GRACE);
+        let chunk = tokio::select! {
+            chunk = body.chunk() => chunk,
+            () = idle => {
+                let e = Error::new(ErrorKind::Timeout, "the watch went silent");
+                return self.reconnect(e).await;
+            }
+        };
+        let chunk = match chunk {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) if self.lines_seen => {
+                // The server's timeoutSeconds: routine, resume at once.
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, "the API server ended the watch; resuming");
+                return;
+            }
+            Ok(None) => {
+                let e = Error::new(ErrorKind::Unavailable, "the watch ended without an event");
+                return self.reconnect(e).await;
+            }
+            Err(e) => {
+                let e = Error::new(ErrorKind::Unavailable, "the watch stream broke")
+                    .with_cause(e.without_url());
+                return self.reconnect(e).await;
+            }
+        };
+        // Only the new bytes can end a line: the rest was searched when it arrived.
+        let mut from = self.buf.len();
+        self.buf.extend_from_slice(&chunk);
+        drop(chunk);
+        while let Some(at) = self.buf[from..].iter().position(|&b| b == b'\n') {
+            let end = from + at;
+            // Parsed in place: the line holds the Secret's data, and is not copied anywhere.
+            let parsed = parse(&self.buf[..end]);
+            self.buf.drain(..=end);
+            from = 0;
+            match self.on_line(parsed) {
+                Next::Continue => {}
+                Next::Relist => {
+                    self.relist = true;
+                    self.buf.clear();
+                    return;
+                }
+                Next::Reconnect(e) => return self.reconnect(e).await,
+            }
+        }
+        if self.buf.len() > MAX_LINE {
+            tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, "watch event line too long; re-reading the Secret");
+            self.buf.clear();
+            self.relist = true;
+            return;
+        }
+        self.body = Some(body);
+    }
+
+    fn on_line(&mut self, parsed: Parsed) -> Next {
+        let event = match parsed {
+            Parsed::Blank => return Next::Continue,
+            Parsed::Event(event) => event,
+            Parsed::Malformed { column } => {
+                self.lines_seen = true;
+                // Only the position: the line holds the Secret's data.
+                tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, column, "malformed watch event; re-reading the Secret");
+                return Next::Relist;
+            }
+        };
+        self.lines_seen = true;
+        let rv = event.object.metadata.resource_version;
+        tracing::trace!(namespace = %self.target.namespace, name = %self.target.name, event = %event.kind, resource_version = ?rv, "watch event");
+        match event.kind.as_str() {
+            "ADDED" | "MODIFIED" => {
+                self.failures = 0;
+                if rv.is_some() && rv != self.rv {
+                    self.pending.push_back(SourceEvent::Changed {
+                        version: rv.as_deref().map(Version::new),
+                    });
+                }
+                self.exists = Some(true);
+                if rv.is_some() {
+                    self.rv = rv;
+                }
+            }
+            "DELETED" => {
+                self.failures = 0;
+                self.pending.push_back(SourceEvent::Deleted);
+                self.exists = Some(false);
+                if rv.is_some() {
+                    self.rv = rv;
+                }
+            }
+            "BOOKMARK" => {
+                self.failures = 0;
+                if rv.is_some() {
+                    self.rv = rv;
+                }
+            }
+            "ERROR" if event.object.code == 410 => {
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, reason = %event.object.reason, "watch resume point expired (410); re-reading the Secret");
+                return Next::Relist;
+            }
+            "ERROR" => {
+                let status = Status {
+                    message: event.object.message,
+                    reason: event.object.reason,
+                    code: event.object.code,
+                    ..Status::default()
+                };
+                let code = reqwest::StatusCode::from_u16(status.code)
+                    .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+                return Next::Reconnect(super::api::classify(code, &status, None, &self.target));
+            }
+            other => {
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, event = %other, "ignoring unknown watch event type");
+            }
+        }
+        Next::Continue
+    }
+
+    /// Drop the connection and wait before the next one.
+    async fn reconnect(&mut self, e: Error) {
+        self.body = None;
+        self.buf.clear();
+        self.pause(&e).await;
+    }
+
+    async fn pause(&mut self, e: &Error) {
+        let delay = self.backoff.delay(self.failures, e, unit());
+        self.failures = self.failures.saturating_add(1);
+        tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, error = %e, ?delay, "watch interrupted; retrying");
+        self.clock.sleep_until(self.clock.now() + delay).await;
+    }
+}
+
+/// A uniform number in `[0, 1)`: std's randomly keyed hasher, fresh keys per call, is random
+/// enough for jitter and needs no RNG dependency.
+fn unit() -> f64 {
+    let bits = RandomState::new().hash_one(0u8) >> 11;
+    bits as f64 / (1u64 << 53) as f64
+}

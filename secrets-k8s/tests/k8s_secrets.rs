@@ -1,0 +1,581 @@
+//! `KubernetesSecrets` against a loopback fake of the API server over HTTPS
+//! (`fixtures/k8s/fake_api.rs`; each answer is shaped after a fixture in `fixtures/k8s/`, named
+//! there and at each test).
+#![allow(clippy::unwrap_used)] // helpers of tests: a failure should fail the test loudly
+
+#[path = "fixtures/k8s/fake_api.rs"]
+mod fake_api;
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fake_api::FakeApi;
+use futures_util::StreamExt;
+use secrets_core::testkit::{Seeder, assert_conformance};
+use secrets_core::{
+    Backoff, ErrorKind, IdentityToken, ManualClock, Result, RotationEvent, Secret, SecretRef,
+    SecretSource, SecretValue, Secrets, SourceEvent, StaticToken, Version, async_trait,
+};
+use secrets_fake_server::FakeServer;
+use secrets_k8s::source::KubernetesSecrets;
+use tokio::sync::mpsc;
+
+const TOKEN: &str = "tok-1";
+/// `secret_get_200_assembled`'s data, decoded: `username: YWRtaW4=`, `password: czNjcjN0`.
+const USER: &[u8] = b"admin";
+const PASSWORD: &[u8] = b"s3cr3t";
+
+fn source(server: &FakeServer, token: Arc<dyn IdentityToken>) -> KubernetesSecrets {
+    KubernetesSecrets::builder()
+        .api_server(server.url())
+        .ca_pem(server.ca_pem().unwrap())
+        .token(token)
+        .watch_backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        })
+        .build()
+        .unwrap()
+}
+
+async fn start() -> (FakeServer, FakeApi, KubernetesSecrets) {
+    let (server, api) = FakeApi::start(&[TOKEN]).await;
+    let k8s = source(&server, Arc::new(StaticToken::new(TOKEN)));
+    (server, api, k8s)
+}
+
+fn r(s: &str) -> SecretRef {
+    SecretRef::parse(s).unwrap()
+}
+
+/// Polls the source's feed in a task and hands its items over.
+fn follow(k8s: &KubernetesSecrets, at: &str) -> mpsc::UnboundedReceiver<Result<SourceEvent>> {
+    let mut feed = k8s.watch(&r(at)).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = feed.next().await {
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Result<SourceEvent>>) -> Result<SourceEvent> {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no event from the watch")
+        .expect("the watch ended")
+}
+
+fn changed(rv: u64) -> SourceEvent {
+    SourceEvent::Changed {
+        version: Some(Version::new(rv.to_string())),
+    }
+}
+
+fn watch_requests(server: &FakeServer) -> Vec<secrets_fake_server::Request> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|q| q.query_param("watch").is_some())
+        .collect()
+}
+
+fn gets_of(server: &FakeServer, ns: &str, name: &str) -> usize {
+    server
+        .requests_to(&format!("/api/v1/namespaces/{ns}/secrets/{name}"))
+        .len()
+}
+
+/// The conformance suite's secrets live in namespace `conformance`. A JSON object is stored as
+/// the Secret's keys (the suite's field checks read them back with `#field`); anything else is
+/// stored under the key `value`.
+struct K8sSeeder {
+    api: FakeApi,
+    source: Arc<dyn SecretSource>,
+}
+
+#[async_trait]
+impl Seeder for K8sSeeder {
+    fn source(&self) -> Arc<dyn SecretSource> {
+        self.source.clone()
+    }
+
+    fn reference(&self, name: &str) -> SecretRef {
+        r(&format!("k8s://conformance/{name}"))
+    }
+
+    async fn put(&self, name: &str, value: &[u8]) -> Result<()> {
+        let members: Vec<(String, Vec<u8>)> =
+            match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value) {
+                Ok(object) => object
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let bytes = match v {
+                            serde_json::Value::String(s) => s.into_bytes(),
+                            other => other.to_string().into_bytes(),
+                        };
+                        (k, bytes)
+                    })
+                    .collect(),
+                Err(_) => vec![("value".to_owned(), value.to_vec())],
+            };
+        let data: Vec<(&str, &[u8])> = members
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        // `put` tells open watches (MODIFIED/ADDED), like a write through the API would.
+        self.api.put("conformance", name, &data);
+        Ok(())
+    }
+
+    fn written(&self, secret: &Secret) -> Vec<u8> {
+        match secret.field("value") {
+            Ok(member) => member.expose_bytes().to_vec(),
+            Err(_) => secret.expose_bytes().to_vec(),
+        }
+    }
+}
+
+/// Fixtures: every GET/404/watch answer of the fake (see `fake_api.rs`).
+#[tokio::test]
+async fn conformance_suite_passes() {
+    let (_server, api, k8s) = start().await;
+    let seeder = K8sSeeder {
+        api,
+        source: Arc::new(k8s),
+    };
+    assert_conformance(&seeder).await;
+}
+
+/// Fixture: `secret_api.samples.json` `secret_get_200_assembled` (its data: admin / s3cr3t).
+#[tokio::test]
+async fn get_decodes_data_and_selects_keys() {
+    let (server, api, k8s) = start().await;
+    let rv = api.put(
+        "apps",
+        "db-creds",
+        &[("username", USER), ("password", PASSWORD)],
+    );
+
+    let whole = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    assert_eq!(
+        whole.expose_str().unwrap(),
+        r#"{"password":"s3cr3t","username":"admin"}"#
+    );
+    assert_eq!(whole.version(), Some(&Version::new(rv.to_string())));
+    let get = &server.requests_to("/api/v1/namespaces/apps/secrets/db-creds")[0];
+    assert_eq!(get.method, "GET");
+    assert_eq!(get.header("authorization"), Some("Bearer tok-1"));
+
+    // `#key` goes through the client's field selection, like every source's `#field`.
+    let secrets = Secrets::builder()
+        .source("k8s", k8s.clone())
+        .build()
+        .unwrap();
+    let password = secrets
+        .get_secret("k8s://apps/db-creds#password")
+        .await
+        .unwrap();
+    assert_eq!(password.expose_bytes(), PASSWORD);
+    let absent = secrets
+        .get_secret("k8s://apps/db-creds#absent")
+        .await
+        .unwrap_err();
+    assert_eq!(absent.kind(), &ErrorKind::InvalidValue);
+
+    // A key that is not UTF-8 cannot be in the JSON map; `?key=` reads it byte for byte.
+    let binary: &[u8] = &[0xff, 0x00, 0xfe, b'k'];
+    api.put("apps", "store", &[("keystore", binary), ("note", b"text")]);
+    let e = k8s.fetch(&r("k8s://apps/store")).await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::InvalidValue);
+    assert!(e.to_string().contains("?key=keystore"), "{e}");
+    let raw = secrets
+        .get_secret("k8s://apps/store?key=keystore")
+        .await
+        .unwrap();
+    assert_eq!(raw.expose_bytes(), binary);
+    let e = k8s
+        .fetch(&r("k8s://apps/store?key=missing"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::InvalidValue);
+    secrets.shutdown().await;
+}
+
+/// Fixture: `secret_watch_stream.assembled.jsonl` line 3 (MODIFIED) pushed to the open watch.
+#[tokio::test]
+async fn a_modified_event_reaches_a_handle_as_rotated() {
+    let (server, api, k8s) = start().await;
+    let first = api.put(
+        "apps",
+        "db-creds",
+        &[("username", USER), ("password", PASSWORD)],
+    );
+    // An hour between routine checks: only the watch can explain a rotation within the test.
+    let secrets = Secrets::builder()
+        .source("k8s", k8s)
+        .refresh_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let handle = secrets
+        .handle("k8s://apps/db-creds#password")
+        .await
+        .unwrap();
+    let mut events = handle.subscribe();
+    api.wait_for_watches(1).await;
+    // The watch resumes from the read's resourceVersion, so nothing in between is lost.
+    let watch = &watch_requests(&server)[0];
+    assert_eq!(
+        watch.query_param("resourceVersion"),
+        Some(first.to_string())
+    );
+
+    let second = api.put(
+        "apps",
+        "db-creds",
+        &[("username", USER), ("password", b"n3w-s3cr3t")],
+    );
+    let rotated = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(RotationEvent::Rotated { old, new, .. }) => return (old, new),
+                Some(_) => continue,
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("no Rotated event");
+    assert_eq!(rotated.0, Some(Version::new(first.to_string())));
+    assert_eq!(rotated.1, Some(Version::new(second.to_string())));
+    assert_eq!(handle.current().expose_bytes(), b"n3w-s3cr3t");
+    secrets.shutdown().await;
+}
+
+/// Fixtures: `secret_watch_stream.assembled.jsonl` lines 3 (MODIFIED), 4 (BOOKMARK), 5 (DELETED),
+/// 1 (ADDED).
+#[tokio::test]
+async fn watch_reports_changes_deletion_and_follows_bookmarks() {
+    let (server, api, k8s) = start().await;
+    let first = api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+    let watch = &watch_requests(&server)[0];
+    assert_eq!(watch.path, "/api/v1/namespaces/apps/secrets");
+    assert_eq!(
+        watch.query_param("fieldSelector").as_deref(),
+        Some("metadata.name=db-creds")
+    );
+    assert_eq!(
+        watch.query_param("resourceVersion"),
+        Some(first.to_string())
+    );
+    assert_eq!(
+        watch.query_param("allowWatchBookmarks").as_deref(),
+        Some("true")
+    );
+
+    let second = api.put("apps", "db-creds", &[("password", b"two")]);
+    assert_eq!(next(&mut feed).await.unwrap(), changed(second));
+
+    // A bookmark moves the resume point without an event; the next watch starts there.
+    let marked = api.bookmark(100);
+    api.end_watches();
+    api.wait_for_watches(1).await;
+    let watches = watch_requests(&server);
+    assert_eq!(watches.len(), 2);
+    assert_eq!(
+        watches[1].query_param("resourceVersion"),
+        Some(marked.to_string())
+    );
+
+    api.delete("apps", "db-creds");
+    assert_eq!(next(&mut feed).await.unwrap(), SourceEvent::Deleted);
+    let again = api.put("apps", "db-creds", &[("password", b"three")]);
+    assert_eq!(next(&mut feed).await.unwrap(), changed(again));
+    // Nothing but the events: no re-reads were needed.
+    assert_eq!(gets_of(&server, "apps", "db-creds"), 1);
+}
+
+/// Fixtures: `secret_watch_stream.assembled.jsonl` line 6 (ERROR 410 `Expired`) inside the
+/// stream, and the same Status as an HTTP 410 answer (`watch_events_observed.json`).
+#[tokio::test]
+async fn an_expired_resource_version_relists_and_rewatches() {
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+
+    // A change the watch never hears of, then the history behind it is compacted away.
+    let hidden = api.put_quietly("apps", "db-creds", &[("password", b"hidden")]);
+    api.expire_watches();
+    assert_eq!(next(&mut feed).await.unwrap(), changed(hidden));
+    api.wait_for_watches(1).await;
+    let watches = watch_requests(&server);
+    assert_eq!(
+        watches.last().unwrap().query_param("resourceVersion"),
+        Some(hidden.to_string())
+    );
+    assert_eq!(gets_of(&server, "apps", "db-creds"), 2, "one re-read");
+    // Changes keep arriving on the new watch.
+    let later = api.put("apps", "db-creds", &[("password", b"later")]);
+    assert_eq!(next(&mut feed).await.unwrap(), changed(later));
+
+    // The same when the server answers the watch request itself with HTTP 410.
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let hidden = api.put_quietly("apps", "db-creds", &[("password", b"hidden")]);
+    api.gone_next_watch();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    assert_eq!(next(&mut feed).await.unwrap(), changed(hidden));
+    api.wait_for_watches(1).await;
+    let watches = watch_requests(&server);
+    assert_eq!(watches.len(), 2);
+    assert_eq!(
+        watches[1].query_param("resourceVersion"),
+        Some(hidden.to_string())
+    );
+}
+
+/// Fixtures: `secret_watch_stream.assembled.jsonl` lines 3 (MODIFIED) and 4 (BOOKMARK), cut
+/// into chunks at arbitrary bytes.
+#[tokio::test]
+async fn events_split_across_chunks_are_reassembled() {
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+
+    let a = api.put_quietly("apps", "db-creds", &[("password", b"a")]);
+    let line_a = api.modified_line("apps", "db-creds");
+    let b = api.put_quietly("apps", "db-creds", &[("password", b"b")]);
+    let line_b = api.modified_line("apps", "db-creds");
+    let mut bytes = line_a.clone();
+    bytes.extend(api.bookmark_line(b + 5));
+    bytes.extend(&line_b);
+    // Cuts inside the first line's JSON, right before its newline, and in the middle of the
+    // last line; the bookmark and the start of the last line share a chunk.
+    let cuts = [7, 40, line_a.len() - 1, line_a.len() + 20, bytes.len() - 9];
+    let mut from = 0;
+    for cut in cuts.into_iter().chain([bytes.len()]) {
+        api.push_raw(&bytes[from..cut]);
+        from = cut;
+    }
+    assert_eq!(next(&mut feed).await.unwrap(), changed(a));
+    assert_eq!(next(&mut feed).await.unwrap(), changed(b));
+    // Parsed, not recovered by a re-read: no GET after the first.
+    assert_eq!(gets_of(&server, "apps", "db-creds"), 1);
+    assert_eq!(watch_requests(&server).len(), 1);
+}
+
+/// A token that answers `old` until invalidated, then `new`; it counts invalidations.
+struct RotatingToken {
+    current: Mutex<&'static str>,
+    new: &'static str,
+    invalidated: AtomicUsize,
+}
+
+impl fmt::Debug for RotatingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RotatingToken")
+    }
+}
+
+#[async_trait]
+impl IdentityToken for RotatingToken {
+    async fn token(&self) -> Result<SecretValue> {
+        Ok(SecretValue::from(*self.current.lock().unwrap()))
+    }
+
+    fn invalidate(&self) {
+        self.invalidated.fetch_add(1, Ordering::SeqCst);
+        *self.current.lock().unwrap() = self.new;
+    }
+}
+
+/// Fixtures: `secret_api.samples.json` `status_401_assembled`, `secret_get_200_assembled`.
+#[tokio::test]
+async fn a_401_invalidates_the_token_and_retries_once() {
+    let (server, api) = FakeApi::start(&["tok-new"]).await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    let token = Arc::new(RotatingToken {
+        current: Mutex::new("tok-old"),
+        new: "tok-new",
+        invalidated: AtomicUsize::new(0),
+    });
+    let k8s = source(&server, token.clone());
+    let s = k8s.fetch(&r("k8s://apps/db-creds#password")).await.unwrap();
+    assert_eq!(s.expose_bytes(), PASSWORD);
+    assert_eq!(token.invalidated.load(Ordering::SeqCst), 1);
+    let auth: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|q| q.header("authorization").unwrap().to_owned())
+        .collect();
+    assert_eq!(auth, ["Bearer tok-old", "Bearer tok-new"]);
+
+    // Refused again after the fresh token: one retry only, then Unauthenticated.
+    api.accept_tokens(&[]);
+    let e = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Unauthenticated);
+    assert_eq!(token.invalidated.load(Ordering::SeqCst), 2);
+    assert_eq!(server.requests().len(), 4);
+}
+
+/// Fixtures: `secret_api.samples.json` `status_403_observed`, `status_404_assembled`, and the
+/// same Status shape for 429 and 500.
+#[tokio::test]
+async fn failures_are_typed() {
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    api.forbid("registry-credentials");
+
+    let e = k8s
+        .fetch(&r("k8s://apps/registry-credentials"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::PermissionDenied);
+    let text = e.to_string();
+    assert!(
+        text.contains("resourceNames") && text.contains("registry-credentials"),
+        "{text}"
+    );
+    // The watch of a forbidden Secret fails its feed once, and the feed ends (the client then
+    // falls back to interval checks).
+    let mut feed = follow(&k8s, "k8s://apps/registry-credentials");
+    let e = next(&mut feed).await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::PermissionDenied);
+    assert!(feed.recv().await.is_none());
+
+    let e = k8s.fetch(&r("k8s://apps/missing")).await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::NotFound);
+
+    api.fail_next_get(429, Some(7));
+    let e = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap_err();
+    assert_eq!(
+        e.kind(),
+        &ErrorKind::Throttled {
+            retry_after: Some(Duration::from_secs(7))
+        }
+    );
+    api.fail_next_get(500, None);
+    let e = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Unavailable);
+    assert!(e.is_retryable());
+
+    let before = server.requests().len();
+    for bad in [
+        "k8s://only-a-name",
+        "k8s://Apps/db-creds",
+        "k8s://apps/db_creds",
+        "k8s://apps/db-creds/extra",
+        "k8s://apps/db-creds?key=a/b",
+        "k8s://apps/db-creds?other=1",
+    ] {
+        let e = k8s.fetch(&r(bad)).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}");
+    }
+    for unsupported in [
+        "k8s://apps/db-creds?version=3",
+        "k8s://apps/db-creds?stage=x",
+    ] {
+        let e = k8s.fetch(&r(unsupported)).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Unsupported, "{unsupported}");
+    }
+    let e = k8s.version(&r("k8s://apps/db-creds")).await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Unsupported);
+    assert_eq!(
+        server.requests().len(),
+        before,
+        "refused before any request"
+    );
+
+    let token: Arc<dyn IdentityToken> = Arc::new(StaticToken::new(TOKEN));
+    let plain = KubernetesSecrets::builder()
+        .api_server("http://127.0.0.1:1")
+        .token(token.clone())
+        .build()
+        .unwrap_err();
+    assert_eq!(plain.kind(), &ErrorKind::Config);
+    let no_token = KubernetesSecrets::builder()
+        .api_server(server.url())
+        .build()
+        .unwrap_err();
+    assert_eq!(no_token.kind(), &ErrorKind::Config);
+    let bad_ca = KubernetesSecrets::builder()
+        .api_server(server.url())
+        .ca_pem("not a certificate")
+        .token(token)
+        .build()
+        .unwrap_err();
+    assert_eq!(bad_ca.kind(), &ErrorKind::Config);
+}
+
+/// Wait (in real time) until `done`, letting the runtime run.
+async fn until(done: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("condition not reached");
+}
+
+/// Fixtures: the `metav1.Status` shape (`status_404_assembled`) answering the watch request
+/// with 503, then 429 with Retry-After; then the stream's MODIFIED line (line 3).
+#[tokio::test]
+async fn failed_watches_back_off_on_the_clock_and_honour_retry_after() {
+    let (server, api) = FakeApi::start(&[TOKEN]).await;
+    let clock = ManualClock::new();
+    let k8s = KubernetesSecrets::builder()
+        .api_server(server.url())
+        .ca_pem(server.ca_pem().unwrap())
+        .token(Arc::new(StaticToken::new(TOKEN)))
+        .clock(clock.clone())
+        .watch_backoff(Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+        })
+        .build()
+        .unwrap();
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    api.fail_next_watch(503, None);
+    api.fail_next_watch(429, Some(30));
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+
+    // 503: the stream waits on the clock (at most the 1 s ceiling), not in a loop.
+    until(|| watch_requests(&server).len() == 1 && clock.sleepers() == 1).await;
+    clock.advance(Duration::from_secs(1)).await;
+    // 429 with Retry-After: 30 s, far above the backoff ceiling.
+    until(|| watch_requests(&server).len() == 2 && clock.sleepers() == 1).await;
+    clock.advance(Duration::from_secs(29)).await;
+    assert_eq!(
+        watch_requests(&server).len(),
+        2,
+        "retried before Retry-After"
+    );
+    clock.advance(Duration::from_secs(2)).await;
+    api.wait_for_watches(1).await;
+    let watches = watch_requests(&server);
+    assert_eq!(watches.len(), 3);
+    let first = watches[0].query_param("resourceVersion");
+    assert!(
+        watches
+            .iter()
+            .all(|w| w.query_param("resourceVersion") == first)
+    );
+
+    let next_rv = api.put("apps", "db-creds", &[("password", b"after")]);
+    assert_eq!(next(&mut feed).await.unwrap(), changed(next_rv));
+}
