@@ -1,0 +1,242 @@
+//! [`GcpBuilder`]: where the Secret Manager clients get their endpoints, defaults and
+//! credentials.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use google_cloud_auth::credentials::Credentials;
+use secrets_core::{Error, ErrorKind, Result};
+
+use crate::auth::{Auth, WorkloadIdentity};
+use crate::name::Defaults;
+use crate::source::{Config, GcpSource};
+
+/// The global Secret Manager endpoint.
+pub const DEFAULT_ENDPOINT: &str = "https://secretmanager.googleapis.com";
+
+/// Builds a [`GcpSource`].
+///
+/// Two starting points:
+/// - [`GcpBuilder::new`] reads nothing from the environment: choose credentials with one of
+///   the `with_*` credential methods below.
+/// - [`GcpBuilder::from_env`] uses Application Default Credentials and reads the default
+///   project from the environment.
+///
+/// Credentials, the last one chosen wins:
+/// - [`with_application_default_credentials`](Self::with_application_default_credentials):
+///   the auth library's ADC — `GOOGLE_APPLICATION_CREDENTIALS` (a service-account key, an
+///   `external_account` file for workload identity federation, …), then gcloud's
+///   `application_default_credentials.json`, then the metadata server (GKE workload identity,
+///   Compute Engine, Cloud Run);
+/// - [`with_credentials_file`](Self::with_credentials_file): a `service_account` key or an
+///   `external_account` (AIP-4117) JSON file;
+/// - [`with_workload_identity`](Self::with_workload_identity): federation with a subject token
+///   from an [`IdentityToken`](secrets_core::IdentityToken), built from parameters;
+/// - [`with_credentials`](Self::with_credentials): credentials built by the application;
+/// - [`with_anonymous_credentials`](Self::with_anonymous_credentials): none (emulators, tests).
+///
+/// The SDK's own retries are turned off (one attempt per request, bounded by
+/// [`with_timeout`](Self::with_timeout)): the engine's backoff, which honours throttling, is
+/// the only retry loop, so a throttled fleet does not multiply its requests.
+#[derive(Debug)]
+pub struct GcpBuilder {
+    defaults: Defaults,
+    endpoint: Option<String>,
+    regional: HashMap<String, String>,
+    timeout: Duration,
+    auth: Option<Auth>,
+}
+
+impl Default for GcpBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GcpBuilder {
+    /// A builder that reads nothing from the environment.
+    pub fn new() -> Self {
+        GcpBuilder {
+            defaults: Defaults::default(),
+            endpoint: None,
+            regional: HashMap::new(),
+            timeout: Duration::from_secs(30),
+            auth: None,
+        }
+    }
+
+    /// A builder on Application Default Credentials (see above for what they read), with the
+    /// default project from `GOOGLE_CLOUD_PROJECT` when it is set.
+    pub fn from_env() -> Self {
+        let mut b = Self::new().with_application_default_credentials();
+        if let Ok(project) = std::env::var("GOOGLE_CLOUD_PROJECT")
+            && !project.is_empty()
+        {
+            b.defaults.project = Some(project);
+        }
+        b
+    }
+
+    /// The project of short references (`gcp-sm://<secret>`).
+    pub fn with_project(mut self, project: impl Into<String>) -> Self {
+        self.defaults.project = Some(project.into());
+        self
+    }
+
+    /// The location of short references: with it, `gcp-sm://<secret>` names the regional
+    /// secret `projects/<project>/locations/<location>/secrets/<secret>`.
+    pub fn with_location(mut self, location: impl Into<String>) -> Self {
+        self.defaults.location = Some(location.into());
+        self
+    }
+
+    /// Send requests for global secrets to this endpoint instead of [`DEFAULT_ENDPOINT`]
+    /// (Private Service Connect, a proxy, a test server).
+    pub fn with_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Send requests for secrets of `location` to this endpoint instead of
+    /// `https://secretmanager.<location>.rep.googleapis.com`.
+    pub fn with_regional_endpoint(
+        mut self,
+        location: impl Into<String>,
+        url: impl Into<String>,
+    ) -> Self {
+        self.regional.insert(location.into(), url.into());
+        self
+    }
+
+    /// Time limit of one request (30 s by default).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Application Default Credentials, resolved by the auth library.
+    pub fn with_application_default_credentials(mut self) -> Self {
+        self.auth = Some(Auth::Adc);
+        self
+    }
+
+    /// The JSON credentials file at `path`: a service-account key (`"type":
+    /// "service_account"`) or an AIP-4117 external account (`"type": "external_account"`, e.g.
+    /// workload identity federation reading a projected token file). The file is read at
+    /// [`build`](Self::build), and again if the credentials must be rebuilt after a refusal.
+    pub fn with_credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.auth = Some(Auth::File(path.into()));
+        self
+    }
+
+    /// Workload identity federation with a subject token from an
+    /// [`IdentityToken`](secrets_core::IdentityToken); see [`WorkloadIdentity`]. When a token
+    /// is refused the [`IdentityToken`](secrets_core::IdentityToken) is invalidated and the
+    /// credentials are built again at the next read.
+    pub fn with_workload_identity(mut self, identity: WorkloadIdentity) -> Self {
+        self.auth = Some(Auth::Workload(identity));
+        self
+    }
+
+    /// Credentials the application built with `google_cloud_auth`.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.auth = Some(Auth::Given(credentials));
+        self
+    }
+
+    /// Send no credentials (an emulator or test server).
+    pub fn with_anonymous_credentials(mut self) -> Self {
+        self.auth = Some(Auth::Anonymous);
+        self
+    }
+
+    /// Resolve the configuration and build the source. Credentials are built here (a missing
+    /// or malformed credentials file fails now, with [`ErrorKind::Config`]); the SDK clients
+    /// are built at the first read of each endpoint. Must run inside a Tokio runtime: the
+    /// auth library refreshes tokens in a task.
+    pub async fn build(self) -> Result<GcpSource> {
+        secrets_core::tls::ensure_crypto_provider();
+        let auth = self.auth.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "no Google credentials: use from_env (application default credentials), \
+                 with_credentials_file, with_workload_identity, with_credentials or \
+                 with_anonymous_credentials",
+            )
+        })?;
+        GcpSource::new(Config {
+            defaults: self.defaults,
+            endpoint: self.endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+            regional: self.regional,
+            timeout: self.timeout,
+            auth,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn new_without_credentials_is_a_config_error() {
+        let e = GcpBuilder::new().build().await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Config);
+        assert!(e.to_string().contains("credentials"), "{e}");
+        GcpBuilder::new()
+            .with_anonymous_credentials()
+            .build()
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_unknown_credentials_file_is_a_config_error() {
+        let e = GcpBuilder::new()
+            .with_credentials_file("/nonexistent/creds.json")
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Config);
+        let dir = std::env::temp_dir().join(format!("secrets-gcp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("user.json");
+        std::fs::write(
+            &file,
+            r#"{"type":"authorized_user","client_secret":"s3cr3t"}"#,
+        )
+        .unwrap();
+        let e = GcpBuilder::new()
+            .with_credentials_file(&file)
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Config);
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        std::fs::write(&file, r#"{"type":"service_account","private_key":"s3cr3t"#).unwrap();
+        let e = GcpBuilder::new()
+            .with_credentials_file(&file)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("s3cr3t"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn endpoints_global_regional_and_overridden() {
+        let src = GcpBuilder::new()
+            .with_anonymous_credentials()
+            .with_regional_endpoint("eu-test1", "http://127.0.0.1:9")
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(src.endpoint_for(None), DEFAULT_ENDPOINT);
+        assert_eq!(
+            src.endpoint_for(Some("europe-west1")),
+            "https://secretmanager.europe-west1.rep.googleapis.com"
+        );
+        assert_eq!(src.endpoint_for(Some("eu-test1")), "http://127.0.0.1:9");
+    }
+}

@@ -1,0 +1,251 @@
+//! How Secret Manager's errors map onto [`ErrorKind`].
+//!
+//! The classification is done once, here, from the `google.rpc.Status` of the error body
+//! (AIP-193: `{"error": {"code", "message", "status", "details"}}`), or from the HTTP status
+//! when the body is not a Status (a proxy, a load balancer). Messages kept in an [`Error`] are
+//! the service's own (which name resources, never payloads) or ours; a body that is not a Status
+//! and a response that could not be parsed are reported without their bytes, since they may hold
+//! a value.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use google_cloud_gax::error::CredentialsError;
+use google_cloud_gax::error::rpc::{Code, Status, StatusDetails};
+use secrets_core::{Error, ErrorKind};
+
+/// The kind of a `google.rpc.Status`.
+pub(crate) fn kind_for(status: &Status) -> ErrorKind {
+    match status.code {
+        Code::NotFound => ErrorKind::NotFound,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::ResourceExhausted => ErrorKind::Throttled {
+            retry_after: retry_delay(status),
+        },
+        Code::Unavailable => ErrorKind::Unavailable,
+        Code::DeadlineExceeded => ErrorKind::Timeout,
+        // The API has no codes of its own for a disabled or destroyed version: both are
+        // FAILED_PRECONDITION, told apart by the message ("Secret Version [...] is in DISABLED
+        // state." / "... is in DESTROYED state.").
+        Code::FailedPrecondition if status.message.contains("DESTROYED") => ErrorKind::Deleted,
+        Code::FailedPrecondition if status.message.contains("DISABLED") => ErrorKind::Disabled,
+        Code::InvalidArgument => ErrorKind::InvalidRef,
+        _ => ErrorKind::Backend,
+    }
+}
+
+/// `google.rpc.RetryInfo.retry_delay`, when the service sent one.
+fn retry_delay(status: &Status) -> Option<Duration> {
+    status.details.iter().find_map(|d| match d {
+        StatusDetails::RetryInfo(info) => info.retry_delay.and_then(|d| Duration::try_from(d).ok()),
+        _ => None,
+    })
+}
+
+fn kind_for_http(status: u16) -> ErrorKind {
+    match status {
+        401 => ErrorKind::Unauthenticated,
+        403 => ErrorKind::PermissionDenied,
+        404 => ErrorKind::NotFound,
+        429 => ErrorKind::Throttled { retry_after: None },
+        408 | 504 => ErrorKind::Timeout,
+        s if s >= 500 => ErrorKind::Unavailable,
+        _ => ErrorKind::Backend,
+    }
+}
+
+fn hint(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Disabled => " (enable the version, or refer to another one)",
+        ErrorKind::Deleted => " (a destroyed version cannot be read again: refer to another one)",
+        _ => "",
+    }
+}
+
+/// The credentials error behind a failed request, if authentication is what failed.
+pub(crate) fn credentials_error(e: &google_cloud_gax::error::Error) -> Option<&CredentialsError> {
+    e.source()?.downcast_ref::<CredentialsError>()
+}
+
+/// Map an SDK error of operation `op` (e.g. `AccessSecretVersion`).
+pub(crate) fn from_gax(op: &str, e: &google_cloud_gax::error::Error) -> Error {
+    if let Some(status) = e.status() {
+        let kind = kind_for(status);
+        let mut message = format!("Secret Manager {op}: {}", status.code.name());
+        if !status.message.is_empty() {
+            message.push_str(": ");
+            message.push_str(&status.message);
+        }
+        message.push_str(hint(&kind));
+        return Error::new(kind, message);
+    }
+    if let Some(c) = credentials_error(e) {
+        // A token exchange or metadata-server answer that failed: transient ones (5xx, 429,
+        // network) are worth retrying, the others need a new token or new configuration. Their
+        // text is the auth library's, which quotes the token endpoint's error, not a token.
+        let kind = if c.is_transient() {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Unauthenticated
+        };
+        return Error::new(kind, format!("Secret Manager {op}: no access token: {c}"));
+    }
+    if e.is_timeout() {
+        return Error::new(
+            ErrorKind::Timeout,
+            format!("Secret Manager {op}: timed out"),
+        );
+    }
+    if let Some(status) = e.http_status_code() {
+        // A body that is not a google.rpc.Status: its bytes are not repeated.
+        return Error::new(
+            kind_for_http(status),
+            format!("Secret Manager {op}: HTTP {status}"),
+        );
+    }
+    if e.is_deserialization() {
+        // The body of a response that failed to parse may hold a value: no details.
+        return Error::new(
+            ErrorKind::Unavailable,
+            format!("Secret Manager {op}: unreadable response"),
+        );
+    }
+    if e.is_binding() {
+        return Error::new(
+            ErrorKind::InvalidRef,
+            format!("Secret Manager {op}: the resource name has no route: {e}"),
+        );
+    }
+    // Connection and I/O failures: no response is involved, so the transport's text is safe.
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("Secret Manager {op}: request failed: {e}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, message: &str) -> Status {
+        Status::default().set_code(code).set_message(message)
+    }
+
+    #[test]
+    fn codes_map_to_kinds() {
+        // Messages as recorded in fixtures/gcp/google_rpc_status_errors.assembled.json
+        // (secret_manager_observed_messages).
+        let cases = [
+            (
+                Code::NotFound,
+                "Secret [projects/153396971788/secrets/X] not found or has no versions.",
+                ErrorKind::NotFound,
+            ),
+            (
+                Code::PermissionDenied,
+                "Permission 'secretmanager.versions.access' denied on resource (or it may not exist).",
+                ErrorKind::PermissionDenied,
+            ),
+            (
+                Code::FailedPrecondition,
+                "Secret Version [projects/153396971788/secrets/X/versions/3] is in DISABLED state.",
+                ErrorKind::Disabled,
+            ),
+            (
+                Code::FailedPrecondition,
+                "Secret Version [projects/153396971788/secrets/X/versions/3] is in DESTROYED state.",
+                ErrorKind::Deleted,
+            ),
+            (
+                Code::InvalidArgument,
+                "Resource ID [projects/688327991979/secrets/foobar] is not in a valid format.",
+                ErrorKind::InvalidRef,
+            ),
+            (
+                Code::ResourceExhausted,
+                "Quota exceeded",
+                ErrorKind::Throttled { retry_after: None },
+            ),
+            (Code::Unavailable, "", ErrorKind::Unavailable),
+            (Code::DeadlineExceeded, "", ErrorKind::Timeout),
+            (Code::Unauthenticated, "", ErrorKind::Unauthenticated),
+            (
+                Code::FailedPrecondition,
+                "something else",
+                ErrorKind::Backend,
+            ),
+            (Code::Internal, "", ErrorKind::Backend),
+        ];
+        for (code, message, want) in cases {
+            let e = from_gax(
+                "AccessSecretVersion",
+                &google_cloud_gax::error::Error::service(status(code, message)),
+            );
+            assert_eq!(e.kind(), &want, "{code:?} {message}");
+            assert!(e.to_string().contains(message), "{e}");
+        }
+    }
+
+    #[test]
+    fn retry_info_becomes_the_throttling_hint() {
+        // google.rpc.RetryInfo in its proto3 JSON form (no recorded Secret Manager 429 carries
+        // one; the fixtures' 429 has ErrorInfo and Help only, and gives no hint).
+        let detail: StatusDetails = serde_json::from_value(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": "3s"
+        }))
+        .unwrap();
+        let status = status(Code::ResourceExhausted, "Quota exceeded").set_details([detail]);
+        let e = from_gax(
+            "AccessSecretVersion",
+            &google_cloud_gax::error::Error::service(status),
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn disabled_and_destroyed_say_what_to_do() {
+        let e = from_gax(
+            "AccessSecretVersion",
+            &google_cloud_gax::error::Error::service(status(
+                Code::FailedPrecondition,
+                "Secret Version [projects/1/secrets/X/versions/3] is in DISABLED state.",
+            )),
+        );
+        assert!(e.to_string().contains("enable the version"), "{e}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_status_is_not_repeated() {
+        let e = google_cloud_gax::error::Error::http(
+            503,
+            Default::default(),
+            "upstream said hunter2".into(),
+        );
+        let e = from_gax("AccessSecretVersion", &e);
+        assert_eq!(e.kind(), &ErrorKind::Unavailable);
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn credential_failures_are_unauthenticated_unless_transient() {
+        let e = google_cloud_gax::error::Error::authentication(CredentialsError::from_msg(
+            false,
+            "failed to exchange token",
+        ));
+        assert_eq!(
+            from_gax("AccessSecretVersion", &e).kind(),
+            &ErrorKind::Unauthenticated
+        );
+        let e = google_cloud_gax::error::Error::authentication(CredentialsError::from_msg(
+            true, "timeout",
+        ));
+        assert_eq!(
+            from_gax("AccessSecretVersion", &e).kind(),
+            &ErrorKind::Unavailable
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! How a `gcp-sm://` reference becomes a Secret Manager version resource name and an endpoint.
+
+use secrets_core::{Error, ErrorKind, Result, SecretRef, Selector};
+
+/// The version read when a reference names none.
+pub const LATEST: &str = "latest";
+
+/// What the builder supplies to references that leave it out.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Defaults {
+    pub(crate) project: Option<String>,
+    pub(crate) location: Option<String>,
+}
+
+/// A resolved reference: the full version name sent to AccessSecretVersion, and the location
+/// whose regional endpoint serves it (`None`: the global endpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) location: Option<String>,
+}
+
+fn invalid(r: &SecretRef, why: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidRef,
+        format!(
+            "`{}`: {why}; expected gcp-sm://projects/<project>[/locations/<location>]/secrets/\
+             <secret>[/versions/<version>] or gcp-sm://<secret>[/versions/<version>] with a \
+             default project",
+            r.path()
+        ),
+    )
+}
+
+/// Secret ids are `[A-Za-z0-9_-]{1,255}`; version numbers and aliases use the same characters.
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Project ids, numbers and domain-scoped ids (`example.com:my-project`).
+fn is_project(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_'))
+}
+
+/// Locations are lowercase region names such as `europe-west1`.
+fn is_location(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Resolve `r` against the builder's defaults.
+pub(crate) fn resolve(r: &SecretRef, defaults: &Defaults) -> Result<Target> {
+    let segments: Vec<&str> = r.path().split('/').collect();
+    let (project, location, rest) = match segments.as_slice() {
+        ["projects", project, "locations", location, rest @ ..] => {
+            (*project, Some(*location), rest)
+        }
+        ["projects", project, rest @ ..] => (*project, None, rest),
+        rest => {
+            let project = defaults.project.as_deref().ok_or_else(|| {
+                invalid(
+                    r,
+                    "no project in the reference and no default project (GcpBuilder::with_project)",
+                )
+            })?;
+            (project, defaults.location.as_deref(), rest)
+        }
+    };
+    let (secret, path_version) = match rest {
+        ["secrets", secret] => (*secret, None),
+        ["secrets", secret, "versions", version] => (*secret, Some(*version)),
+        // The short form names the secret alone.
+        [secret] if !r.path().starts_with("projects/") => (*secret, None),
+        [secret, "versions", version] if !r.path().starts_with("projects/") => {
+            (*secret, Some(*version))
+        }
+        _ => return Err(invalid(r, "unrecognised path")),
+    };
+    if !is_project(project) {
+        return Err(invalid(r, "invalid project"));
+    }
+    if let Some(l) = location
+        && !is_location(l)
+    {
+        return Err(invalid(r, "invalid location"));
+    }
+    if !is_id(secret) {
+        return Err(invalid(r, "invalid secret id"));
+    }
+    let version = match (path_version, r.selector()) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                r,
+                "the version is given both in the path and as ?version=",
+            ));
+        }
+        (Some(v), None) => v,
+        (None, Some(Selector::Version(v))) => v.as_str(),
+        (None, None) => LATEST,
+        (None, Some(other)) => {
+            return Err(Error::unsupported(format!(
+                "Secret Manager selects versions by number or alias (?version=), not {other:?}"
+            )));
+        }
+    };
+    if !is_id(version) {
+        return Err(invalid(r, "invalid version"));
+    }
+    let name = match location {
+        Some(l) => format!("projects/{project}/locations/{l}/secrets/{secret}/versions/{version}"),
+        None => format!("projects/{project}/secrets/{secret}/versions/{version}"),
+    };
+    Ok(Target {
+        name,
+        location: location.map(str::to_owned),
+    })
+}
+
+/// The version id in a version's resource name (`…/versions/2` → `2`).
+pub(crate) fn version_of(name: &str) -> Option<&str> {
+    let (_, v) = name.rsplit_once("/versions/")?;
+    (!v.is_empty() && !v.contains('/')).then_some(v)
+}
+
+/// The documented regional endpoint of `location`.
+pub(crate) fn regional_endpoint(location: &str) -> String {
+    format!("https://secretmanager.{location}.rep.googleapis.com")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> SecretRef {
+        SecretRef::parse(s).unwrap()
+    }
+
+    fn with_project() -> Defaults {
+        Defaults {
+            project: Some("p1".into()),
+            location: None,
+        }
+    }
+
+    #[test]
+    fn full_names() {
+        let d = Defaults::default();
+        let t = resolve(&r("gcp-sm://projects/p1/secrets/db"), &d).unwrap();
+        assert_eq!(t.name, "projects/p1/secrets/db/versions/latest");
+        assert_eq!(t.location, None);
+        let t = resolve(&r("gcp-sm://projects/p1/secrets/db/versions/3"), &d).unwrap();
+        assert_eq!(t.name, "projects/p1/secrets/db/versions/3");
+        let t = resolve(&r("gcp-sm://projects/p1/secrets/db?version=prod"), &d).unwrap();
+        assert_eq!(t.name, "projects/p1/secrets/db/versions/prod");
+        let t = resolve(
+            &r("gcp-sm://projects/p1/locations/europe-west1/secrets/db/versions/2"),
+            &d,
+        )
+        .unwrap();
+        assert_eq!(
+            t.name,
+            "projects/p1/locations/europe-west1/secrets/db/versions/2"
+        );
+        assert_eq!(t.location.as_deref(), Some("europe-west1"));
+        // The engine strips #field before the source sees a reference; the path is unaffected.
+        let t = resolve(
+            &r("gcp-sm://projects/p1/secrets/db#password").without_field(),
+            &d,
+        );
+        assert_eq!(t.unwrap().name, "projects/p1/secrets/db/versions/latest");
+    }
+
+    #[test]
+    fn short_form_uses_the_default_project_and_location() {
+        let t = resolve(&r("gcp-sm://db"), &with_project()).unwrap();
+        assert_eq!(t.name, "projects/p1/secrets/db/versions/latest");
+        let t = resolve(&r("gcp-sm://db/versions/7"), &with_project()).unwrap();
+        assert_eq!(t.name, "projects/p1/secrets/db/versions/7");
+        let regional = Defaults {
+            project: Some("p1".into()),
+            location: Some("us-east1".into()),
+        };
+        let t = resolve(&r("gcp-sm://db?version=2"), &regional).unwrap();
+        assert_eq!(
+            t.name,
+            "projects/p1/locations/us-east1/secrets/db/versions/2"
+        );
+        assert_eq!(t.location.as_deref(), Some("us-east1"));
+        let e = resolve(&r("gcp-sm://db"), &Defaults::default()).unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef);
+        assert!(e.to_string().contains("default project"), "{e}");
+    }
+
+    #[test]
+    fn malformed_references_are_refused() {
+        let d = with_project();
+        for bad in [
+            "gcp-sm://projects/p1/secrets/db/versions/1?version=2",
+            "gcp-sm://projects/p1/secrets",
+            "gcp-sm://projects/p1/secrets/db/extra",
+            "gcp-sm://projects//secrets/db",
+            "gcp-sm://projects/p1/locations/EU/secrets/db",
+            "gcp-sm://projects/p1/secrets/d:b",
+            "gcp-sm://projects/p1/secrets/db/versions/",
+            "gcp-sm://a/b/c/d",
+            "gcp-sm://projects/p1",
+        ] {
+            let e = resolve(&r(bad), &d).unwrap_err();
+            assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}: {e}");
+        }
+        let e = resolve(&r("gcp-sm://projects/p1/secrets/db?stage=prod"), &d).unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn version_from_name_and_regional_endpoint() {
+        assert_eq!(
+            version_of("projects/123/secrets/my_secret/versions/2"),
+            Some("2")
+        );
+        assert_eq!(
+            version_of("projects/1/locations/l/secrets/s/versions/14"),
+            Some("14")
+        );
+        assert_eq!(version_of("projects/1/secrets/s"), None);
+        assert_eq!(
+            regional_endpoint("europe-west1"),
+            "https://secretmanager.europe-west1.rep.googleapis.com"
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! Workload identity federation: the subject token comes from an `IdentityToken` and is
+//! exchanged at a loopback fake of Google's STS, shaped after
+//! `fixtures/sts_token_exchange.assembled.json`; the access token it issues is what Secret
+//! Manager (a fake shaped after `access_secret_version.documented.json`) receives.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use secrets_core::{ErrorKind, IdentityToken, Result, SecretSource, SecretValue, async_trait};
+use secrets_fake_server::{FakeServer, Request, Response};
+use secrets_gcp::{GcpBuilder, GcpSource, WorkloadIdentity};
+use serde_json::{Value, json};
+
+/// A projected token that the test rotates, as the kubelet would. Like a cached token file,
+/// it keeps serving its copy until invalidated, when it "re-reads" the file (`on_disk`).
+#[derive(Debug, Default)]
+struct RotatingToken {
+    current: Mutex<String>,
+    on_disk: Mutex<Option<String>>,
+    invalidated: AtomicUsize,
+}
+
+impl RotatingToken {
+    fn set(&self, token: &str) {
+        *self.current.lock().unwrap() = token.to_owned();
+    }
+
+    /// The kubelet wrote a new token that the cached copy does not know yet.
+    fn write_behind(&self, token: &str) {
+        *self.on_disk.lock().unwrap() = Some(token.to_owned());
+    }
+}
+
+#[async_trait]
+impl IdentityToken for RotatingToken {
+    async fn token(&self) -> Result<SecretValue> {
+        Ok(SecretValue::from_string(
+            self.current.lock().unwrap().clone(),
+        ))
+    }
+
+    fn invalidate(&self) {
+        self.invalidated.fetch_add(1, Ordering::SeqCst);
+        if let Some(fresh) = self.on_disk.lock().unwrap().take() {
+            self.set(&fresh);
+        }
+    }
+}
+
+fn form(req: &Request) -> BTreeMap<String, String> {
+    req.form().into_iter().collect()
+}
+
+fn expected_form(sts: &Value, subject_token: &str) -> BTreeMap<String, String> {
+    let mut want: BTreeMap<String, String> = sts["sts_request"]["form"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    want.insert("subject_token".into(), subject_token.into());
+    want
+}
+
+/// Secret Manager that serves `store` only to the access token STS issued
+/// (`sts_success_response_google_auth_tests.access_token`), else the AIP-193 401 envelope.
+async fn secret_manager(store: &Store, access_token: String) -> FakeServer {
+    let store = store.clone();
+    FakeServer::http(move |req| {
+        let store = store.clone();
+        let authorized = req.header("authorization") == Some(&format!("Bearer {access_token}"));
+        async move {
+            if authorized {
+                store.answer(&req)
+            } else {
+                let mut body = fixture(STATUS_ERRORS)["aip_0193_examples"]["minimal_404"].clone();
+                body["error"] = json!({"code": 401, "status": "UNAUTHENTICATED"});
+                Response::json(401, &body)
+            }
+        }
+    })
+    .await
+}
+
+async fn build(sts_url: &str, sm_url: &str, token: Arc<RotatingToken>) -> GcpSource {
+    let sts = fixture(STS);
+    let audience = sts["sts_request"]["form"]["audience"].as_str().unwrap();
+    GcpBuilder::new()
+        .with_endpoint(sm_url)
+        .with_workload_identity(
+            WorkloadIdentity::new(audience, token).with_token_url(format!("{sts_url}/v1/token")),
+        )
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 30 s) until `server` has seen `n` requests.
+async fn until_requests(server: &FakeServer, n: usize) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while server.requests().len() < n {
+            tick.tick().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("STS saw {} requests, not {n}", server.requests().len()));
+}
+
+// STS: sts_request (the form, field for field) and sts_success_response_google_auth_tests,
+// with expires_in shortened from 3600 to 5 s: the auth library renews a token 10 s after
+// issue when it has less than 4 minutes left, so the second exchange happens within the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_current_identity_token_is_exchanged_at_sts_each_time() {
+    let sts = fixture(STS);
+    let first = sts["sts_request"]["form"]["subject_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = "HEADER.SIMULATED_JWT_PAYLOAD_ROTATED.SIGNATURE";
+    let mut issued = sts["sts_success_response_google_auth_tests"].clone();
+    issued["expires_in"] = json!(5);
+    let access_token = issued["access_token"].as_str().unwrap().to_owned();
+    let sts_server = FakeServer::http(move |_| {
+        let body = issued.clone();
+        async move { Response::json(200, &body) }
+    })
+    .await;
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"from federation");
+    let sm = secret_manager(&store, access_token).await;
+    let token = Arc::new(RotatingToken::default());
+    token.set(&first);
+    let src = build(&sts_server.url(), &sm.url(), token.clone()).await;
+
+    let s = src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(s.expose_bytes(), b"from federation");
+    let exchanges = sts_server.requests();
+    assert_eq!(exchanges.len(), 1);
+    let req = &exchanges[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/v1/token");
+    assert_eq!(
+        req.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(form(req), expected_form(&sts, &first));
+
+    // The kubelet rotates the token; the next exchange sends the new one.
+    token.set(second);
+    until_requests(&sts_server, 2).await;
+    assert_eq!(form(&sts_server.requests()[1]), expected_form(&sts, second));
+    let s = src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(s.expose_bytes(), b"from federation");
+    assert_eq!(token.invalidated.load(Ordering::SeqCst), 0);
+}
+
+// STS: sts_error_response_google_auth_tests (HTTP 400) for the first exchange, then
+// sts_success_response_google_auth_tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_invalidated_and_the_credentials_recover() {
+    let sts = fixture(STS);
+    let refused = sts["sts_error_response_google_auth_tests"].clone();
+    let issued = sts["sts_success_response_google_auth_tests"].clone();
+    let access_token = issued["access_token"].as_str().unwrap().to_owned();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let sts_server = FakeServer::http(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let answer = if n == 0 {
+            Response::json(400, &refused)
+        } else {
+            Response::json(200, &issued)
+        };
+        async move { answer }
+    })
+    .await;
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"after recovery");
+    let sm = secret_manager(&store, access_token).await;
+    let token = Arc::new(RotatingToken::default());
+    token.set("HEADER.EXPIRED_PAYLOAD.SIGNATURE");
+    token.write_behind("HEADER.FRESH_PAYLOAD.SIGNATURE");
+    let src = build(&sts_server.url(), &sm.url(), token.clone()).await;
+
+    let e = src
+        .fetch(&gcp_ref("projects/p1/secrets/db"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Unauthenticated, "{e}");
+    assert!(!e.is_retryable());
+    assert!(!format!("{e} {e:?}").contains("EXPIRED_PAYLOAD"), "{e:?}");
+    assert_eq!(token.invalidated.load(Ordering::SeqCst), 1);
+    assert!(sm.requests().is_empty(), "no request without a token");
+
+    // Invalidated, the token was read again; the credentials were built again, and the
+    // engine's next attempt finds a fresh exchange made with the new token.
+    let s = src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(s.expose_bytes(), b"after recovery");
+    let exchanges = sts_server.requests();
+    assert_eq!(exchanges.len(), 2);
+    assert_eq!(
+        form(&exchanges[1]).get("subject_token").map(String::as_str),
+        Some("HEADER.FRESH_PAYLOAD.SIGNATURE")
+    );
+}
+
+// The credentials file: external_account_file_sourced_k8s_oidc_DERIVED (AIP-4117 schema, a
+// projected-token path) with token_url and credential_source.file pointed at the test's fake
+// STS and token file; STS answers sts_success_response_google_auth_tests, and the form must be
+// sts_request.form exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_account_file_is_exchanged_with_its_token_file() {
+    let sts = fixture(STS);
+    let issued = sts["sts_success_response_google_auth_tests"].clone();
+    let access_token = issued["access_token"].as_str().unwrap().to_owned();
+    let sts_server = FakeServer::http(move |_| {
+        let body = issued.clone();
+        async move { Response::json(200, &body) }
+    })
+    .await;
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"from a file-sourced account");
+    let sm = secret_manager(&store, access_token).await;
+
+    let dir = std::env::temp_dir().join(format!("secrets-gcp-sts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    let subject_token = sts["sts_request"]["form"]["subject_token"]
+        .as_str()
+        .unwrap();
+    std::fs::write(&token_file, subject_token).unwrap();
+    let mut account = sts["external_account_file_sourced_k8s_oidc_DERIVED"].clone();
+    account.as_object_mut().unwrap().remove("_note");
+    account["token_url"] = json!(format!("{}/v1/token", sts_server.url()));
+    account["credential_source"]["file"] = json!(token_file.to_str().unwrap());
+    let credentials_file = dir.join("external_account.json");
+    std::fs::write(&credentials_file, account.to_string()).unwrap();
+
+    let src = GcpBuilder::new()
+        .with_endpoint(sm.url())
+        .with_credentials_file(&credentials_file)
+        .build()
+        .await
+        .unwrap();
+    let s = src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(s.expose_bytes(), b"from a file-sourced account");
+    let exchanges = sts_server.requests();
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(form(&exchanges[0]), expected_form(&sts, subject_token));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// The credentials file: external_account_file_sourced_aip4117_verbatim's
+// service_account_impersonation_url (pointed at a fake IAM Credentials) on the
+// external_account_file_sourced_k8s_oidc_DERIVED account. STS answers
+// sts_success_response_google_auth_tests; its form is sts_request.form with the IAM scope, as
+// sts_request.notes says for impersonation. IAM Credentials answers a
+// GenerateAccessTokenResponse of iamcredentials.v1.json (accessToken, expireTime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_account_can_impersonate_a_service_account() {
+    let sts = fixture(STS);
+    let issued = sts["sts_success_response_google_auth_tests"].clone();
+    let federated = issued["access_token"].as_str().unwrap().to_owned();
+    let sts_server = FakeServer::http(move |_| {
+        let body = issued.clone();
+        async move { Response::json(200, &body) }
+    })
+    .await;
+    let schema = &fixture(IAM_CREDENTIALS)["schemas"]["GenerateAccessTokenResponse"]["properties"];
+    let mut fields: Vec<&str> = schema
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["accessToken", "expireTime"]);
+    let impersonated = "IMPERSONATED_ACCESS_TOKEN";
+    let iam = FakeServer::http(move |_| async move {
+        Response::json(
+            200,
+            &json!({"accessToken": impersonated, "expireTime": "2099-01-01T00:00:00Z"}),
+        )
+    })
+    .await;
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"as the service account");
+    let sm = secret_manager(&store, impersonated.to_owned()).await;
+
+    let dir = std::env::temp_dir().join(format!("secrets-gcp-iam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    let subject_token = sts["sts_request"]["form"]["subject_token"]
+        .as_str()
+        .unwrap();
+    std::fs::write(&token_file, subject_token).unwrap();
+    let email = "app@p1.iam.gserviceaccount.com";
+    let mut account = sts["external_account_file_sourced_k8s_oidc_DERIVED"].clone();
+    account.as_object_mut().unwrap().remove("_note");
+    account["token_url"] = json!(format!("{}/v1/token", sts_server.url()));
+    account["credential_source"]["file"] = json!(token_file.to_str().unwrap());
+    let template =
+        sts["external_account_file_sourced_aip4117_verbatim"]["service_account_impersonation_url"]
+            .as_str()
+            .unwrap();
+    account["service_account_impersonation_url"] = json!(
+        template
+            .replace("https://iamcredentials.googleapis.com", &iam.url())
+            .replace("$EMAIL", email)
+    );
+    let credentials_file = dir.join("external_account.json");
+    std::fs::write(&credentials_file, account.to_string()).unwrap();
+
+    let src = GcpBuilder::new()
+        .with_endpoint(sm.url())
+        .with_credentials_file(&credentials_file)
+        .build()
+        .await
+        .unwrap();
+    let s = src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(s.expose_bytes(), b"as the service account");
+
+    let mut want = expected_form(&sts, subject_token);
+    want.insert("scope".into(), "https://www.googleapis.com/auth/iam".into());
+    assert_eq!(form(&sts_server.requests()[0]), want);
+    let call = &iam.requests()[0];
+    assert_eq!(call.method, "POST");
+    assert_eq!(
+        call.path,
+        format!("/v1/projects/-/serviceAccounts/{email}:generateAccessToken")
+    );
+    assert_eq!(
+        call.header("authorization"),
+        Some(format!("Bearer {federated}").as_str())
+    );
+    assert_eq!(
+        call.json()["scope"],
+        json!(["https://www.googleapis.com/auth/cloud-platform"])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
