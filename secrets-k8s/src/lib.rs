@@ -7,8 +7,8 @@
 //! * [`InCluster`]: the API server, namespace, CA bundle and token of the pod.
 //! * [`Pod`]: which identities the pod was given (Vault, AWS IRSA, Azure and Google workload
 //!   identity), with errors that name exactly what is missing; `vault::from_pod`,
-//!   `aws::from_pod` and `azure::from_pod` (features `vault`, `aws`, `azure`) turn them into
-//!   configured builders.
+//!   `aws::from_pod`, `azure::from_pod` and `gcp::from_pod` (features `vault`, `aws`, `azure`,
+//!   `gcp`) turn them into configured builders.
 //! * [`source`]: the `k8s://<namespace>/<name>#<key>` Kubernetes Secrets source (GET + watch).
 //! * `testkit` (feature `testkit`): a kubelet-style token projector for tests.
 
@@ -18,6 +18,8 @@ pub mod aws;
 pub mod azure;
 pub mod claims;
 pub mod detect;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod in_cluster;
 pub mod source;
 #[cfg(feature = "testkit")]

@@ -41,12 +41,12 @@ impl fmt::Debug for WorkloadIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkloadIdentity")
             .field("audience", &self.audience)
-            .field("token", &self.token)
+            // Not the token source's own Debug: an implementation may print the token.
             .field("token_url", &self.token_url)
             .field("subject_token_type", &self.subject_token_type)
             .field("impersonate", &self.impersonate)
             .field("scopes", &self.scopes)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
