@@ -178,6 +178,13 @@ impl fmt::Debug for KubernetesSecretsBuilder {
 }
 
 impl KubernetesSecretsBuilder {
+    /// The pod's API server, CA bundle and service-account token ([`InCluster`](crate::InCluster)).
+    pub fn in_cluster(self, cluster: &crate::InCluster) -> Self {
+        self.api_server(cluster.api_server().as_str())
+            .ca_pem(cluster.ca_pem().to_vec())
+            .token(Arc::new(cluster.token().clone()))
+    }
+
     /// The API server's URL (`https://kubernetes.default.svc`, `https://10.96.0.1:443`); `https`
     /// only, since every request carries the token.
     pub fn api_server(mut self, url: impl AsRef<str>) -> Self {
