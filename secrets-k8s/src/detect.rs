@@ -3,7 +3,7 @@
 //!
 //! | backend | what is read | who sets it |
 //! |---|---|---|
-//! | Vault | `VAULT_ADDR`, `VAULT_K8S_ROLE`, optional `VAULT_K8S_AUTH` (`kubernetes` or `jwt`, default `kubernetes`), `VAULT_K8S_MOUNT` (default: the method's name), `VAULT_K8S_TOKEN_FILE` (default `/var/run/secrets/tokens/vault` if it exists, else the service-account token) | you, in the Deployment (examples/k8s/deployment.yaml) |
+//! | Vault | `VAULT_ADDR`, `VAULT_K8S_ROLE`, optional `VAULT_K8S_AUTH` (`kubernetes` or `jwt`, default `kubernetes`), `VAULT_K8S_MOUNT` (default: the method's name), `VAULT_K8S_TOKEN_FILE` (default `/var/run/secrets/tokens/vault` if it exists, else, for kubernetes auth only, the service-account token) | you, in the Deployment (examples/k8s/deployment.yaml) |
 //! | AWS | `AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE`, optional `AWS_ROLE_SESSION_NAME`, `AWS_REGION` or `AWS_DEFAULT_REGION` | EKS's pod identity webhook for an annotated service account, or you |
 //! | Azure | `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, optional `AZURE_AUTHORITY_HOST` | Azure workload identity's webhook for a labelled pod, or you |
 //! | Google | `GOOGLE_APPLICATION_CREDENTIALS` naming an `external_account` JSON whose `credential_source.file` exists | you (a ConfigMap made by `gcloud iam workload-identity-pools create-cred-config`) |
@@ -207,6 +207,14 @@ impl Pod {
                 let default = self.service_account_dir.join("token");
                 if projected.is_file() {
                     Some(projected.to_path_buf())
+                } else if method == Some(VaultMethod::Jwt) {
+                    // The service-account token's audience is the API server, which a JWT role's
+                    // `bound_audiences` (normally `vault`) refuses.
+                    m.items.push(format!(
+                        "no token for jwt auth: VAULT_K8S_TOKEN_FILE is not set and {VAULT_TOKEN_FILE} \
+                         (a projected token with the role's audience) does not exist"
+                    ));
+                    None
                 } else if default.is_file() {
                     Some(default)
                 } else {
@@ -336,14 +344,19 @@ impl Pod {
 }
 
 impl fmt::Debug for Pod {
-    /// Which identities are present, never the variables' values (some hold credentials).
+    /// The names of the variables that concern a backend, never their values (some hold
+    /// credentials), and without reading any file.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let relevant = ["KUBERNETES_", "VAULT_", "AWS_", "AZURE_", "GOOGLE_"];
+        let names: Vec<&str> = self
+            .vars
+            .keys()
+            .filter(|k| relevant.iter().any(|p| k.starts_with(p)))
+            .map(String::as_str)
+            .collect();
         f.debug_struct("Pod")
-            .field("in_cluster", &self.in_cluster().is_ok())
-            .field("vault", &self.vault().is_ok())
-            .field("aws", &self.aws().is_ok())
-            .field("azure", &self.azure().is_ok())
-            .field("gcp", &self.gcp().is_ok())
+            .field("vars", &names)
+            .field("service_account_dir", &self.service_account_dir)
             .finish()
     }
 }

@@ -26,7 +26,9 @@ pub struct TokenProjector {
 }
 
 impl TokenProjector {
-    /// A projector for `<dir>/<file>` (`dir` is created; nothing is written until [`project`](Self::project)).
+    /// A projector for `<dir>/<file>` (`dir` is created; nothing is written until
+    /// [`project`](Self::project)). `file` may be a sub-path (`vault/token`), as a projected
+    /// volume's `path` may.
     pub fn new(dir: impl Into<PathBuf>, file: impl Into<String>) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
@@ -63,17 +65,21 @@ impl TokenProjector {
             self.generation
         );
         let payload_dir = self.dir.join(&name);
-        std::fs::create_dir(&payload_dir)?;
-        std::fs::write(payload_dir.join(&self.file), token)?;
+        let file = payload_dir.join(&self.file);
+        // A sub-path (`serviceAccountToken.path: vault/token`) gets its directories in the payload.
+        std::fs::create_dir_all(file.parent().unwrap_or(&payload_dir))?;
+        std::fs::write(file, token)?;
 
         let tmp = self.dir.join("..data_tmp");
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&name, &tmp)?;
         std::fs::rename(&tmp, self.dir.join("..data"))?;
 
-        let visible = self.path();
+        // The user-visible name is the payload path's first component, through `..data`.
+        let first = Path::new(&self.file).iter().next().unwrap_or_default();
+        let visible = self.dir.join(first);
         if std::fs::symlink_metadata(&visible).is_err() {
-            std::os::unix::fs::symlink(Path::new("..data").join(&self.file), &visible)?;
+            std::os::unix::fs::symlink(Path::new("..data").join(first), &visible)?;
         }
         if let Some(old) = self.current.replace(payload_dir) {
             std::fs::remove_dir_all(old)?;
@@ -100,15 +106,16 @@ impl TokenProjector {
         let thread = {
             let (history, stop) = (history.clone(), stop.clone());
             std::thread::spawn(move || {
-                let step = Duration::from_millis(20);
+                // On a fixed schedule (start + n·every), so a slow `mint` does not stretch it.
+                let start = SystemClock.now();
+                let mut n: u32 = 1;
                 loop {
-                    let mut waited = Duration::ZERO;
-                    while waited < every {
+                    let due = start + every * n;
+                    while SystemClock.now() < due {
                         if stop.load(Ordering::SeqCst) {
                             return;
                         }
-                        std::thread::sleep(step);
-                        waited += step;
+                        std::thread::sleep(Duration::from_millis(10));
                     }
                     let token = mint(self.generation + 1);
                     if self.project(&token).is_err() {
@@ -118,6 +125,7 @@ impl TokenProjector {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(token);
+                    n += 1;
                 }
             })
         };

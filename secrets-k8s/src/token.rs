@@ -8,14 +8,15 @@
 //! file again when
 //!
 //! * the directory changed (a watch on the directory sees the `..data` swap),
-//! * 80 % of the cached token's lifetime (`iat` → `exp`) has passed,
+//! * 80 % of the cached token's lifetime (`iat` → `exp`) has passed (and then at most every 5 s
+//!   until the kubelet has swapped it),
 //! * a minute has passed since the last read (in case the directory watch is unavailable or missed
 //!   an event; the same period kube-rs uses for its token file), or
 //! * [`invalidate`](secrets_core::IdentityToken::invalidate) was called after a backend refused the
 //!   token,
 //!
 //! and keeps the last good token if a re-read fails (a half-written file, a transient error) while
-//! that token has not expired. The token itself never reaches `Debug`, errors or logs; the claims
+//! that token has not expired; an expired token is never served. The token itself never reaches `Debug`, errors or logs; the claims
 //! (namespace, service account, expiry) do, because they say which identity is in use.
 
 use std::fmt;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use secrets_core::{Clock, Error, ErrorKind, IdentityToken, Result, SecretValue, SystemClock};
+use zeroize::Zeroizing;
 
 use crate::claims::TokenClaims;
 
@@ -39,6 +41,10 @@ const REFRESH_FRACTION: f64 = 0.8;
 const MAX_AGE: Duration = Duration::from_secs(60);
 /// After a failed re-read with a good token still held, wait this long before trying again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Past 80 % the kubelet swaps the file at its next volume sync (or not at all while it cannot
+/// reach the API server): until then, read again at most this often (the directory watch sees the
+/// swap itself at once).
+const RECHECK_WHEN_DUE: Duration = Duration::from_secs(5);
 
 /// A projected service-account token read from a file, re-read as the kubelet rotates it.
 ///
@@ -83,6 +89,8 @@ struct Loaded {
     read_at: Instant,
     /// Set after a failed re-read: do not try again before this.
     retry_at: Option<Instant>,
+    /// Set when a re-read past the refresh point found the same token: not again before this.
+    recheck_at: Option<Instant>,
 }
 
 impl ProjectedToken {
@@ -137,12 +145,15 @@ impl ProjectedToken {
         self.lock_loaded().as_ref().map(|l| l.claims.clone())
     }
 
-    /// Reads the file now (whatever is cached) and returns the claims of what it holds.
+    /// Reads the file now (whatever is cached) and returns the claims of what it holds; an
+    /// unreadable file is an error here (the cached token is kept for [`token`](IdentityToken::token)).
     pub async fn reload(&self) -> Result<TokenClaims> {
-        self.inner.dirty.store(true, Ordering::SeqCst);
-        self.current().await?;
-        self.claims()
-            .ok_or_else(|| Error::new(ErrorKind::Backend, "token read but not kept"))
+        let _reading = self.inner.reading.lock().await;
+        self.ensure_watch();
+        let loaded = self.read().await?;
+        let claims = loaded.claims.clone();
+        *self.lock_loaded() = Some(loaded);
+        Ok(claims)
     }
 
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, Option<Loaded>> {
@@ -160,15 +171,20 @@ impl ProjectedToken {
         let loaded = self.lock_loaded();
         let loaded = loaded.as_ref()?;
         let now = self.inner.clock.now();
-        if let Some(retry_at) = loaded.retry_at {
-            // A re-read failed and the last good token is being served until the next attempt.
-            return (now < retry_at).then(|| loaded.token.clone());
+        let wall = self.inner.clock.wall();
+        if expired(&loaded.claims, wall) {
+            return None;
+        }
+        // A re-read failed (the last good token is served until the next attempt), or one past
+        // the refresh point found the kubelet had not swapped yet.
+        if let Some(not_before) = loaded.retry_at.or(loaded.recheck_at) {
+            return (now < not_before).then(|| loaded.token.clone());
         }
         if now.saturating_duration_since(loaded.read_at) >= MAX_AGE {
             return None;
         }
         match loaded.claims.refresh_at(REFRESH_FRACTION) {
-            Some(at) if self.inner.clock.wall() >= at => None,
+            Some(at) if wall >= at => None,
             _ => Some(loaded.token.clone()),
         }
     }
@@ -185,12 +201,19 @@ impl ProjectedToken {
         self.ensure_watch();
         self.inner.dirty.store(false, Ordering::SeqCst);
         match self.read().await {
-            Ok(loaded) => {
+            Ok(mut loaded) => {
                 let token = loaded.token.clone();
                 let mut slot = self.lock_loaded();
                 let changed = slot
                     .as_ref()
                     .is_none_or(|old| !old.token.same_bytes(&token));
+                let due = loaded
+                    .claims
+                    .refresh_at(REFRESH_FRACTION)
+                    .is_some_and(|at| self.inner.clock.wall() >= at);
+                if due && !changed {
+                    loaded.recheck_at = Some(self.inner.clock.now() + RECHECK_WHEN_DUE);
+                }
                 if changed {
                     tracing::debug!(
                         path = %self.inner.path.display(),
@@ -222,21 +245,24 @@ impl ProjectedToken {
 
     async fn read(&self) -> Result<Loaded> {
         let path = &self.inner.path;
-        let bytes = tokio::fs::read(path).await.map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound {
-                ErrorKind::Config
-            } else {
-                ErrorKind::Unavailable
-            };
-            Error::new(
-                kind,
-                format!(
-                    "cannot read the projected token at {}: {e} (is the service-account token \
+        let bytes = tokio::fs::read(path)
+            .await
+            .map(Zeroizing::new)
+            .map_err(|e| {
+                let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                    ErrorKind::Config
+                } else {
+                    ErrorKind::Unavailable
+                };
+                Error::new(
+                    kind,
+                    format!(
+                        "cannot read the projected token at {}: {e} (is the service-account token \
                      volume mounted at that path?)",
-                    path.display()
-                ),
-            )
-        })?;
+                        path.display()
+                    ),
+                )
+            })?;
         // The kubelet writes the token without a newline; hand-made files often end with one.
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| {
@@ -269,6 +295,7 @@ impl ProjectedToken {
             claims,
             read_at: self.inner.clock.now(),
             retry_at: None,
+            recheck_at: None,
         })
     }
 
@@ -279,15 +306,18 @@ impl ProjectedToken {
         if !matches!(*watch, WatchState::NotStarted) {
             return;
         }
-        let dir = match self.inner.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = volume_dir(&self.inner.path);
         let dirty = self.inner.dirty.clone();
         let started = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // Any change in the directory: the swap touches `..data`, `..data_tmp` and the new
             // timestamped directory, never `token` itself, so filtering by name would miss it.
-            if event.is_ok() {
+            // Opens and reads are not changes (inotify reports this reader's own opens of a
+            // plain file); an error may mean lost events, so it counts as a change.
+            let change = match event {
+                Ok(event) => !matches!(event.kind, notify::EventKind::Access(_)),
+                Err(_) => true,
+            };
+            if change {
                 dirty.store(true, Ordering::SeqCst);
             }
         })
@@ -304,6 +334,22 @@ impl ProjectedToken {
             }
         };
     }
+}
+
+/// The directory to watch: the one holding the kubelet's `..data` link, walking up from the
+/// token's directory (a token at a sub-path, `serviceAccountToken.path: vault/token`, is read
+/// through `<mount>/vault -> ..data/vault`, and a watch on that would follow the link into a
+/// timestamped directory the kubelet deletes at the first swap). A plain directory otherwise.
+fn volume_dir(token: &Path) -> PathBuf {
+    let parent = match token.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    parent
+        .ancestors()
+        .take(4)
+        .find(|dir| std::fs::symlink_metadata(dir.join("..data")).is_ok())
+        .map_or(parent.clone(), Path::to_path_buf)
 }
 
 fn expired(claims: &TokenClaims, wall: SystemTime) -> bool {

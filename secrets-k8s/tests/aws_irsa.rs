@@ -101,10 +101,11 @@ fn token(n: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_freshest_projected_token_is_sent_after_a_rotation() {
-    let name = format!(
-        "irsa-{:x}",
-        SystemClock.now().elapsed().as_nanos() ^ u128::from(std::process::id())
-    );
+    // Unique per run, also against a long-lived moto.
+    let name = format!("irsa-{:016x}", {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(SystemClock.wall())
+    });
     moto(
         "CreateSecret",
         serde_json::json!({ "Name": name, "SecretString": "irsa value" }),

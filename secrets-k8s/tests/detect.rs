@@ -48,9 +48,13 @@ fn an_empty_environment_names_every_missing_piece() {
             .to_string()
             .contains("GOOGLE_APPLICATION_CREDENTIALS is not set")
     );
-    assert_eq!(
-        format!("{pod:?}"),
-        "Pod { in_cluster: false, vault: false, aws: false, azure: false, gcp: false }"
+    let shown = format!(
+        "{:?}",
+        Pod::from_vars([("AWS_ROLE_ARN", "arn:aws:iam::1:role/x"), ("PATH", "/bin")])
+    );
+    assert!(
+        shown.contains("AWS_ROLE_ARN") && !shown.contains("arn:aws") && !shown.contains("PATH"),
+        "{shown}"
     );
 }
 
@@ -146,4 +150,25 @@ fn google_needs_an_external_account_file_whose_token_exists() {
     );
     std::fs::write(&token, "x.y.z").unwrap();
     assert_eq!(pod.gcp().unwrap().token_file, token);
+}
+
+#[test]
+fn jwt_auth_does_not_fall_back_to_the_api_token() {
+    // The service-account token's audience is the API server; a Vault JWT role bound to `vault`
+    // would refuse it, so jwt auth needs a projected token of its own.
+    let sa = tempfile::tempdir().unwrap();
+    std::fs::write(sa.path().join("token"), "x.y.z").unwrap();
+    let vars = [
+        ("VAULT_ADDR", "https://vault:8200"),
+        ("VAULT_K8S_ROLE", "app"),
+    ];
+    let kubernetes = Pod::from_vars(vars).with_service_account_dir(sa.path());
+    assert_eq!(
+        kubernetes.vault().unwrap().token_file,
+        sa.path().join("token")
+    );
+    let jwt = Pod::from_vars(vars.into_iter().chain([("VAULT_K8S_AUTH", "jwt")]))
+        .with_service_account_dir(sa.path());
+    let e = jwt.vault().unwrap_err().to_string();
+    assert!(e.contains("no token for jwt auth"), "{e}");
 }

@@ -4,6 +4,8 @@
 //! (`official_docs_pod_bound_token`).
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)] // waits for the real directory watch
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use secrets_core::{Clock, ErrorKind, IdentityToken, ManualClock, SystemClock};
@@ -238,4 +240,114 @@ fn in_cluster_reads_the_service_account_mount_and_names_what_is_missing() {
     assert_eq!(c.namespace(), "payments");
     let c = InCluster::from_parts(Some("fd00::1"), Some("6443"), dir.path()).unwrap();
     assert_eq!(c.api_server().as_str(), "https://[fd00::1]:6443/");
+}
+
+/// A token at a sub-path of the volume is read through `<mount>/vault -> ..data/vault`; a watch
+/// on `<mount>/vault` would follow the link into a payload directory the kubelet deletes at the
+/// first swap, so every later swap must still be seen (the watch is on the directory holding
+/// `..data`).
+#[tokio::test]
+async fn every_swap_of_a_sub_path_token_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut projector = TokenProjector::new(dir.path(), "vault/token").unwrap();
+    let now = wall_secs(&SystemClock);
+    projector
+        .project(&unsigned_jwt(&claims("one", now, now + 3600)))
+        .unwrap();
+    let token = ProjectedToken::new(projector.path());
+    token.token().await.unwrap();
+    for jti in ["two", "three", "four"] {
+        let next = unsigned_jwt(&claims(jti, now, now + 3600));
+        projector.project(&next).unwrap();
+        let deadline = SystemClock.now() + Duration::from_secs(5);
+        while text(&token).await != next {
+            assert!(
+                SystemClock.now() < deadline,
+                "swap to {jti} not seen within 5 s"
+            );
+            SystemClock
+                .sleep_until(SystemClock.now() + Duration::from_millis(20))
+                .await;
+        }
+    }
+}
+
+/// Counts opens of files in `dir` with a watch of its own.
+fn count_opens(dir: &std::path::Path) -> (notify::RecommendedWatcher, Arc<AtomicUsize>) {
+    use notify::Watcher;
+    let opens = Arc::new(AtomicUsize::new(0));
+    let counter = opens.clone();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if let Ok(e) = e
+            && matches!(
+                e.kind,
+                notify::EventKind::Access(notify::event::AccessKind::Open(_))
+            )
+        {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .unwrap();
+    (watcher, opens)
+}
+
+async fn let_notify_deliver() {
+    SystemClock
+        .sleep_until(SystemClock.now() + Duration::from_millis(100))
+        .await;
+}
+
+/// Past 80 % the kubelet swaps at its next sync, or not at all while it cannot reach the API
+/// server: meanwhile calls must not each open the file.
+#[tokio::test]
+async fn past_eighty_percent_an_unchanged_token_is_re_read_at_most_every_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("real");
+    let clock = ManualClock::new();
+    let iat = wall_secs(&clock);
+    std::fs::write(&target, unsigned_jwt(&claims("one", iat, iat + 3600))).unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("token")).unwrap();
+    let token = ProjectedToken::new(dir.path().join("token")).with_clock(clock.clone());
+    token.token().await.unwrap();
+
+    clock.advance(Duration::from_secs(2916)).await; // 81 %
+    let (_watch, opens) = count_opens(elsewhere.path());
+    for _ in 0..20 {
+        token.token().await.unwrap();
+    }
+    clock.advance(Duration::from_secs(4)).await;
+    token.token().await.unwrap();
+    let_notify_deliver().await;
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        1,
+        "one re-read at the refresh point, none within 5 s"
+    );
+    clock.advance(Duration::from_secs(2)).await;
+    token.token().await.unwrap();
+    let_notify_deliver().await;
+    assert_eq!(opens.load(Ordering::SeqCst), 2, "re-read again after 5 s");
+}
+
+/// inotify reports the reader's own opens of a plain file in the watched directory: those are
+/// not changes.
+#[tokio::test]
+async fn a_plain_token_file_is_not_re_read_because_it_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let now = wall_secs(&SystemClock);
+    std::fs::write(&path, unsigned_jwt(&claims("plain", now, now + 3600))).unwrap();
+    let token = ProjectedToken::new(&path);
+    token.token().await.unwrap();
+    let_notify_deliver().await;
+    let (_watch, opens) = count_opens(dir.path());
+    for _ in 0..10 {
+        token.token().await.unwrap();
+        let_notify_deliver().await;
+    }
+    assert_eq!(opens.load(Ordering::SeqCst), 0);
 }
