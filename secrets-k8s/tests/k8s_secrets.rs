@@ -228,12 +228,10 @@ async fn a_modified_event_reaches_a_handle_as_rotated() {
         .unwrap();
     let mut events = handle.subscribe();
     api.wait_for_watches(1).await;
-    // The watch resumes from the read's resourceVersion, so nothing in between is lost.
+    // The watch starts at the most recent state (no resourceVersion): its synthetic ADDED
+    // carries the version just read, so it is no change.
     let watch = &watch_requests(&server)[0];
-    assert_eq!(
-        watch.query_param("resourceVersion"),
-        Some(first.to_string())
-    );
+    assert_eq!(watch.query_param("resourceVersion"), None);
 
     let second = api.put(
         "apps",
@@ -272,14 +270,12 @@ async fn watch_reports_changes_deletion_and_follows_bookmarks() {
         watch.query_param("fieldSelector").as_deref(),
         Some("metadata.name=db-creds")
     );
-    assert_eq!(
-        watch.query_param("resourceVersion"),
-        Some(first.to_string())
-    );
+    assert_eq!(watch.query_param("resourceVersion"), None);
     assert_eq!(
         watch.query_param("allowWatchBookmarks").as_deref(),
         Some("true")
     );
+    let _ = first;
 
     let second = api.put("apps", "db-creds", &[("password", b"two")]);
     assert_eq!(next(&mut feed).await.unwrap(), changed(second));
@@ -318,11 +314,9 @@ async fn an_expired_resource_version_relists_and_rewatches() {
     api.expire_watches();
     assert_eq!(next(&mut feed).await.unwrap(), changed(hidden));
     api.wait_for_watches(1).await;
+    // Watched again from the most recent state, not from the object's own (old) version.
     let watches = watch_requests(&server);
-    assert_eq!(
-        watches.last().unwrap().query_param("resourceVersion"),
-        Some(hidden.to_string())
-    );
+    assert_eq!(watches.last().unwrap().query_param("resourceVersion"), None);
     assert_eq!(gets_of(&server, "apps", "db-creds"), 2, "one re-read");
     // Changes keep arriving on the new watch.
     let later = api.put("apps", "db-creds", &[("password", b"later")]);
@@ -339,10 +333,69 @@ async fn an_expired_resource_version_relists_and_rewatches() {
     api.wait_for_watches(1).await;
     let watches = watch_requests(&server);
     assert_eq!(watches.len(), 2);
-    assert_eq!(
-        watches[1].query_param("resourceVersion"),
-        Some(hidden.to_string())
+    assert_eq!(watches[1].query_param("resourceVersion"), None);
+}
+
+/// A Secret last written long ago: its resourceVersion is older than the history the server
+/// keeps (the fake compacts past it, as `expire_watches` does after `bookmark(500)` moved the
+/// cluster on), so no watch may resume from it. Found by a second reading: the first version
+/// re-read and re-watched from that version in a loop, ~500 GETs and watches a second.
+/// Fixtures: `secret_watch_stream.assembled.jsonl` lines 1 (ADDED), 4 (BOOKMARK), 6 (ERROR 410).
+#[tokio::test]
+async fn a_secret_older_than_the_watch_history_does_not_make_the_watch_spin() {
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    api.bookmark(500);
+    api.expire_watches();
+
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+    let idle = tokio::time::timeout(Duration::from_millis(1500), feed.recv()).await;
+    assert!(
+        idle.is_err(),
+        "an unchanged Secret produced an event: {idle:?}"
     );
+    let (gets, watches) = (
+        gets_of(&server, "apps", "db-creds"),
+        watch_requests(&server).len(),
+    );
+    assert_eq!(
+        (gets, watches),
+        (1, 1),
+        "{gets} GETs and {watches} watches for a quiet Secret"
+    );
+
+    // A compaction ending the open watch (ERROR 410) costs one re-read and one new watch.
+    api.bookmark(500);
+    api.expire_watches();
+    api.wait_for_watches(1).await;
+    let idle = tokio::time::timeout(Duration::from_millis(1500), feed.recv()).await;
+    assert!(
+        idle.is_err(),
+        "an unchanged Secret produced an event: {idle:?}"
+    );
+    let (gets, watches) = (
+        gets_of(&server, "apps", "db-creds"),
+        watch_requests(&server).len(),
+    );
+    assert_eq!((gets, watches), (2, 2));
+    // And changes still arrive.
+    let later = api.put("apps", "db-creds", &[("password", b"later")]);
+    assert_eq!(next(&mut feed).await.unwrap(), changed(later));
+}
+
+/// A change between the client's read and the start of its watch is reported: the watch's
+/// synthetic ADDED carries a version other than the one read.
+/// Fixtures: `secret_watch_stream.assembled.jsonl` line 1 (ADDED).
+#[tokio::test]
+async fn a_change_between_the_read_and_the_watch_is_reported() {
+    let (_server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let between = api.put_quietly("apps", "db-creds", &[("password", b"between")]);
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    assert_eq!(next(&mut feed).await.unwrap(), changed(between));
 }
 
 /// Fixtures: `secret_watch_stream.assembled.jsonl` lines 3 (MODIFIED) and 4 (BOOKMARK), cut

@@ -19,16 +19,20 @@
 //! # Watching
 //!
 //! A handle on a `k8s://` secret is kept current by a watch of that one object
-//! (`GET …/secrets?fieldSelector=metadata.name%3D<name>&watch=1&resourceVersion=<rv>&allowWatchBookmarks=true`),
-//! resumed from the resourceVersion of the last read, so a change between the read and the watch
-//! is replayed rather than lost. `ADDED`/`MODIFIED` with a new resourceVersion make the client
-//! re-read (and fire `Rotated`), `DELETED` reports the deletion, `BOOKMARK` only moves the
-//! resume point. When the server has compacted past the resume point (`ERROR` 410 `Expired`/`Gone`
-//! in the stream, or HTTP 410) the object is read again (a change is reported if its
-//! resourceVersion moved; a deletion if it is gone) and the watch restarts from there. A stream
-//! the server ends (`timeoutSeconds`, 5–10 min at random, as client-go does) or that goes silent
-//! is re-opened from the last resourceVersion, with backoff after failures.
-//!
+//! (`GET …/secrets?fieldSelector=metadata.name%3D<name>&watch=1&allowWatchBookmarks=true`). The
+//! first watch starts at the most recent state: the server opens it with a synthetic `ADDED` of
+//! the object, whose resourceVersion is compared with the client's last read, so a change between
+//! the read and the watch is reported rather than lost. (Resuming from the read's own
+//! resourceVersion would not do: it is the revision of the object's last write, usually older
+//! than the history the server keeps, and would be answered 410 every time.) `ADDED`/`MODIFIED`
+//! with a new resourceVersion make the client re-read (and fire `Rotated`), `DELETED` reports the
+//! deletion, `BOOKMARK` only moves the resume point. A stream the server ends (`timeoutSeconds`,
+//! 5–10 min at random, as client-go does) is re-opened from the last change or bookmark it
+//! delivered; when the server has compacted past that point (`ERROR` 410 `Expired`/`Gone` in the
+//! stream, or HTTP 410) the object is read again (a change is reported if its resourceVersion
+//! moved; a deletion if it is gone) and the watch starts at the most recent state again. Failures
+//! back off (1 s doubling to 60 s, full jitter, honouring Retry-After), and so do repeated 410s.
+
 //! # Least privilege
 //!
 //! Neither reads nor watches list the namespace, so the service account needs no `list`, only
@@ -52,8 +56,9 @@
 //! ```
 //!
 //! A watch with `fieldSelector=metadata.name=<name>` is authorized against `resourceNames` like a
-//! GET of that object; a Role without `watch` still works (handles then fall back to the client's
-//! interval checks, after one logged watch failure).
+//! GET of that object. A Role without `watch` still works: handles fall back to the client's
+//! interval checks, and the client tries the watch again (one refused request and a warning) at
+//! each of them.
 //!
 //! # Credentials and secrecy
 //!

@@ -40,6 +40,11 @@ pub(super) fn watch(
         clock,
         backoff,
         rv: None,
+        known: None,
+        from_now: false,
+        advanced: false,
+        relists: 0,
+        opened_at: None,
         exists: None,
         relist: false,
         body: None,
@@ -64,8 +69,22 @@ struct Watch {
     resume: Option<Resume>,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
-    /// Where the next watch starts: the last resourceVersion seen (object or bookmark).
+    /// Where the next watch resumes: the resourceVersion of the last change or bookmark the
+    /// stream delivered. `None`: start at the most recent state. Never an object's own version
+    /// from a read: that is the revision of its last write, usually older than what the server
+    /// keeps, and would be answered 410 again and again.
     rv: Option<String>,
+    /// The object's resourceVersion as last read or reported: what a change is compared with.
+    known: Option<String>,
+    /// The open stream started at the most recent state: its first `ADDED` is the synthetic
+    /// initial event, whose (old) resourceVersion is not a resume point.
+    from_now: bool,
+    /// The open stream delivered a change or bookmark.
+    advanced: bool,
+    /// Re-reads in a row with no stream progress between them, for pacing.
+    relists: u32,
+    /// When the open stream was opened.
+    opened_at: Option<std::time::Instant>,
     /// Whether the object existed at the last look, when known.
     exists: Option<bool>,
     /// The resume point is gone: read the object before watching again.
@@ -163,25 +182,33 @@ impl Watch {
     /// Read the object after the resume point was lost; retryable failures wait and return, to
     /// be tried again.
     async fn relist(&mut self) -> Result<()> {
+        // A server that keeps answering 410 (or malformed lines) is not asked again at once.
+        self.relists = self.relists.saturating_add(1);
+        if self.relists > 1 {
+            let e = Error::new(
+                ErrorKind::Unavailable,
+                "the watch kept losing its resume point",
+            );
+            self.pause(&e).await;
+        }
         match self.api.get_secret(&self.target).await {
             Ok(object) => {
                 let rv = object.metadata.resource_version;
                 drop(object.data);
-                if rv.is_some() && rv != self.rv {
+                if rv.is_some() && rv != self.known {
                     self.pending.push_back(SourceEvent::Changed {
                         version: rv.as_deref().map(Version::new),
                     });
                 }
                 tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, resource_version = ?rv, "re-read the Secret after its watch expired");
-                self.rv = rv;
+                self.known = rv;
                 self.exists = Some(true);
             }
             Err(e) if e.kind() == &ErrorKind::NotFound => {
                 if self.exists != Some(false) {
                     self.pending.push_back(SourceEvent::Deleted);
                 }
-                // Watched from now: its creation would show as a synthetic ADDED.
-                self.rv = None;
+                self.known = None;
                 self.exists = Some(false);
             }
             Err(e) if e.is_retryable() => {
@@ -190,13 +217,18 @@ impl Watch {
             }
             Err(e) => return Err(e),
         }
+        // From the most recent state: its synthetic ADDED is compared with what was just read.
+        self.rv = None;
         self.relist = false;
         Ok(())
     }
 
     async fn open(&mut self) -> Result<()> {
         if let Some(resume) = self.resume.take() {
-            self.rv = resume(&self.target);
+            // The first watch starts at the most recent state; the read the client made (its
+            // version) is what the synthetic ADDED is compared with, so a change between the
+            // read and the watch is still reported.
+            self.known = resume(&self.target);
         }
         // 5-10 min at random, as client-go does, so a fleet's watches do not end together.
         let timeout = 300 + (unit() * 300.0) as u64;
@@ -211,6 +243,9 @@ impl Watch {
                 self.body = Some(body);
                 self.buf.clear();
                 self.lines_seen = false;
+                self.from_now = self.rv.is_none();
+                self.advanced = false;
+                self.opened_at = Some(self.clock.now());
                 Ok(())
             }
             Ok(Opened::Gone) => {
@@ -242,8 +277,9 @@ impl Watch {
         };
         let chunk = match chunk {
             Ok(Some(chunk)) => chunk,
-            Ok(None) if self.lines_seen => {
-                // The server's timeoutSeconds: routine, resume at once.
+            Ok(None) if self.lines_seen || self.lasted_long() => {
+                // The server's timeoutSeconds (a quiet Secret may see no line at all): routine,
+                // resume at once.
                 tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, "the API server ended the watch; resuming");
                 return;
             }
@@ -302,29 +338,39 @@ impl Watch {
         tracing::trace!(namespace = %self.target.namespace, name = %self.target.name, event = %event.kind, resource_version = ?rv, "watch event");
         match event.kind.as_str() {
             "ADDED" | "MODIFIED" => {
-                self.failures = 0;
-                if rv.is_some() && rv != self.rv {
+                self.progress();
+                if rv.is_some() && rv != self.known {
                     self.pending.push_back(SourceEvent::Changed {
                         version: rv.as_deref().map(Version::new),
                     });
                 }
                 self.exists = Some(true);
+                // The initial ADDED of a watch from the most recent state carries the object's
+                // last write, not a position in the server's history.
+                let initial = event.kind == "ADDED" && self.from_now && !self.advanced;
                 if rv.is_some() {
-                    self.rv = rv;
+                    if !initial {
+                        self.rv.clone_from(&rv);
+                        self.advanced = true;
+                    }
+                    self.known = rv;
                 }
             }
             "DELETED" => {
-                self.failures = 0;
+                self.progress();
                 self.pending.push_back(SourceEvent::Deleted);
                 self.exists = Some(false);
+                self.known = None;
                 if rv.is_some() {
                     self.rv = rv;
+                    self.advanced = true;
                 }
             }
             "BOOKMARK" => {
-                self.failures = 0;
+                self.progress();
                 if rv.is_some() {
                     self.rv = rv;
+                    self.advanced = true;
                 }
             }
             "ERROR" if event.object.code == 410 => {
@@ -347,6 +393,19 @@ impl Watch {
             }
         }
         Next::Continue
+    }
+
+    /// The stream works: failures and re-reads in a row start over.
+    fn progress(&mut self) {
+        self.failures = 0;
+        self.relists = 0;
+    }
+
+    /// Whether the open stream lived long enough that its end is the server's timeout rather than
+    /// a refusal in disguise (a stream closed at once would otherwise be re-opened in a loop).
+    fn lasted_long(&self) -> bool {
+        self.opened_at
+            .is_some_and(|at| self.clock.now().saturating_duration_since(at) >= self.timeout / 2)
     }
 
     /// Drop the connection and wait before the next one.
