@@ -65,7 +65,10 @@ impl WorkloadIdentity {
         }
     }
 
-    /// The STS token endpoint ([`STS_TOKEN_URL`] by default).
+    /// The STS token endpoint ([`STS_TOKEN_URL`] by default). Must be `https`, except on a
+    /// loopback host (`127.0.0.1`, `::1`, `localhost`): the subject token is sent to it;
+    /// [`GcpBuilder::build`](crate::GcpBuilder::build) refuses others with
+    /// [`ErrorKind::Config`].
     pub fn with_token_url(mut self, url: impl Into<String>) -> Self {
         self.token_url = url.into();
         self
@@ -120,9 +123,17 @@ impl WorkloadIdentity {
 
 /// The auth library's subject-token provider over an [`IdentityToken`]: each exchange reads
 /// the token that is current then.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IdentitySubjectToken {
     token: Arc<dyn IdentityToken>,
+}
+
+impl fmt::Debug for IdentitySubjectToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the token source's own Debug: an implementation may print the token.
+        f.debug_struct("IdentitySubjectToken")
+            .finish_non_exhaustive()
+    }
 }
 
 impl IdentitySubjectToken {
@@ -251,11 +262,49 @@ impl Auth {
         !matches!(self, Auth::Given(_) | Auth::Anonymous)
     }
 
+    /// The URL the credentials send a token to, when it is one of ours to check.
+    pub(crate) fn token_url(&self) -> Option<&str> {
+        match self {
+            Auth::Workload(w) => Some(&w.token_url),
+            _ => None,
+        }
+    }
+
     /// The identity token behind the credentials, to invalidate after a refusal.
     pub(crate) fn identity(&self) -> Option<&Arc<dyn IdentityToken>> {
         match self {
             Auth::Workload(w) => Some(&w.token),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrets_core::{SecretValue, async_trait};
+
+    use super::*;
+
+    /// A token source whose own `Debug` prints its token, as an implementation may.
+    #[derive(Debug)]
+    struct Careless(&'static str);
+
+    #[async_trait]
+    impl IdentityToken for Careless {
+        async fn token(&self) -> Result<SecretValue> {
+            Ok(SecretValue::from_string(self.0.to_owned()))
+        }
+
+        fn invalidate(&self) {}
+    }
+
+    #[test]
+    fn debug_does_not_print_the_token_source() {
+        let token: Arc<dyn IdentityToken> = Arc::new(Careless("HEADER.CANARY.SIG"));
+        assert!(format!("{token:?}").contains("CANARY"));
+        let provider = IdentitySubjectToken::new(token.clone());
+        let printed = format!("{provider:?} {:?}", WorkloadIdentity::new("aud", token));
+        assert!(!printed.contains("CANARY"), "{printed}");
+        assert!(printed.contains("IdentitySubjectToken"), "{printed}");
     }
 }

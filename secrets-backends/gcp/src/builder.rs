@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use google_cloud_auth::credentials::Credentials;
 use secrets_core::{Error, ErrorKind, Result};
+use url::{Host, Url};
 
 use crate::auth::{Auth, WorkloadIdentity};
 use crate::name::Defaults;
@@ -92,14 +93,17 @@ impl GcpBuilder {
     }
 
     /// Send requests for global secrets to this endpoint instead of [`DEFAULT_ENDPOINT`]
-    /// (Private Service Connect, a proxy, a test server).
+    /// (Private Service Connect, a proxy, a test server). Requests carry a bearer token, so
+    /// the URL must be `https`, except on a loopback host (`127.0.0.1`, `::1`, `localhost`);
+    /// [`build`](Self::build) refuses others with [`ErrorKind::Config`].
     pub fn with_endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
         self
     }
 
     /// Send requests for secrets of `location` to this endpoint instead of
-    /// `https://secretmanager.<location>.rep.googleapis.com`.
+    /// `https://secretmanager.<location>.rep.googleapis.com`. Must be `https` except on a
+    /// loopback host, as for [`with_endpoint`](Self::with_endpoint).
     pub fn with_regional_endpoint(
         mut self,
         location: impl Into<String>,
@@ -109,7 +113,8 @@ impl GcpBuilder {
         self
     }
 
-    /// Time limit of one request (30 s by default).
+    /// Time limit of one read, the wait for an access token (its exchange at STS, say)
+    /// included (30 s by default). A read that runs out fails with [`ErrorKind::Timeout`].
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -124,7 +129,8 @@ impl GcpBuilder {
     /// The JSON credentials file at `path`: a service-account key (`"type":
     /// "service_account"`) or an AIP-4117 external account (`"type": "external_account"`, e.g.
     /// workload identity federation reading a projected token file). The file is read at
-    /// [`build`](Self::build), and again if the credentials must be rebuilt after a refusal.
+    /// [`build`](Self::build), and again whenever the credentials are built again (after a
+    /// refused token, or a read that timed out waiting for one; see [`GcpSource`]).
     pub fn with_credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.auth = Some(Auth::File(path.into()));
         self
@@ -132,8 +138,9 @@ impl GcpBuilder {
 
     /// Workload identity federation with a subject token from an
     /// [`IdentityToken`](secrets_core::IdentityToken); see [`WorkloadIdentity`]. When a token
-    /// is refused the [`IdentityToken`](secrets_core::IdentityToken) is invalidated and the
-    /// credentials are built again at the next read.
+    /// is refused (at STS, or by Secret Manager) the
+    /// [`IdentityToken`](secrets_core::IdentityToken) is invalidated and the credentials are
+    /// built again, so the next read exchanges a freshly read token.
     pub fn with_workload_identity(mut self, identity: WorkloadIdentity) -> Self {
         self.auth = Some(Auth::Workload(identity));
         self
@@ -151,8 +158,10 @@ impl GcpBuilder {
         self
     }
 
-    /// Resolve the configuration and build the source. Credentials are built here (a missing
-    /// or malformed credentials file fails now, with [`ErrorKind::Config`]); the SDK clients
+    /// Resolve the configuration and build the source. Endpoints are checked here (an `http`
+    /// URL to a host that is not loopback fails with [`ErrorKind::Config`]), and credentials
+    /// are built (a missing or malformed credentials file fails now, with
+    /// [`ErrorKind::Config`]); the SDK clients
     /// are built at the first read of each endpoint. Must run inside a Tokio runtime: the
     /// auth library refreshes tokens in a task.
     pub async fn build(self) -> Result<GcpSource> {
@@ -165,13 +174,44 @@ impl GcpBuilder {
                  with_anonymous_credentials",
             )
         })?;
+        let endpoint = self.endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        check_url("Secret Manager endpoint", &endpoint)?;
+        for url in self.regional.values() {
+            check_url("Secret Manager endpoint", url)?;
+        }
+        if let Some(url) = auth.token_url() {
+            check_url("STS token URL", url)?;
+        }
         GcpSource::new(Config {
             defaults: self.defaults,
-            endpoint: self.endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+            endpoint,
             regional: self.regional,
             timeout: self.timeout,
             auth,
         })
+        .await
+    }
+}
+
+/// Tokens are sent to `url`: it must be `https`, or `http` to a loopback host (a test server, a
+/// local proxy).
+fn check_url(what: &str, url: &str) -> Result<()> {
+    let config = |why: &str| Error::new(ErrorKind::Config, format!("{what} `{url}`: {why}"));
+    let parsed = Url::parse(url).map_err(|_| config("not a URL"))?;
+    let loopback = match parsed.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err(config("not an http(s) URL with a host")),
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(config(
+            "plain http: bearer tokens must not travel unencrypted (use https; http is allowed \
+             only for loopback hosts)",
+        )),
+        _ => Err(config("not an http(s) URL")),
     }
 }
 
@@ -238,5 +278,62 @@ mod tests {
             "https://secretmanager.europe-west1.rep.googleapis.com"
         );
         assert_eq!(src.endpoint_for(Some("eu-test1")), "http://127.0.0.1:9");
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_refused_except_on_loopback() {
+        let b = || GcpBuilder::new().with_anonymous_credentials();
+        for url in [
+            "http://127.0.0.1:9",
+            "http://127.0.0.2:9",
+            "http://[::1]:9",
+            "http://localhost:9",
+            "http://LOCALHOST",
+            "https://secretmanager.example",
+            "https://10.0.0.1:443",
+        ] {
+            b().with_endpoint(url).build().await.unwrap();
+            b().with_regional_endpoint("l", url).build().await.unwrap();
+        }
+        for url in [
+            "http://secretmanager.example",
+            "http://10.0.0.1",
+            "http://localhost.example.com",
+            "http://127.0.0.1.example.com",
+            "http://localhost@evil.example",
+            "http://evil.example\\@127.0.0.1",
+            "ftp://127.0.0.1",
+            "unix:/var/run/sm.sock",
+            "127.0.0.1:9",
+        ] {
+            let e = b().with_endpoint(url).build().await.unwrap_err();
+            assert_eq!(e.kind(), &ErrorKind::Config, "{url}");
+            let e = b()
+                .with_regional_endpoint("l", url)
+                .build()
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), &ErrorKind::Config, "{url}");
+        }
+        let e = b()
+            .with_endpoint("http://sm.example")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("plain http"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_sts_url_of_workload_identity_is_checked_too() {
+        let token: std::sync::Arc<dyn secrets_core::IdentityToken> =
+            std::sync::Arc::new(secrets_core::StaticToken::new("HEADER.PAYLOAD.SIG"));
+        let identity = WorkloadIdentity::new("//iam.googleapis.com/projects/1", token);
+        let b = |url: &str| {
+            GcpBuilder::new().with_workload_identity(identity.clone().with_token_url(url))
+        };
+        b("http://127.0.0.1:9/v1/token").build().await.unwrap();
+        let e = b("http://sts.example/v1/token").build().await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Config);
+        assert!(e.to_string().contains("STS token URL"), "{e}");
     }
 }

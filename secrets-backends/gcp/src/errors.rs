@@ -23,15 +23,37 @@ pub(crate) fn kind_for(status: &Status) -> ErrorKind {
         Code::ResourceExhausted => ErrorKind::Throttled {
             retry_after: retry_delay(status),
         },
-        Code::Unavailable => ErrorKind::Unavailable,
+        // AIP-194: INTERNAL may be retried, like UNAVAILABLE (and like a 5xx of the other
+        // backends).
+        Code::Unavailable | Code::Internal => ErrorKind::Unavailable,
         Code::DeadlineExceeded => ErrorKind::Timeout,
         // The API has no codes of its own for a disabled or destroyed version: both are
-        // FAILED_PRECONDITION, told apart by the message ("Secret Version [...] is in DISABLED
-        // state." / "... is in DESTROYED state.").
-        Code::FailedPrecondition if status.message.contains("DESTROYED") => ErrorKind::Deleted,
-        Code::FailedPrecondition if status.message.contains("DISABLED") => ErrorKind::Disabled,
+        // FAILED_PRECONDITION, told apart by the end of the message ("Secret Version [...] is in
+        // DISABLED state." / "... is in DESTROYED state."); the resource name before it may
+        // contain either word.
+        Code::FailedPrecondition if in_state(&status.message, "DESTROYED") => ErrorKind::Deleted,
+        Code::FailedPrecondition if in_state(&status.message, "DISABLED") => ErrorKind::Disabled,
         Code::InvalidArgument => ErrorKind::InvalidRef,
         _ => ErrorKind::Backend,
+    }
+}
+
+/// Whether `message` ends with the state phrase of `state` (`… is in DISABLED state.`).
+fn in_state(message: &str, state: &str) -> bool {
+    let message = message.trim_end();
+    let message = message.strip_suffix('.').unwrap_or(message);
+    message
+        .strip_suffix(" state")
+        .and_then(|m| m.strip_suffix(state))
+        .is_some_and(|m| m.ends_with(" is in "))
+}
+
+/// Whether the service refused the access token (UNAUTHENTICATED, or an HTTP 401 whose body is
+/// not a Status): the credentials are built again so the next read has a new token.
+pub(crate) fn is_refused_token(e: &google_cloud_gax::error::Error) -> bool {
+    match e.status() {
+        Some(status) => status.code == Code::Unauthenticated,
+        None => e.http_status_code() == Some(401),
     }
 }
 
@@ -170,12 +192,32 @@ mod tests {
             (Code::Unavailable, "", ErrorKind::Unavailable),
             (Code::DeadlineExceeded, "", ErrorKind::Timeout),
             (Code::Unauthenticated, "", ErrorKind::Unauthenticated),
+            // The state is read from the end of the message, not from the resource name.
+            (
+                Code::FailedPrecondition,
+                "Secret Version [projects/1/secrets/DESTROYED-keys-backup/versions/1] is in \
+                 DISABLED state.",
+                ErrorKind::Disabled,
+            ),
+            (
+                Code::FailedPrecondition,
+                "Secret Version [projects/1/secrets/DISABLED-keys/versions/1] is in DESTROYED \
+                 state.",
+                ErrorKind::Deleted,
+            ),
+            (
+                Code::FailedPrecondition,
+                "Secret [projects/1/secrets/DISABLED] has a DESTROYED precondition",
+                ErrorKind::Backend,
+            ),
             (
                 Code::FailedPrecondition,
                 "something else",
                 ErrorKind::Backend,
             ),
-            (Code::Internal, "", ErrorKind::Backend),
+            // AIP-194: INTERNAL may be retried.
+            (Code::Internal, "", ErrorKind::Unavailable),
+            (Code::Unknown, "", ErrorKind::Backend),
         ];
         for (code, message, want) in cases {
             let e = from_gax(
@@ -228,6 +270,22 @@ mod tests {
         assert_eq!(e.kind(), &ErrorKind::Unavailable);
         assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
         assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn refused_tokens_are_recognised() {
+        use google_cloud_gax::error::Error as GaxError;
+        let unauthenticated = GaxError::service(status(Code::Unauthenticated, ""));
+        assert!(is_refused_token(&unauthenticated));
+        // A 401 from a proxy, whose body is not a Status.
+        let proxy = GaxError::http(401, Default::default(), "denied".into());
+        assert!(is_refused_token(&proxy));
+        assert!(!is_refused_token(&GaxError::service(status(
+            Code::PermissionDenied,
+            ""
+        ))));
+        let proxy = GaxError::http(403, Default::default(), "denied".into());
+        assert!(!is_refused_token(&proxy));
     }
 
     #[test]

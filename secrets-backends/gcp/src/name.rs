@@ -56,6 +56,16 @@ fn is_location(s: &str) -> bool {
 
 /// Resolve `r` against the builder's defaults.
 pub(crate) fn resolve(r: &SecretRef, defaults: &Defaults) -> Result<Target> {
+    // A misspelt `?version=` must not read `latest`.
+    if let Some((key, _)) = r.params().first() {
+        return Err(Error::new(
+            ErrorKind::InvalidRef,
+            format!(
+                "`{}`: unknown parameter `{key}`; gcp-sm references take only `?version=<v>`",
+                r.path()
+            ),
+        ));
+    }
     let segments: Vec<&str> = r.path().split('/').collect();
     let (project, location, rest) = match segments.as_slice() {
         ["projects", project, "locations", location, rest @ ..] => {
@@ -216,6 +226,20 @@ mod tests {
         }
         let e = resolve(&r("gcp-sm://projects/p1/secrets/db?stage=prod"), &d).unwrap_err();
         assert_eq!(e.kind(), &ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn parameters_other_than_version_are_refused() {
+        let d = with_project();
+        for bad in [
+            "gcp-sm://projects/p1/secrets/db?verison=1",
+            "gcp-sm://db?version=1&location=us-east1",
+            "gcp-sm://db?x=",
+        ] {
+            let e = resolve(&r(bad), &d).unwrap_err();
+            assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}: {e}");
+            assert!(e.to_string().contains("unknown parameter"), "{e}");
+        }
     }
 
     #[test]

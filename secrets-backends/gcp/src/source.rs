@@ -5,9 +5,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use futures_util::stream::BoxStream;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_secretmanager_v1::client::SecretManagerService;
+use google_cloud_secretmanager_v1::model::AccessSecretVersionResponse;
 use secrets_core::{
     Capabilities, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource, SecretValue,
     SourceEvent, Version, async_trait, fetch_each,
@@ -15,7 +17,7 @@ use secrets_core::{
 use tokio::sync::OnceCell;
 
 use crate::auth::Auth;
-use crate::errors::{credentials_error, from_gax};
+use crate::errors::{credentials_error, from_gax, is_refused_token};
 use crate::name::{self, Defaults, Target};
 
 /// References of one `fetch_many` read at once (the API has no batch read).
@@ -43,26 +45,46 @@ pub(crate) struct Config {
 ///
 /// A version is a number or an alias, given in the path or as `?version=<v>`; without one
 /// `latest` is read. `#field` selects a member of a JSON value (the engine does it). Stages
-/// (`?stage=`) are not a Secret Manager notion and are refused as `Unsupported`.
+/// (`?stage=`) are not a Secret Manager notion and are refused as `Unsupported`; any other
+/// query parameter (a misspelt `?verison=`, say) is refused as `InvalidRef`.
 ///
 /// **Reads** are AccessSecretVersion. The payload's `dataCrc32c` is checked; a payload whose
-/// checksum does not match is refused with [`ErrorKind::Corrupted`]. The version of the result
-/// is the number in the returned `name`, so reading `latest` after a new version was added
-/// reports a new version and a handle emits `Rotated`.
+/// checksum does not match is refused with [`ErrorKind::Corrupted`] (the error quotes neither
+/// checksum: both are derived from the value). The version of the result is the number in the
+/// returned `name`, so reading `latest` after a new version was added reports a new version and
+/// a handle emits `Rotated`; a response without a `name` gives a result without a version
+/// (never the alias asked for, which would compare equal forever).
 ///
 /// **No version probe.** Secret Manager's quotas are 90,000 AccessSecretVersion requests per
-/// minute per project but only 600 metadata reads (GetSecretVersion, ListSecretVersions): a
-/// probe on the metadata quota would run out long before the reads it is meant to save. So
-/// the capability is not declared, and the engine's refresh reads the value again, on the
-/// large quota, and compares versions.
+/// minute per project but only 600 metadata reads (GetSecret, GetSecretVersion,
+/// ListSecretVersions): a probe on the metadata quota would run out long before the reads it is
+/// meant to save. So the capability is not declared, and the engine's refresh reads the value
+/// again, on the large quota, and compares versions. For the same reason the secret's
+/// `expire_time` and `next_rotation_time` are not read: results carry no expiry or rotation
+/// date, and refreshes keep the engine's interval.
+///
+/// **Time limit.** A read, waiting for an access token included, is bounded by the builder's
+/// [`with_timeout`](crate::GcpBuilder::with_timeout) and fails with [`ErrorKind::Timeout`]
+/// (retryable) when it runs out. When it ran out still waiting for a token (a token endpoint
+/// that never answers), the credentials are built again, so the next read starts a new
+/// exchange.
 ///
 /// **Errors** (from the `google.rpc.Status` of the response): NOT_FOUND → `NotFound`,
 /// PERMISSION_DENIED → `PermissionDenied`, UNAUTHENTICATED → `Unauthenticated`,
 /// RESOURCE_EXHAUSTED → `Throttled` (retryable, with `RetryInfo`'s delay when sent),
-/// UNAVAILABLE → `Unavailable` (retryable), DEADLINE_EXCEEDED → `Timeout` (retryable),
-/// FAILED_PRECONDITION for a disabled version → `Disabled` and for a destroyed one → `Deleted`,
-/// INVALID_ARGUMENT → `InvalidRef`, anything else → `Backend`. A token that could not be
+/// UNAVAILABLE and INTERNAL → `Unavailable` (retryable; AIP-194 allows retrying INTERNAL),
+/// DEADLINE_EXCEEDED → `Timeout` (retryable), FAILED_PRECONDITION for a disabled version →
+/// `Disabled` and for a destroyed one → `Deleted` (told apart by the state the message ends
+/// with), INVALID_ARGUMENT → `InvalidRef`, anything else → `Backend`. A token that could not be
 /// obtained is `Unauthenticated` (or `Unavailable` when the auth library says it is transient).
+///
+/// **Refused tokens.** When Secret Manager answers UNAUTHENTICATED (a revoked access token, say)
+/// or no token could be obtained (an exchange refused for good), the credentials and the clients
+/// on them are built again, once per failing set of credentials, so the next read obtains a new
+/// token; with [`with_workload_identity`](crate::GcpBuilder::with_workload_identity) the
+/// [`IdentityToken`](secrets_core::IdentityToken) is invalidated first, so the new exchange
+/// sends a freshly read subject token. Credentials given with
+/// [`with_credentials`](crate::GcpBuilder::with_credentials) cannot be rebuilt and are kept.
 ///
 /// **Clients.** One SDK client per endpoint (global, and each location used), created at the
 /// first read that needs it and sharing one set of credentials. Each makes one attempt per
@@ -77,6 +99,9 @@ pub struct GcpSource {
 struct Inner {
     config: Config,
     current: Mutex<Arc<Generation>>,
+    /// Held while credentials are built again, so that concurrent failures of one generation
+    /// build once.
+    rebuilding: tokio::sync::Mutex<()>,
 }
 
 /// Credentials and the clients built on them. Replaced as a whole when the credentials must be
@@ -87,12 +112,42 @@ struct Generation {
 }
 
 impl Generation {
-    fn new(auth: &Auth) -> Result<Self> {
+    /// Build the credentials on the blocking pool: a credentials file (or ADC's) is read from
+    /// disk. The auth library starts its token refresh task in the runtime from there.
+    async fn build(auth: &Auth) -> Result<Self> {
+        let auth = auth.clone();
+        let credentials = tokio::task::spawn_blocking(move || auth.credentials())
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Backend,
+                    format!("building Google credentials did not finish: {e}"),
+                )
+            })??;
         Ok(Generation {
-            credentials: auth.credentials()?,
+            credentials,
             clients: Mutex::new(HashMap::new()),
         })
     }
+
+    /// Whether these credentials are still waiting for an access token (none yet, or the last
+    /// one expired and its refresh has not answered).
+    fn waiting_for_token(&self) -> bool {
+        self.credentials
+            .headers(Default::default())
+            .now_or_never()
+            .is_none()
+    }
+}
+
+/// Why credentials are built again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Renewal {
+    /// A token was refused (by Secret Manager or at the exchange): the identity token is
+    /// invalidated too.
+    Refused,
+    /// A read ran out of time waiting for a token: the exchange in flight is abandoned.
+    TokenTimedOut,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,12 +168,13 @@ impl fmt::Debug for GcpSource {
 }
 
 impl GcpSource {
-    pub(crate) fn new(config: Config) -> Result<Self> {
-        let first = Generation::new(&config.auth)?;
+    pub(crate) async fn new(config: Config) -> Result<Self> {
+        let first = Generation::build(&config.auth).await?;
         Ok(GcpSource {
             inner: Arc::new(Inner {
                 config,
                 current: Mutex::new(Arc::new(first)),
+                rebuilding: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -137,13 +193,19 @@ impl GcpSource {
     }
 
     /// The SDK client for `endpoint` (built at first use), to write secrets or make calls this
-    /// crate does not make. It makes one attempt per request.
+    /// crate does not make. It makes one attempt per request, bounded by the builder's timeout
+    /// once it has an access token (the time spent waiting for the token is not bounded there:
+    /// wrap calls in [`tokio::time::timeout`] to bound it).
     pub async fn client(&self, endpoint: &str) -> Result<SecretManagerService> {
-        Ok(self.client_of(endpoint).await?.1)
+        let generation = lock(&self.inner.current).clone();
+        self.client_of(&generation, endpoint).await
     }
 
-    async fn client_of(&self, endpoint: &str) -> Result<(Arc<Generation>, SecretManagerService)> {
-        let generation = lock(&self.inner.current).clone();
+    async fn client_of(
+        &self,
+        generation: &Generation,
+        endpoint: &str,
+    ) -> Result<SecretManagerService> {
         let cell = lock(&generation.clients)
             .entry(endpoint.to_owned())
             .or_default()
@@ -167,29 +229,33 @@ impl GcpSource {
             })
             .await?
             .clone();
-        Ok((generation, client))
+        Ok(client)
     }
 
-    /// After a refused token: let the identity token re-read, and build the credentials (and
-    /// the clients on them) again, since the auth library's token cache does not recover from a
-    /// non-transient failure. Only the generation that failed is replaced, so concurrent
-    /// failures rebuild once.
-    fn renew_credentials(&self, failed: &Arc<Generation>) {
+    /// Build the credentials (and the clients on them) again after `failed` could not give a
+    /// usable token: the auth library's token cache does not recover from a non-transient
+    /// failure, keeps a token the service refuses until it nears expiry, and waits forever on
+    /// an exchange that never answers. Only the generation that failed is replaced, once, so
+    /// concurrent failures rebuild once; after a refusal the identity token is invalidated
+    /// (once too), so the new exchange reads it again.
+    async fn renew_credentials(&self, failed: &Arc<Generation>, why: Renewal) {
         let auth = &self.inner.config.auth;
-        if let Some(token) = auth.identity() {
-            token.invalidate();
-        }
         if !auth.rebuildable() {
             return;
         }
-        let mut current = lock(&self.inner.current);
-        if !Arc::ptr_eq(&current, failed) {
+        let _one_at_a_time = self.inner.rebuilding.lock().await;
+        if !Arc::ptr_eq(&lock(&self.inner.current), failed) {
             return;
         }
-        match Generation::new(auth) {
+        if why == Renewal::Refused
+            && let Some(token) = auth.identity()
+        {
+            token.invalidate();
+        }
+        match Generation::build(auth).await {
             Ok(fresh) => {
-                tracing::debug!("Secret Manager credentials refused; building them again");
-                *current = Arc::new(fresh);
+                tracing::debug!(reason = ?why, "building Secret Manager credentials again");
+                *lock(&self.inner.current) = Arc::new(fresh);
             }
             Err(e) => tracing::warn!(error = %e, "Secret Manager credentials could not be rebuilt"),
         }
@@ -197,49 +263,76 @@ impl GcpSource {
 
     async fn access(&self, target: &Target) -> Result<Secret> {
         let endpoint = self.endpoint_for(target.location.as_deref());
-        let (generation, client) = self.client_of(&endpoint).await?;
-        let response = match client
-            .access_secret_version()
-            .set_name(&target.name)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                if credentials_error(&e).is_some_and(|c| !c.is_transient()) {
-                    self.renew_credentials(&generation);
+        let generation = lock(&self.inner.current).clone();
+        let timeout = self.inner.config.timeout;
+        // The SDK's attempt timeout starts after it has a token, and the auth library's token
+        // exchange has no timeout of its own: this one bounds the whole read.
+        let sent = tokio::time::timeout(timeout, async {
+            let client = self.client_of(&generation, &endpoint).await?;
+            Ok(client
+                .access_secret_version()
+                .set_name(&target.name)
+                .send()
+                .await)
+        })
+        .await;
+        match sent {
+            Ok(Ok(Ok(response))) => secret_from(response, &target.name),
+            Ok(Ok(Err(e))) => {
+                if is_refused_token(&e) || credentials_error(&e).is_some_and(|c| !c.is_transient())
+                {
+                    self.renew_credentials(&generation, Renewal::Refused).await;
                 }
-                return Err(from_gax("AccessSecretVersion", &e));
+                Err(from_gax("AccessSecretVersion", &e))
             }
-        };
-        let payload = response.payload.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Backend,
-                "Secret Manager AccessSecretVersion: the response has no payload",
-            )
-        })?;
-        if let Some(expected) = payload.data_crc32c {
-            let actual = crc32c::crc32c(&payload.data);
-            if i64::from(actual) != expected {
-                return Err(Error::new(
-                    ErrorKind::Corrupted,
+            Ok(Err(e)) => Err(e),
+            Err(_elapsed) if generation.waiting_for_token() => {
+                self.renew_credentials(&generation, Renewal::TokenTimedOut)
+                    .await;
+                Err(Error::new(
+                    ErrorKind::Timeout,
                     format!(
-                        "Secret Manager AccessSecretVersion of {}: the payload's CRC32C is \
-                         {actual}, the response says {expected}; refusing it",
-                        target.name
+                        "Secret Manager AccessSecretVersion: timed out after {timeout:?} waiting \
+                         for an access token"
                     ),
-                ));
+                ))
             }
+            Err(_elapsed) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("Secret Manager AccessSecretVersion: timed out after {timeout:?}"),
+            )),
         }
-        let version = name::version_of(&response.name)
-            .or_else(|| name::version_of(&target.name))
-            .map(Version::new);
-        let mut secret = Secret::new(SecretValue::copy_from_slice(&payload.data));
-        if let Some(v) = version {
-            secret = secret.versioned(v);
-        }
-        Ok(secret)
     }
+}
+
+/// The secret in an AccessSecretVersion response for the version `name`.
+fn secret_from(response: AccessSecretVersionResponse, name: &str) -> Result<Secret> {
+    let payload = response.payload.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Backend,
+            "Secret Manager AccessSecretVersion: the response has no payload",
+        )
+    })?;
+    if let Some(expected) = payload.data_crc32c
+        && i64::from(crc32c::crc32c(&payload.data)) != expected
+    {
+        // Neither checksum is quoted: 32 bits of a short value (a PIN) are enough to find it.
+        return Err(Error::new(
+            ErrorKind::Corrupted,
+            format!(
+                "Secret Manager AccessSecretVersion of {name}: the payload does not match its \
+                 CRC32C checksum; refusing it"
+            ),
+        ));
+    }
+    // Only the name the service returns says which version was read: the one asked for may be
+    // an alias (`latest`).
+    let version = name::version_of(&response.name).map(Version::new);
+    let mut secret = Secret::new(SecretValue::copy_from_slice(&payload.data));
+    if let Some(v) = version {
+        secret = secret.versioned(v);
+    }
+    Ok(secret)
 }
 
 #[async_trait]
@@ -277,5 +370,65 @@ impl SecretSource for GcpSource {
 
     fn watch(&self, _r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use google_cloud_secretmanager_v1::model::SecretPayload;
+
+    use super::*;
+
+    fn response(name: &str, data: &'static [u8], crc: i64) -> AccessSecretVersionResponse {
+        AccessSecretVersionResponse::new()
+            .set_name(name)
+            .set_payload(SecretPayload::new().set_data(data).set_data_crc32c(crc))
+    }
+
+    // access_secret_version.documented.json (response.body): name
+    // `projects/123/secrets/my_secret/versions/2`, data `a\n`, dataCrc32c 163439259.
+    #[test]
+    fn the_version_is_the_one_the_response_names() {
+        let asked = "projects/123/secrets/my_secret/versions/latest";
+        let s = secret_from(
+            response(
+                "projects/123/secrets/my_secret/versions/2",
+                b"a\n",
+                163439259,
+            ),
+            asked,
+        )
+        .unwrap();
+        assert_eq!(s.expose_bytes(), b"a\n");
+        assert_eq!(s.version(), Some(&Version::new("2")));
+        // Without `name` the version read is unknown: not `latest`, which would compare equal
+        // to every later read and hide a rotation.
+        let s = secret_from(response("", b"a\n", 163439259), asked).unwrap();
+        assert_eq!(s.expose_bytes(), b"a\n");
+        assert_eq!(s.version(), None);
+    }
+
+    // access_secret_version.documented.json with dataCrc32c replaced by the checksum of another
+    // short value (the checksum a corrupted payload's response would carry).
+    #[test]
+    fn a_checksum_mismatch_quotes_neither_checksum() {
+        let claimed = i64::from(crc32c::crc32c(b"1234"));
+        let e = secret_from(
+            response("projects/1/secrets/pin/versions/1", b"4711", claimed),
+            "projects/1/secrets/pin/versions/1",
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Corrupted);
+        let text = format!("{e} {e:?}");
+        assert!(text.contains("CRC32C"), "{text}");
+        for crc in [claimed.to_string(), crc32c::crc32c(b"4711").to_string()] {
+            assert!(!text.contains(&crc), "a checksum in the error: {text}");
+        }
+        let e = secret_from(
+            AccessSecretVersionResponse::new().set_name("projects/1/secrets/s/versions/1"),
+            "projects/1/secrets/s/versions/1",
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Backend);
     }
 }

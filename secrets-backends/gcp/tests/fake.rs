@@ -73,6 +73,88 @@ async fn a_crc32c_mismatch_is_refused_as_corrupted() {
     assert!(!e.is_retryable());
 }
 
+// access_secret_version.documented.json (response.body) carrying a 4-digit PIN, with
+// dataCrc32c replaced by the checksum of another PIN: the error must quote neither checksum
+// (32 bits derived from a short value are enough to find it by brute force).
+#[tokio::test]
+async fn a_crc32c_mismatch_error_quotes_neither_checksum() {
+    let pin = b"4711";
+    let claimed = crc32c::crc32c(b"1234");
+    let mut body = access_body("projects/p1/secrets/pin/versions/1", pin);
+    body["payload"]["dataCrc32c"] = json!(claimed.to_string());
+    let server = FakeServer::http(move |_| {
+        let body = body.clone();
+        async move { Response::json(200, &body) }
+    })
+    .await;
+    let src = source(&server).await;
+    let e = src
+        .fetch(&gcp_ref("projects/p1/secrets/pin"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Corrupted);
+    let text = format!("{e} {e:?}");
+    for crc in [crc32c::crc32c(pin), claimed] {
+        assert!(
+            !text.contains(&crc.to_string()),
+            "a checksum in the error: {text}"
+        );
+    }
+}
+
+// access_secret_version.documented.json (response.body) for the fake's versions: a misspelt
+// `?version=` must be refused before any request, not read as `latest`.
+#[tokio::test]
+async fn an_unknown_query_parameter_is_refused_not_read_as_latest() {
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"one");
+    store.add_version("projects/p1/secrets/db", b"two");
+    let server = fake(&store).await;
+    let src = source(&server).await;
+    match src
+        .fetch(&gcp_ref("projects/p1/secrets/db?verison=1"))
+        .await
+    {
+        Err(e) => {
+            assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{e}");
+            assert!(e.to_string().contains("verison"), "{e}");
+        }
+        Ok(s) => panic!("`?verison=1` was read, as version {:?}", s.version()),
+    }
+    assert!(server.requests().is_empty());
+    let e = src
+        .fetch(&gcp_ref("projects/p1/secrets/db?stage=prod"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Unsupported, "{e}");
+}
+
+// google_rpc_status_errors.assembled.json: assembled_http_bodies.400_disabled_version with the
+// message naming the version asked for, whose secret id contains "DESTROYED".
+#[tokio::test]
+async fn a_disabled_version_is_disabled_whatever_its_secret_is_called() {
+    let server = FakeServer::http(|req| {
+        let name = req
+            .path
+            .trim_start_matches("/v1/")
+            .trim_end_matches(":access")
+            .to_owned();
+        let mut body =
+            fixture(STATUS_ERRORS)["assembled_http_bodies"]["400_disabled_version"].clone();
+        body["error"]["message"] = json!(format!("Secret Version [{name}] is in DISABLED state."));
+        async move { Response::json(400, &body) }
+    })
+    .await;
+    let src = source(&server).await;
+    let e = src
+        .fetch(&gcp_ref(
+            "projects/p1/secrets/DESTROYED-keys-backup/versions/1",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Disabled, "{e}");
+}
+
 // Reads: access_secret_version.documented.json (response.body) with the fake's versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_reaches_a_handle_as_rotated() {
@@ -179,7 +261,7 @@ fn error_cases() -> Vec<(&'static str, u16, serde_json::Value, ErrorKind)> {
     destroyed["error"]["message"] =
         json!("Secret Version [projects/153396971788/secrets/X/versions/3] is in DESTROYED state.");
     // The AIP-193 envelope of `aip_0193_examples.minimal_404`, with the codes AIP-193 maps to
-    // HTTP 401, 503 and 504 (no Secret Manager capture of these exists).
+    // HTTP 401, 500, 503 and 504 (no Secret Manager capture of these exists).
     let minimal = |code: u16, status: &str| {
         let mut b = errors["aip_0193_examples"]["minimal_404"].clone();
         b["error"]["code"] = json!(code);
@@ -223,6 +305,13 @@ fn error_cases() -> Vec<(&'static str, u16, serde_json::Value, ErrorKind)> {
             401,
             minimal(401, "UNAUTHENTICATED"),
             ErrorKind::Unauthenticated,
+        ),
+        // AIP-194: INTERNAL may be retried.
+        (
+            "internal",
+            500,
+            minimal(500, "INTERNAL"),
+            ErrorKind::Unavailable,
         ),
         (
             "unavailable",

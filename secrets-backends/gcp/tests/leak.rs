@@ -1,7 +1,8 @@
 //! No secret value (nor the identity token) reaches logs (at TRACE, the SDK's included),
 //! `Debug`, `Display`, errors or events. One test in this binary: it installs a log capture
 //! for its thread. Responses: access_secret_version.documented.json (response.body) with the
-//! canaries as data, google_rpc_status_errors.assembled.json (404_not_found) for misses, and
+//! canaries as data (and, for `corrupt`, a dataCrc32c that does not match it),
+//! google_rpc_status_errors.assembled.json (404_not_found) for misses, and
 //! sts_token_exchange.assembled.json (sts_success_response_google_auth_tests) for STS.
 
 #![allow(clippy::unwrap_used)]
@@ -47,16 +48,23 @@ async fn no_secret_reaches_logs_debug_display_errors_or_events() {
         "projects/p1/secrets/json",
         format!(r#"{{"password":"{canary}","n":"x"}}"#).as_bytes(),
     );
-    let corrupt_canary = canary.clone();
+    // A payload corrupted on the way: the response's checksum is the value's, the payload's
+    // is not. Both are derived from the value, so neither may be quoted.
+    let corrupted = format!("{canary}-corrupted");
+    let checksums = [
+        crc32c::crc32c(canary.as_bytes()).to_string(),
+        crc32c::crc32c(corrupted.as_bytes()).to_string(),
+    ];
+    let claimed = checksums[0].clone();
     let sm_store = store.clone();
     let sm = FakeServer::http(move |req| {
         // A payload whose checksum does not match: refused, and not quoted in the error.
         let answer = if req.path.contains("/secrets/corrupt/") {
             let mut body = access_body(
                 "projects/p1/secrets/corrupt/versions/1",
-                corrupt_canary.as_bytes(),
+                corrupted.as_bytes(),
             );
-            body["payload"]["dataCrc32c"] = json!("1");
+            body["payload"]["dataCrc32c"] = json!(claimed);
             Response::json(200, &body)
         } else {
             sm_store.answer(&req)
@@ -143,6 +151,21 @@ async fn no_secret_reaches_logs_debug_display_errors_or_events() {
             }
         }
     }
+    // Nor the checksums of the corrupted read.
+    for crc in &checksums {
+        assert!(
+            !seen.contains(crc.as_str()),
+            "a checksum leaked to Debug/Display/errors"
+        );
+        assert!(
+            !logs.contains(crc.as_str()),
+            "a checksum leaked to the logs"
+        );
+    }
+    assert!(
+        seen.contains("CRC32C"),
+        "the corrupted read was not seen: {seen}"
+    );
     // The value as the JSON wire format shows it.
     let b64 = base64::engine::general_purpose::STANDARD.encode(&binary_canary);
     let b64_text = base64::engine::general_purpose::STANDARD.encode(canary.as_bytes());

@@ -347,3 +347,101 @@ async fn an_external_account_can_impersonate_a_service_account() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// STS never answers (no fixture: a token endpoint that accepted the connection and hangs);
+// Secret Manager would answer access_secret_version.documented.json (response.body) but is
+// never reached. The auth library's exchange has no timeout of its own and the SDK's attempt
+// timeout starts only once it has a token: with_timeout must bound the whole read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_exchange_that_never_answers_is_bounded_by_the_timeout() {
+    let sts_server = FakeServer::http(|_| std::future::pending::<Response>()).await;
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"v");
+    let sm = fake(&store).await;
+    let sts = fixture(STS);
+    let src = GcpBuilder::new()
+        .with_endpoint(sm.url())
+        .with_workload_identity(
+            WorkloadIdentity::new(
+                sts["sts_request"]["form"]["audience"].as_str().unwrap(),
+                Arc::new(secrets_core::StaticToken::new("HEADER.PAYLOAD.SIG")),
+            )
+            .with_token_url(format!("{}/v1/token", sts_server.url())),
+        )
+        .with_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(
+        Duration::from_secs(2),
+        src.fetch(&gcp_ref("projects/p1/secrets/db")),
+    )
+    .await
+    .expect("fetch still pending 2 s into a 300 ms timeout: the token exchange is not bounded")
+    .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
+    assert!(e.is_retryable());
+    assert!(e.to_string().contains("access token"), "{e}");
+    assert!(sm.requests().is_empty(), "no request without a token");
+    // The hung exchange is abandoned: the credentials were built again and started a new one
+    // (the old cache would have waited on the first exchange forever).
+    until_requests(&sts_server, 2).await;
+}
+
+// STS: sts_success_response_google_auth_tests, with access_token numbered by exchange
+// (tok-1, tok-2, ...). Secret Manager: access_secret_version.documented.json (response.body)
+// to an accepted token, else the AIP-193 envelope of aip_0193_examples.minimal_404 with
+// code 401 UNAUTHENTICATED (as in `secret_manager`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_secret_manager_refuses_is_replaced_by_a_new_exchange() {
+    let sts = fixture(STS);
+    let issued = sts["sts_success_response_google_auth_tests"].clone();
+    let exchanges = Arc::new(AtomicUsize::new(0));
+    let counter = exchanges.clone();
+    let sts_server = FakeServer::http(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut body = issued.clone();
+        body["access_token"] = json!(format!("tok-{n}"));
+        async move { Response::json(200, &body) }
+    })
+    .await;
+    let accepted = Arc::new(Mutex::new("tok-1".to_owned()));
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"v");
+    let (acc, st) = (accepted.clone(), store.clone());
+    let sm = FakeServer::http(move |req| {
+        let ok = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(|t| *acc.lock().unwrap() == t);
+        let answer = if ok {
+            st.answer(&req)
+        } else {
+            let mut body = fixture(STATUS_ERRORS)["aip_0193_examples"]["minimal_404"].clone();
+            body["error"] = json!({"code": 401, "status": "UNAUTHENTICATED"});
+            Response::json(401, &body)
+        };
+        async move { answer }
+    })
+    .await;
+    let token = Arc::new(RotatingToken::default());
+    token.set("HEADER.PAYLOAD.SIG");
+    let src = build(&sts_server.url(), &sm.url(), token.clone()).await;
+    src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+
+    // Secret Manager stops accepting tok-1 long before it expires (revoked); a new exchange
+    // gives tok-2, which it accepts.
+    *accepted.lock().unwrap() = "tok-2".to_owned();
+    let e = src
+        .fetch(&gcp_ref("projects/p1/secrets/db"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Unauthenticated, "{e}");
+    assert_eq!(token.invalidated.load(Ordering::SeqCst), 1);
+    // The credentials were built again: the next read has a new token.
+    let s = src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(s.expose_bytes(), b"v");
+    assert_eq!(exchanges.load(Ordering::SeqCst), 2);
+    assert_eq!(token.invalidated.load(Ordering::SeqCst), 1);
+}
