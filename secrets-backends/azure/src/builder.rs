@@ -11,7 +11,9 @@ use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
 use azure_security_keyvault_secrets::SecretClientOptions;
 use secrets_core::{Error, ErrorKind, Result};
 
-use crate::credential::{self, EnvVars, PUBLIC_AUTHORITY_HOST, ScopeGuard, WorkloadIdentity};
+use crate::credential::{
+    self, CredentialMaker, EnvVars, PUBLIC_AUTHORITY_HOST, ScopeGuard, WorkloadIdentity,
+};
 use crate::source::{AzureSource, Vaults, check_vault};
 
 /// The public cloud's vault URLs; `{name}` is replaced by the vault name.
@@ -181,7 +183,8 @@ impl AzureBuilder {
     }
 
     /// Serve vault `name` from `url` (e.g. `https://payments.vault.azure.net`, a private
-    /// endpoint, a test server) instead of the template's URL.
+    /// endpoint, a test server) instead of the template's URL. `name` is the vault name
+    /// references use (3-24 letters, digits and hyphens; `build` refuses others).
     pub fn with_vault_url(mut self, name: impl Into<String>, url: impl Into<String>) -> Self {
         self.vault_urls.insert(name.into(), url.into());
         self
@@ -282,6 +285,7 @@ impl AzureBuilder {
             )));
         }
         for (name, url) in &self.vault_urls {
+            check_vault(name).map_err(|e| config(format!("with_vault_url: {}", e.message())))?;
             check_url(url).map_err(|m| config(format!("vault `{name}`: {m}")))?;
         }
         check_url(&self.template.replace("{name}", "vault"))
@@ -325,20 +329,40 @@ impl AzureBuilder {
             ..Default::default()
         };
 
-        let credential: Arc<dyn TokenCredential> = match self.credential {
-            Credential::Given(c) => c,
+        // How the credential is made; made again after Key Vault refuses an access token.
+        type Make = Box<dyn Fn() -> Result<Arc<dyn TokenCredential>> + Send + Sync>;
+        let (make, identity): (Make, _) = match self.credential {
+            Credential::Given(c) => (Box::new(move || Ok(c.clone())), None),
             Credential::WorkloadIdentity(w) => {
                 let host = w.authority_host.as_deref().unwrap_or(&authority_host);
-                w.credential(credential_options(&options, host)?)?
+                let options = credential_options(&options, host)?;
+                let identity = w.token.clone();
+                (
+                    Box::new(move || w.credential(options.clone())),
+                    Some(identity),
+                )
             }
             Credential::ClientSecret {
                 tenant_id,
                 client_id,
                 secret,
-            } => credential::client_secret(&tenant_id, &client_id, &secret, options.clone())?,
+            } => {
+                let options = options.clone();
+                (
+                    Box::new(move || {
+                        credential::client_secret(&tenant_id, &client_id, &secret, options.clone())
+                    }),
+                    None,
+                )
+            }
             Credential::Chain => {
                 let env = self.env.clone().unwrap_or_default();
-                credential::chain(&env, self.managed_identity, &options)?
+                let managed_identity = self.managed_identity;
+                let options = options.clone();
+                (
+                    Box::new(move || credential::chain(&env, managed_identity, &options)),
+                    None,
+                )
             }
             Credential::None => {
                 return Err(config(
@@ -348,14 +372,21 @@ impl AzureBuilder {
                 ));
             }
         };
-        let credential: Arc<dyn TokenCredential> = if self.verify_challenge_resource {
-            credential
-        } else {
-            Arc::new(ScopeGuard {
-                inner: credential,
-                scope: format!("{}/.default", self.audience.trim_end_matches('/')),
-            })
-        };
+        let guard_scope = (!self.verify_challenge_resource)
+            .then(|| format!("{}/.default", self.audience.trim_end_matches('/')));
+        let maker = CredentialMaker::new(
+            move || {
+                let credential = make()?;
+                Ok(match &guard_scope {
+                    None => credential,
+                    Some(scope) => Arc::new(ScopeGuard {
+                        inner: credential,
+                        scope: scope.clone(),
+                    }),
+                })
+            },
+            identity,
+        );
 
         let mut secret_options = SecretClientOptions {
             client_options: options,
@@ -373,7 +404,7 @@ impl AzureBuilder {
             urls: self.vault_urls,
             template: self.template,
         };
-        Ok(AzureSource::new(vaults, credential, secret_options))
+        AzureSource::new(vaults, maker, secret_options)
     }
 }
 
@@ -417,18 +448,21 @@ mod tests {
     }
 
     #[test]
-    fn bad_urls_are_config_errors() {
+    fn bad_urls_and_vault_names_are_config_errors() {
         let b = || AzureBuilder::new().with_client_secret("t", "c", "s");
         for builder in [
-            b().with_vault_url("v1", "http://localhost:1"),
-            b().with_vault_url("v1", "not a url"),
+            b().with_vault_url("vault-1", "http://localhost:1"),
+            b().with_vault_url("vault-1", "not a url"),
             b().with_vault_url_template("https://vault.example"),
             b().with_authority_host("http://login.example"),
+            // Vault names as references take them (3-24 letters, digits and hyphens).
+            b().with_vault_url("vault_1", "https://localhost:1"),
+            b().with_vault_url("ab", "https://localhost:1"),
         ] {
             let e = builder.build().unwrap_err();
             assert_eq!(e.kind(), &ErrorKind::Config, "{e}");
         }
-        b().with_vault_url("v1", "https://localhost:1")
+        b().with_vault_url("vault-1", "https://localhost:1")
             .build()
             .unwrap();
     }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind as AzureKind;
-use azure_core::http::{ClientMethodOptions, ClientOptions};
+use azure_core::http::policies::{Policy, PolicyResult};
+use azure_core::http::{ClientMethodOptions, ClientOptions, Context, Request};
 use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
     ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
@@ -16,7 +17,7 @@ use azure_identity::{
 };
 use secrets_core::{Error, ErrorKind, IdentityToken, Result, SecretValue, async_trait};
 
-use crate::errors::{has_kind, root_http_status};
+use crate::errors::{ScopeRefused, token_error_kind};
 
 /// Entra ID's public-cloud authority, used when none is configured.
 pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
@@ -26,8 +27,10 @@ pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// access token (client-credentials grant with a `jwt-bearer` client assertion).
 ///
 /// The token source is asked for the current token at every token request, so a token the
-/// kubelet rotated is always the one sent; when Entra ID refuses it (HTTP 4xx other than 429)
-/// the source is told to [`invalidate`](IdentityToken::invalidate) its copy.
+/// kubelet rotated is always the one sent. The source is told to
+/// [`invalidate`](IdentityToken::invalidate) its copy when Entra ID refuses it (HTTP 4xx other
+/// than 429), and when Key Vault refuses the access token obtained with it (HTTP 401 after
+/// login). Entra ID throttling (429) and outages (5xx, no connection) leave it alone.
 #[derive(Clone)]
 pub struct WorkloadIdentity {
     pub(crate) tenant_id: String,
@@ -76,7 +79,7 @@ impl WorkloadIdentity {
             self.client_id.clone(),
             IdentityAssertion(self.token.clone()),
             Some(ClientAssertionCredentialOptions {
-                client_options: options,
+                client_options: with_entra_errors(options),
             }),
         )
         .map_err(|e| config_error("workload identity", e))?;
@@ -148,15 +151,97 @@ impl TokenCredential for InvalidatingCredential {
 }
 
 /// Whether a failed token request may succeed unchanged later (throttling, 5xx, network).
-///
-/// Anything else counts as a refusal. That includes errors without a status: azure_identity
-/// 1.0 parses Entra ID's error body into a borrowed `&str`, which fails on the `\r\n` that real
-/// `error_description`s contain, so a refusal often surfaces as a data-conversion error.
+/// Anything else counts as a refusal.
 fn is_transient(e: &azure_core::Error) -> bool {
-    match root_http_status(e) {
-        Some(s) => s == 429 || s >= 500,
-        None => has_kind(e, |k| matches!(k, AzureKind::Connection | AzureKind::Io)),
+    token_error_kind(e).is_retryable()
+}
+
+/// `options` with [`EntraErrors`] among the per-try policies.
+fn with_entra_errors(mut options: ClientOptions) -> ClientOptions {
+    options.per_try_policies.push(Arc::new(EntraErrors));
+    options
+}
+
+/// Turns every non-2xx answer of Entra ID's token endpoint into an `HttpResponse` error that
+/// keeps the status, the response (for `Retry-After`) and Entra's reason, before
+/// `azure_identity` parses it.
+///
+/// `azure_identity` 1.0 reads an error body's `error_description` into a borrowed `&str`,
+/// which fails on the escaped `\r\n` that Entra's descriptions contain ("…\r\nTrace ID: …"):
+/// the answer then surfaces as a data-conversion error without a status, and a throttled or
+/// unavailable Entra ID would look like a refusal.
+#[derive(Debug)]
+struct EntraErrors;
+
+// `&Context` as the trait spells it: async_trait gives the elided lifetime a parameter of its
+// own, which `Context<'_>` would not match.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait]
+impl Policy for EntraErrors {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        let Some((first, rest)) = next.split_first() else {
+            return Err(azure_core::Error::with_message(
+                AzureKind::Other,
+                "EntraErrors must not be the last policy",
+            ));
+        };
+        let response = first.send(ctx, request, rest).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let raw = response.try_into_raw_response().await?;
+        let (message, error_code) = entra_reason(u16::from(status), raw.body());
+        Err(azure_core::Error::with_message(
+            AzureKind::HttpResponse {
+                status,
+                error_code,
+                raw_response: Some(Box::new(raw)),
+            },
+            message,
+        ))
     }
+}
+
+/// The reason of an Entra ID error body (`{"error", "error_description", "error_codes"}`): a
+/// message and the AADSTS codes. The description's lines (Trace ID, Correlation ID, Timestamp)
+/// are joined with `"; "`. A body that is not such JSON (a gateway's page) is not quoted.
+fn entra_reason(status: u16, body: &[u8]) -> (String, Option<String>) {
+    let mut message = format!("Entra ID token endpoint: HTTP {status}");
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (message, None);
+    };
+    if let Some(error) = v["error"].as_str() {
+        message.push(' ');
+        message.push_str(error);
+    }
+    if let Some(description) = v["error_description"].as_str() {
+        let lines: Vec<&str> = description
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if !lines.is_empty() {
+            message.push_str(": ");
+            message.push_str(&lines.join("; "));
+        }
+    }
+    let codes: Vec<String> = v["error_codes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_i64())
+                .map(|c| c.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let codes = (!codes.is_empty()).then(|| codes.join(","));
+    (message, codes)
 }
 
 /// An [`IdentityToken`] read from a file at every request (`AZURE_FEDERATED_TOKEN_FILE`): the
@@ -186,6 +271,41 @@ impl IdentityToken for FileToken {
     }
 
     fn invalidate(&self) {}
+}
+
+/// Makes the source's credential: once when the source is built, and again each time Key Vault
+/// refuses an access token the current one obtained (a credential given by the caller is
+/// returned as it is). `azure_identity`'s credentials cache their
+/// tokens with no way to drop one, so a revoked token (or one Key Vault stopped accepting for
+/// any other reason) would otherwise be sent until it expires.
+pub(crate) struct CredentialMaker {
+    make: Box<dyn Fn() -> Result<Arc<dyn TokenCredential>> + Send + Sync>,
+    /// Told to drop its copy along with the credential (workload identity with a token source).
+    identity: Option<Arc<dyn IdentityToken>>,
+}
+
+impl CredentialMaker {
+    pub(crate) fn new(
+        make: impl Fn() -> Result<Arc<dyn TokenCredential>> + Send + Sync + 'static,
+        identity: Option<Arc<dyn IdentityToken>>,
+    ) -> Self {
+        CredentialMaker {
+            make: Box::new(make),
+            identity,
+        }
+    }
+
+    /// A new credential, with a token cache of its own.
+    pub(crate) fn make(&self) -> Result<Arc<dyn TokenCredential>> {
+        (self.make)()
+    }
+
+    /// Key Vault refused the access token: the identity token it was obtained with is suspect too.
+    pub(crate) fn invalidate_identity(&self) {
+        if let Some(token) = &self.identity {
+            token.invalidate();
+        }
+    }
 }
 
 /// The environment variables the chain reads, captured once.
@@ -325,7 +445,7 @@ pub(crate) fn client_secret(
         client_id.to_owned(),
         azure_core::credentials::Secret::new(secret.to_owned()),
         Some(ClientSecretCredentialOptions {
-            client_options: options,
+            client_options: with_entra_errors(options),
         }),
     )
     .map_err(|e| config_error("client secret", e))?;
@@ -393,13 +513,16 @@ impl TokenCredential for ScopeGuard {
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
         if scopes != [self.scope.as_str()] {
-            return Err(azure_core::Error::with_message(
+            let refused = ScopeRefused(format!(
+                "the vault's challenge asked for a token for {scopes:?}; only `{}` is allowed \
+                 (set with_vault_audience for another cloud)",
+                self.scope
+            ));
+            let message = refused.0.clone();
+            return Err(azure_core::Error::with_error(
                 AzureKind::Credential,
-                format!(
-                    "the vault's challenge asked for a token for {scopes:?}; only `{}` is allowed \
-                     (set with_vault_audience for another cloud)",
-                    self.scope
-                ),
+                refused,
+                message,
             ));
         }
         self.inner.get_token(scopes, options).await
@@ -428,6 +551,25 @@ mod tests {
             }
             Ok(c) => panic!("a credential applied: {c:?}"),
         }
+    }
+
+    #[test]
+    fn entra_reasons_keep_every_line_and_quote_no_page() {
+        // The documented `error_response` body (entra_client_assertion_token_exchange.documented.json).
+        let (message, codes) = entra_reason(
+            400,
+            br#"{"error":"invalid_scope","error_description":"AADSTS70011: The provided value for the input parameter 'scope' is not valid.\r\nTrace ID: 255d1aef\r\nCorrelation ID: fb3d2015\r\nTimestamp: 2016-01-09 02:02:12Z","error_codes":[70011]}"#,
+        );
+        assert_eq!(
+            message,
+            "Entra ID token endpoint: HTTP 400 invalid_scope: AADSTS70011: The provided value for \
+             the input parameter 'scope' is not valid.; Trace ID: 255d1aef; Correlation ID: \
+             fb3d2015; Timestamp: 2016-01-09 02:02:12Z"
+        );
+        assert_eq!(codes.as_deref(), Some("70011"));
+        let (message, codes) = entra_reason(503, b"<html>upstream connect error</html>");
+        assert_eq!(message, "Entra ID token endpoint: HTTP 503");
+        assert_eq!(codes, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! ours. A response that could not be parsed is reported without its details: the body of a
 //! successful read holds the value, and serde's messages quote what they could not parse.
 
+use std::fmt;
 use std::time::Duration;
 
 use azure_core::error::ErrorKind as AzureKind;
@@ -124,6 +125,11 @@ fn describe(op: &str, status: u16, service: &ServiceError, kind: &ErrorKind) -> 
 
 /// Map an error of operation `op` (e.g. `GetSecret`) from the SDK.
 pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
+    // Our scope guard refused the challenge's resource: a configuration matter, however the
+    // SDK wrapped it.
+    if let Some(refused) = find::<ScopeRefused>(&err) {
+        return Error::new(ErrorKind::Config, format!("Key Vault {op}: {refused}"));
+    }
     match err.kind() {
         AzureKind::HttpResponse {
             status,
@@ -164,28 +170,59 @@ pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
     }
 }
 
+/// The scope guard's refusal of a challenge naming another resource than the vault audience.
+#[derive(Debug)]
+pub(crate) struct ScopeRefused(pub(crate) String);
+
+impl fmt::Display for ScopeRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ScopeRefused {}
+
 /// A token could not be had. Entra ID's answers (error descriptions, AADSTS codes) and our chain's
 /// reasons carry no secret, so the message is kept; the kind says whether waiting may help.
 fn credential_error(op: &str, err: &azure_core::Error) -> Error {
-    let kind = match root_http_status(err) {
-        Some(429) => ErrorKind::Throttled { retry_after: None },
-        Some(s) if s >= 500 => ErrorKind::Unavailable,
+    Error::new(
+        token_error_kind(err),
+        format!("Key Vault {op}: no token: {err}"),
+    )
+}
+
+/// The kind of a failed token request, from the innermost HTTP answer in the error's chain
+/// (credential errors wrap the token endpoint's, which carries its status and `Retry-After`
+/// because the credentials' `EntraErrors` policy turns every non-2xx answer into such an error):
+/// 429 → `Throttled` with `Retry-After`, 5xx → `Unavailable`, any other status (400
+/// `invalid_grant`, `invalid_client`, 401, …) → `Unauthenticated`. Without a status: a failure
+/// to connect is `Unavailable`, anything else `Unauthenticated`.
+pub(crate) fn token_error_kind(err: &azure_core::Error) -> ErrorKind {
+    match root_http(err) {
+        Some((429, raw)) => ErrorKind::Throttled {
+            retry_after: raw.and_then(retry_after),
+        },
+        Some((s, _)) if s >= 500 => ErrorKind::Unavailable,
         Some(_) => ErrorKind::Unauthenticated,
         None if has_kind(err, |k| matches!(k, AzureKind::Connection | AzureKind::Io)) => {
             ErrorKind::Unavailable
         }
         None => ErrorKind::Unauthenticated,
-    };
-    Error::new(kind, format!("Key Vault {op}: no token: {err}"))
+    }
 }
 
-/// The HTTP status of the innermost SDK error that has one (credential errors wrap Entra's).
-pub(crate) fn root_http_status(err: &azure_core::Error) -> Option<u16> {
+/// The status and response of the innermost SDK error that has a status.
+fn root_http(err: &azure_core::Error) -> Option<(u16, Option<&RawResponse>)> {
     let mut current = Some(err);
     let mut found = None;
     while let Some(e) = current {
-        if let Some(s) = e.http_status() {
-            found = Some(u16::from(s));
+        if let AzureKind::HttpResponse {
+            status,
+            raw_response,
+            ..
+        } = e.kind()
+        {
+            found = Some((u16::from(*status), raw_response.as_deref()));
         }
         current = e.downcast_ref::<azure_core::Error>();
     }
@@ -201,6 +238,18 @@ pub(crate) fn has_kind(err: &azure_core::Error, pred: impl Fn(&AzureKind) -> boo
         current = e.downcast_ref::<azure_core::Error>();
     }
     false
+}
+
+/// The first error of type `T` in the chain of SDK errors.
+fn find<T: std::error::Error + 'static>(err: &azure_core::Error) -> Option<&T> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        current = e.downcast_ref::<azure_core::Error>();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -275,6 +324,54 @@ mod tests {
         assert_eq!(e.kind(), &ErrorKind::Deleted);
         assert_eq!(http_error(503, "", &[]).kind(), &ErrorKind::Unavailable);
         assert_eq!(http_error(418, "", &[]).kind(), &ErrorKind::Backend);
+    }
+
+    /// A token endpoint's answer as `EntraErrors` reports it, wrapped as azure_identity wraps it.
+    fn token_error(status: u16, headers: &[(&'static str, &str)]) -> Error {
+        let mut h = Headers::new();
+        for (k, v) in headers {
+            h.insert(HeaderName::from_static(k), v.to_string());
+        }
+        let code = StatusCode::from(status);
+        let entra = azure_core::Error::with_message(
+            AzureKind::HttpResponse {
+                status: code,
+                error_code: None,
+                raw_response: Some(Box::new(RawResponse::from_bytes(code, h, Vec::new()))),
+            },
+            format!("Entra ID token endpoint: HTTP {status}"),
+        );
+        let wrapped = azure_core::Error::with_error(
+            AzureKind::Credential,
+            entra,
+            "ClientAssertionCredential authentication failed.",
+        );
+        from_azure("GetSecret", wrapped)
+    }
+
+    #[test]
+    fn token_failures_map_by_the_token_endpoints_status() {
+        let e = token_error(429, &[("retry-after", "5")]);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
+        assert!(e.is_retryable());
+        let e = token_error(429, &[("retry-after-ms", "250")]);
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
+        assert_eq!(token_error(503, &[]).kind(), &ErrorKind::Unavailable);
+        assert_eq!(token_error(400, &[]).kind(), &ErrorKind::Unauthenticated);
+        assert_eq!(token_error(401, &[]).kind(), &ErrorKind::Unauthenticated);
+    }
+
+    #[test]
+    fn a_refused_challenge_scope_is_a_config_error() {
+        let refused = ScopeRefused("only `https://vault.azure.net/.default` is allowed".into());
+        let message = refused.0.clone();
+        let err = azure_core::Error::with_error(AzureKind::Credential, refused, message);
+        let e = from_azure(
+            "GetSecret",
+            azure_core::Error::with_error(AzureKind::Other, err, "x"),
+        );
+        assert_eq!(e.kind(), &ErrorKind::Config);
+        assert!(e.to_string().contains("vault.azure.net/.default"), "{e}");
     }
 
     #[test]

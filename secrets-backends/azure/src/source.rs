@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind as AzureKind;
-use azure_core::http::Url;
+use azure_core::http::{StatusCode, Url};
 use azure_security_keyvault_secrets::models::{self, SecretClientGetSecretOptions};
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures_util::stream::BoxStream;
@@ -16,6 +16,7 @@ use secrets_core::{
     Selector, SourceEvent, Version, async_trait, fetch_each,
 };
 
+use crate::credential::CredentialMaker;
 use crate::errors::from_azure;
 
 /// Concurrent reads of one `fetch_many` (Key Vault has no batch read).
@@ -66,11 +67,18 @@ impl Vaults {
 /// over that fraction of the interval instead of hitting the vault at once.
 ///
 /// **Errors.** 404 (`SecretNotFound`) → `NotFound`; 403 → `PermissionDenied` (`Disabled` for a
-/// disabled secret); 401 after the challenge and a token → `Unauthenticated`; no token (Entra
-/// ID refused, nothing configured) → `Unauthenticated` with the credential's reason; 429 →
-/// `Throttled` with `Retry-After` (retryable); 5xx and failures to connect → `Unavailable`.
-/// The SDK's own retries are off: the client's backoff, which honours `Retry-After`, is the
-/// only retry loop.
+/// disabled secret); 429 → `Throttled` with `Retry-After` (retryable); 5xx and failures to
+/// connect → `Unavailable`. 401 after the challenge and a token → `Unauthenticated`, and the
+/// refused token is dropped: the source makes a new credential (and new clients), so the next
+/// read requests a new access token instead of sending the refused one until it expires (a
+/// credential given with `with_credential` cannot be remade: the new clients ask it again, and
+/// it decides whether to serve the same token).
+/// No token: Entra ID refused (400 `invalid_grant`, `invalid_client`, 401, …) or nothing is
+/// configured → `Unauthenticated` with the reason; Entra ID throttled (429) → `Throttled` with
+/// its `Retry-After`; Entra ID unavailable (5xx) or unreachable → `Unavailable`. A challenge
+/// naming another resource than the vault audience (when the SDK's challenge check is off) →
+/// `Config`. The SDK's own retries are off: the client's backoff, which honours `Retry-After`,
+/// is the only retry loop.
 ///
 /// The SDK's response buffers are not zeroized; only the value handed to the engine is.
 #[derive(Clone)]
@@ -80,17 +88,35 @@ pub struct AzureSource {
 
 struct Inner {
     vaults: Vaults,
-    credential: Arc<dyn TokenCredential>,
+    maker: CredentialMaker,
     options: SecretClientOptions,
-    clients: Mutex<HashMap<String, Arc<SecretClient>>>,
+    auth: Mutex<Auth>,
+}
+
+/// The credential and the clients that use it, replaced together when Key Vault refuses an
+/// access token the credential obtained.
+struct Auth {
+    /// Counts replacements, so that reads failing together replace a credential once.
+    generation: u64,
+    credential: Arc<dyn TokenCredential>,
+    clients: HashMap<String, Arc<SecretClient>>,
 }
 
 impl fmt::Debug for AzureSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auth = self.inner.auth();
         f.debug_struct("AzureSource")
             .field("vaults", &self.inner.vaults)
-            .field("credential", &self.inner.credential)
+            .field("credential", &auth.credential)
+            .field("generation", &auth.generation)
             .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn auth(&self) -> std::sync::MutexGuard<'_, Auth> {
+        // Plain fields, each assignment complete: a panic elsewhere cannot leave them torn.
+        self.auth.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -185,35 +211,44 @@ pub(crate) fn secret_from(model: models::Secret) -> Result<Secret> {
 impl AzureSource {
     pub(crate) fn new(
         vaults: Vaults,
-        credential: Arc<dyn TokenCredential>,
+        maker: CredentialMaker,
         options: SecretClientOptions,
-    ) -> Self {
-        AzureSource {
+    ) -> Result<Self> {
+        let credential = maker.make()?;
+        Ok(AzureSource {
             inner: Arc::new(Inner {
                 vaults,
-                credential,
+                maker,
                 options,
-                clients: Mutex::new(HashMap::new()),
+                auth: Mutex::new(Auth {
+                    generation: 0,
+                    credential,
+                    clients: HashMap::new(),
+                }),
             }),
-        }
+        })
     }
 
     /// The SDK client for `vault` (to write secrets, or for calls this crate does not make). It
-    /// shares this source's credential, transport and challenge state.
+    /// shares this source's credential, transport and challenge state. When Key Vault refuses
+    /// an access token, the source replaces its credential and its clients: ask for the client
+    /// again rather than keeping it.
     pub fn client(&self, vault: &str) -> Result<Arc<SecretClient>> {
+        self.client_and_generation(vault).map(|(c, _)| c)
+    }
+
+    /// The client for `vault` and the generation of the credential it uses.
+    fn client_and_generation(&self, vault: &str) -> Result<(Arc<SecretClient>, u64)> {
         check_vault(vault)?;
-        let mut clients = self
-            .inner
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = clients.get(vault) {
-            return Ok(c.clone());
+        let mut auth = self.inner.auth();
+        let generation = auth.generation;
+        if let Some(c) = auth.clients.get(vault) {
+            return Ok((c.clone(), generation));
         }
         let url = self.inner.vaults.url_for(vault);
         let client = SecretClient::new(
             &url,
-            self.inner.credential.clone(),
+            auth.credential.clone(),
             Some(self.inner.options.clone()),
         )
         .map_err(|e| {
@@ -223,8 +258,34 @@ impl AzureSource {
             )
         })?;
         let client = Arc::new(client);
-        clients.insert(vault.to_owned(), client.clone());
-        Ok(client)
+        auth.clients.insert(vault.to_owned(), client.clone());
+        Ok((client, generation))
+    }
+
+    /// Key Vault refused an access token of credential `generation` (401 after login): make a
+    /// new credential, whose first token request goes to Entra ID rather than to the refused
+    /// token's cache, and new clients that use it, and tell the identity token source to drop
+    /// its copy. Once per generation: reads that failed with the same credential replace it once.
+    fn replace_credential(&self, generation: u64) {
+        let mut auth = self.inner.auth();
+        if auth.generation != generation {
+            return;
+        }
+        match self.inner.maker.make() {
+            Ok(credential) => {
+                auth.credential = credential;
+                auth.clients.clear();
+                auth.generation += 1;
+                drop(auth);
+                self.inner.maker.invalidate_identity();
+                tracing::info!(
+                    "Key Vault refused the access token: the credential is replaced, the next \
+                     read requests a new token"
+                );
+            }
+            // Cannot happen with a configuration that built once; keep the current credential.
+            Err(e) => tracing::warn!("Key Vault refused the access token; no new credential: {e}"),
+        }
     }
 
     /// The vault and secret a reference names.
@@ -274,15 +335,22 @@ impl SecretSource for AzureSource {
                 )));
             }
         };
-        let client = self.client(vault)?;
+        let (client, generation) = self.client_and_generation(vault)?;
         let options = SecretClientGetSecretOptions {
             secret_version: version,
             ..Default::default()
         };
-        let response = client
-            .get_secret(name, Some(options))
-            .await
-            .map_err(|e| from_azure("GetSecret", e))?;
+        let response = match client.get_secret(name, Some(options)).await {
+            Ok(response) => response,
+            Err(e) => {
+                // Key Vault's own 401: the SDK answered the challenge with the credential's
+                // (cached) token and Key Vault refused it again.
+                if e.http_status() == Some(StatusCode::Unauthorized) {
+                    self.replace_credential(generation);
+                }
+                return Err(from_azure("GetSecret", e));
+            }
+        };
         let model = response.into_model().map_err(|e| match e.kind() {
             AzureKind::DataConversion => Error::new(
                 ErrorKind::Backend,

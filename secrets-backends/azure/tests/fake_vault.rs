@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use common::*;
 use secrets_azure::AzureBuilder;
 use secrets_core::testkit::assert_conformance;
-use secrets_core::{ErrorKind, SecretSource, Secrets, Version};
+use secrets_core::{Clock, ErrorKind, ManualClock, SecretSource, Secrets, Version};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
@@ -74,8 +74,9 @@ async fn challenge_then_token_then_retry_as_recorded() {
     assert_eq!(fake.token_requests().len(), 1);
 }
 
-/// A pinned version is read at `/secrets/{name}/{version}` (rust/secret_roundtrip.json entry 1);
-/// `exp` (python_crud_operations_7.3.json entry 4) becomes the value's expiry.
+/// A pinned version is read at `/secrets/{name}/{version}` (answered with the body of
+/// rust/secret_roundtrip.json entry 1); `exp` becomes the value's expiry (answered with the body
+/// of python_crud_operations_7.3.json entry 4, the latest version with `exp`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_and_expiry() {
     let fake = Fake::start().await;
@@ -248,7 +249,8 @@ async fn challenge_resource_is_checked() {
         .fetch(&kv_ref("x-secret"))
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), &ErrorKind::Unauthenticated, "{e}");
+    // A configuration matter (the vault URL or the audience), not a refused login.
+    assert_eq!(e.kind(), &ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("management.azure.com"), "{e}");
     assert!(fake.token_requests().is_empty());
 }
@@ -274,30 +276,47 @@ fn credential_chain_says_what_is_missing() {
     );
 }
 
-/// `exp` brings the client's check forward: with an hour-long refresh interval, a secret that
-/// expires in 3 s is re-read about 2 s in (⅔ of the way), and the new version arrives as
-/// `Rotated` without anyone calling `refresh_now`. `exp` on the wire as in
-/// python_crud_operations_7.3.json entry 4 (whole seconds).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::disallowed_methods)] // real time: the fake's `exp` is wall-clock seconds
+/// `exp` brings the client's check forward: with a day-long refresh interval, a secret that
+/// expires in an hour is re-read ⅔ of the way there (40 min), and the new version arrives as
+/// `Rotated` without anyone calling `refresh_now`. On a manual clock (the engine's time; the
+/// fake's `exp` is set against its wall time), so the schedule does not depend on how loaded
+/// the machine is. `exp` on the wire as in python_crud_operations_7.3.json entry 4 (whole
+/// seconds), whose body the fake answers with.
+// Current-thread runtime, as ManualClock asks: the fakes' tasks run on it too.
+#[tokio::test]
 async fn expiry_schedules_a_check_before_it() {
+    let clock = ManualClock::new();
     let fake = Fake::start().await;
-    let now = SystemTime::now()
+    let now = clock
+        .wall()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     fake.put("short-lived", "before");
-    fake.with_state(|s| s.latest_mut("short-lived").exp = Some(now as i64 + 3));
+    fake.with_state(|s| s.latest_mut("short-lived").exp = Some(now as i64 + 3600));
     let secrets = Secrets::builder()
+        .clock(clock.clone())
         .source("azure-kv", fake.source())
-        .refresh_interval(Duration::from_secs(3600))
+        .refresh_interval(Duration::from_secs(24 * 3600))
         .build()
         .unwrap();
     let handle = secrets.handle(kv_ref("short-lived")).await.unwrap();
-    assert!(handle.current().metadata().expires_at.is_some());
+    assert_eq!(
+        handle.current().metadata().expires_at,
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(now + 3600))
+    );
     let mut events = handle.subscribe();
     let v2 = fake.put("short-lived", "after");
-    let rotated = tokio::time::timeout(Duration::from_secs(5), async {
+    let reads = fake.vault_requests().len();
+
+    // Short of ⅔: no check yet (given real time to show up, were there one).
+    clock.advance(Duration::from_secs(39 * 60)).await;
+    let early = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+    assert!(early.is_err(), "an event before ⅔: {early:?}");
+    assert_eq!(fake.vault_requests().len(), reads, "checked before ⅔");
+    // Past it: a read, and the new version.
+    clock.advance(Duration::from_secs(2 * 60)).await;
+    let rotated = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match events.recv().await {
                 Some(secrets_core::RotationEvent::Rotated { new, .. }) => return new,

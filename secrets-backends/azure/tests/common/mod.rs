@@ -2,7 +2,8 @@
 //! both over TLS (the SDK and `azure_identity` insist on https). Every answer is shaped after an
 //! entry of a recording in `tests/fixtures/` (copied from the project's shared fixtures; see
 //! `tests/fixtures/README.md`), or, where no recording exists, after Azure's published REST
-//! reference; each builder below says which.
+//! reference (Entra ID's throttling and outage answers: the documented error response with
+//! OAuth 2.0's `temporarily_unavailable`); each builder below says which.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test binary uses part of this
 
@@ -67,8 +68,11 @@ pub struct StoredVersion {
 pub struct State {
     pub secrets: HashMap<String, Vec<StoredVersion>>,
     counter: u64,
-    /// Access tokens the token endpoint issued; the vault accepts only these.
+    /// Access tokens the token endpoint issued; the vault accepts only these (clear it to have
+    /// the vault refuse the tokens issued so far).
     pub issued: Vec<String>,
+    /// Tokens issued in all: numbers them, so a token issued after `issued` was cleared differs.
+    tokens_issued: usize,
     /// The next `n` vault requests are answered 429 with `Retry-After: secs`.
     pub throttle: Option<(usize, u64)>,
     /// Replaces the challenge's `resource`.
@@ -77,6 +81,9 @@ pub struct State {
     pub token_expires_in: Option<i64>,
     /// The next token request is refused with the documented `error_response`.
     pub refuse_next_token: bool,
+    /// Token requests are answered with this status and `Retry-After` (seconds) until cleared:
+    /// Entra ID throttling (429) or an outage (503).
+    pub token_failure: Option<(u16, u64)>,
 }
 
 impl State {
@@ -185,9 +192,8 @@ fn challenge(resource: Option<&str>) -> Response {
         .header("www-authenticate", www)
 }
 
-/// Headers of a recorded 200 (rust/get_secret.excerpt.json, entry 1) that a client might read.
-fn recorded_headers(mut r: Response) -> Response {
-    let e = entry("get_secret.excerpt.json", 1);
+/// Headers of recorded entry `e` (a 200) that a client might read.
+fn recorded_headers(mut r: Response, e: &Value) -> Response {
     for name in [
         "Cache-Control",
         "x-ms-keyvault-region",
@@ -196,6 +202,18 @@ fn recorded_headers(mut r: Response) -> Response {
         r = r.header(name, e["ResponseHeaders"][name].as_str().unwrap());
     }
     r
+}
+
+/// Replace the field at `path` of a recorded body; the field must be in the recording, so the
+/// answer keeps the recording's shape.
+fn substitute(body: &mut Value, path: &[&str], value: Value) {
+    let mut at = &mut *body;
+    for key in path {
+        at = at
+            .get_mut(*key)
+            .unwrap_or_else(|| panic!("the recorded body has no `{}`", path.join(".")));
+    }
+    *at = value;
 }
 
 fn error_body(code: &str, message: &str, inner: Option<&str>) -> Value {
@@ -278,20 +296,36 @@ fn vault_answer(state: &Mutex<State>, req: &Request) -> Response {
             ),
         );
     }
-    // The body of rust/get_secret.excerpt.json entry 1, with this secret's fields; `exp` as in
-    // python_crud_operations_7.3.json entry 4.
-    let mut body = entry("get_secret.excerpt.json", 1)["ResponseBody"].clone();
-    body["value"] = json!(found.value);
-    body["id"] = json!(format!(
-        "https://{VAULT}.vault.azure.net/secrets/{name}/{}",
-        found.id
-    ));
-    body["attributes"]["created"] = json!(found.created);
-    body["attributes"]["updated"] = json!(found.created);
+    // The recorded 200 of the same request, with this secret's fields substituted:
+    // - GET /secrets/{name}/ : rust/get_secret.excerpt.json entry 1;
+    // - GET /secrets/{name}/{version} : rust/secret_roundtrip.json entry 1;
+    // - a version with `exp`: the same two requests in python_crud_operations_7.3.json,
+    //   entries 4 (latest) and 5 (pinned), whose `attributes` carry `exp` (whole seconds).
+    let (file, i) = match (version.is_some(), found.exp.is_some()) {
+        (false, false) => ("get_secret.excerpt.json", 1),
+        (true, false) => ("secret_roundtrip.json", 1),
+        (false, true) => ("python_crud_operations_7.3.json", 4),
+        (true, true) => ("python_crud_operations_7.3.json", 5),
+    };
+    let recorded = entry(file, i);
+    assert_eq!(recorded["RequestMethod"], "GET", "{file} entry {i}");
+    assert_eq!(recorded["StatusCode"], 200, "{file} entry {i}");
+    let mut body = recorded["ResponseBody"].clone();
+    substitute(&mut body, &["value"], json!(found.value));
+    substitute(
+        &mut body,
+        &["id"],
+        json!(format!(
+            "https://{VAULT}.vault.azure.net/secrets/{name}/{}",
+            found.id
+        )),
+    );
+    substitute(&mut body, &["attributes", "created"], json!(found.created));
+    substitute(&mut body, &["attributes", "updated"], json!(found.created));
     if let Some(exp) = found.exp {
-        body["attributes"]["exp"] = json!(exp);
+        substitute(&mut body, &["attributes", "exp"], json!(exp));
     }
-    recorded_headers(Response::json(200, &body))
+    recorded_headers(Response::json(200, &body), &recorded)
 }
 
 fn entra_answer(state: &Mutex<State>, req: &Request) -> Response {
@@ -299,6 +333,26 @@ fn entra_answer(state: &Mutex<State>, req: &Request) -> Response {
     // POST /{tenant}/oauth2/v2.0/token, as in entra/instance_discovery_disabled.json entry 1.
     if req.method != "POST" || req.path != format!("/{TENANT}/oauth2/v2.0/token") {
         return Response::status(404);
+    }
+    if let Some((status, retry_after)) = st.token_failure {
+        // No recording or documented example of a throttled or unavailable token endpoint: the
+        // documented `error_response` (entra_client_assertion_token_exchange.documented.json)
+        // with OAuth 2.0's error for this case (RFC 6749 §4.1.2.1, `temporarily_unavailable`,
+        // and its definition as the description's first line) in place of `invalid_scope` and
+        // the AADSTS70011 line, and no `error_codes`. The `\r\n`-separated Trace ID /
+        // Correlation ID / Timestamp lines are kept: they are what azure_identity 1.0 cannot
+        // parse.
+        let doc = fixture("entra_client_assertion_token_exchange.documented.json");
+        let mut body = doc["error_response"]["body"].clone();
+        let description = body["error_description"].as_str().unwrap().to_owned();
+        let (_, trace) = description.split_once("\r\n").unwrap();
+        body["error"] = json!("temporarily_unavailable");
+        body["error_description"] = json!(format!(
+            "The authorization server is currently unable to handle the request due to a \
+             temporary overloading or maintenance of the server.\r\n{trace}"
+        ));
+        body.as_object_mut().unwrap().remove("error_codes");
+        return Response::json(status, &body).header("retry-after", retry_after.to_string());
     }
     if st.refuse_next_token {
         st.refuse_next_token = false;
@@ -309,7 +363,8 @@ fn entra_answer(state: &Mutex<State>, req: &Request) -> Response {
             &doc["error_response"]["body"],
         );
     }
-    let token = format!("fake-access-token-{}", st.issued.len() + 1);
+    st.tokens_issued += 1;
+    let token = format!("fake-access-token-{}", st.tokens_issued);
     st.issued.push(token.clone());
     // The body of entra/instance_discovery_disabled.json entry 1, with a token of our own.
     let mut body = entry("instance_discovery_disabled.json", 1)["ResponseBody"].clone();
