@@ -1,5 +1,5 @@
 //! [`ProjectedToken`]: the kubelet-rotated service-account token file, as an
-//! [`IdentityToken`](secrets_core::IdentityToken).
+//! [`IdentityToken`].
 //!
 //! The kubelet writes a projected token into a new timestamped directory and then swaps the
 //! `..data` symlink to it, so `token` (a symlink through `..data`) changes atomically. It does so
