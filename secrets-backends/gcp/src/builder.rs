@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_auth::credentials::Credentials;
-use secrets_core::{Error, ErrorKind, Result};
+use secrets_core::{Clock, Error, ErrorKind, Result, SystemClock};
 use url::{Host, Url};
 
 use crate::auth::{Auth, WorkloadIdentity};
@@ -47,6 +48,8 @@ pub struct GcpBuilder {
     regional: HashMap<String, String>,
     timeout: Duration,
     auth: Option<Auth>,
+    rotation_schedule: bool,
+    clock: Arc<dyn Clock>,
 }
 
 impl Default for GcpBuilder {
@@ -64,6 +67,8 @@ impl GcpBuilder {
             regional: HashMap::new(),
             timeout: Duration::from_secs(30),
             auth: None,
+            rotation_schedule: false,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -115,8 +120,48 @@ impl GcpBuilder {
 
     /// Time limit of one read, the wait for an access token (its exchange at STS, say)
     /// included (30 s by default). A read that runs out fails with [`ErrorKind::Timeout`].
+    /// With [`with_rotation_schedule`](Self::with_rotation_schedule), the GetSecret after a
+    /// read has a limit of its own of the same length; running out of it only leaves the
+    /// result without a schedule.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Whether reads also learn the secret's rotation schedule (default `false`).
+    ///
+    /// When on, a read of `latest` or of an alias (pinned versions, `/versions/3` or
+    /// `?version=3`, skip it) also makes GetSecret, on the same endpoint, unless the secret's
+    /// cached schedule still holds, and its result carries
+    /// [`Metadata::next_rotation`](secrets_core::Metadata) from `rotation.nextRotationTime`
+    /// (the engine checks right after it) and [`Metadata::expires_at`](secrets_core::Metadata)
+    /// from `expireTime` (the secret is deleted then: a hard expiry, so the engine reads the
+    /// value again before it, and once it has passed without a replacement reports
+    /// [`ErrorKind::Expired`]). The schedule is cached per secret (by its full name, location
+    /// included) and read again only when the version read is another than the one it was read
+    /// with (a rotation happened), or once its `nextRotationTime` or `expireTime` has passed;
+    /// concurrent reads of one secret wait for one GetSecret. A failing GetSecret never fails
+    /// the read, whose result then has no schedule: a PERMISSION_DENIED is logged once at warn
+    /// and GetSecret is not tried again for that secret for an hour; other failures are tried
+    /// again at the next read. GetSecret (with the wait for another read's) is bounded by
+    /// [`with_timeout`](Self::with_timeout) as well.
+    ///
+    /// Off by default because the schedule lives on the Secret resource, not on its versions:
+    /// GetSecret is a metadata read, on the quota of 600 requests per minute per project
+    /// (AccessSecretVersion has 90,000), so a fleet restarting at once could exhaust it; and it
+    /// needs the permission `secretmanager.secrets.get` (in `roles/secretmanager.viewer`), which
+    /// the usual `roles/secretmanager.secretAccessor` lacks.
+    pub fn with_rotation_schedule(mut self, enabled: bool) -> Self {
+        self.rotation_schedule = enabled;
+        self
+    }
+
+    /// The clock the source reads time from (default [`SystemClock`]): whether a cached
+    /// `nextRotationTime` or `expireTime` has passed, and when a refused GetSecret may be tried
+    /// again (see [`with_rotation_schedule`](Self::with_rotation_schedule)). Request time
+    /// limits ([`with_timeout`](Self::with_timeout)) are measured on Tokio's timer.
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -188,6 +233,8 @@ impl GcpBuilder {
             regional: self.regional,
             timeout: self.timeout,
             auth,
+            rotation_schedule: self.rotation_schedule,
+            clock: self.clock,
         })
         .await
     }

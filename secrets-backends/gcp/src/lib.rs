@@ -40,13 +40,15 @@
 //! # }
 //! ```
 //!
-//! What references read, why there is no version probe and how errors map is described on
+//! What references read, why there is no version probe (and the rotation schedule is read only
+//! with [`GcpBuilder::with_rotation_schedule`]`(true)`) and how errors map is described on
 //! [`GcpSource`]; configuration on [`GcpBuilder`].
 
 mod auth;
 mod builder;
 mod errors;
 mod name;
+mod rotation;
 mod source;
 
 pub use auth::{

@@ -20,6 +20,21 @@ pub(crate) struct Target {
     pub(crate) location: Option<String>,
 }
 
+impl Target {
+    /// The secret's resource name (`projects/<p>[/locations/<l>]/secrets/<s>`).
+    pub(crate) fn secret(&self) -> &str {
+        self.name
+            .rsplit_once("/versions/")
+            .map_or(self.name.as_str(), |(secret, _)| secret)
+    }
+
+    /// Whether the reference names a version number (`/versions/3`, `?version=3`) rather than
+    /// an alias (`latest`, or one of the secret's version aliases), which may move.
+    pub(crate) fn pinned(&self) -> bool {
+        version_of(&self.name).is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
 fn invalid(r: &SecretRef, why: &str) -> Error {
     Error::new(
         ErrorKind::InvalidRef,
@@ -239,6 +254,26 @@ mod tests {
             let e = resolve(&r(bad), &d).unwrap_err();
             assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}: {e}");
             assert!(e.to_string().contains("unknown parameter"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_name_and_pinned_versions() {
+        let d = with_project();
+        let t = resolve(&r("gcp-sm://projects/p1/locations/us-east1/secrets/db"), &d).unwrap();
+        assert_eq!(t.secret(), "projects/p1/locations/us-east1/secrets/db");
+        assert!(!t.pinned());
+        for pinned in ["gcp-sm://db/versions/3", "gcp-sm://db?version=12"] {
+            let t = resolve(&r(pinned), &d).unwrap();
+            assert_eq!(t.secret(), "projects/p1/secrets/db");
+            assert!(t.pinned(), "{pinned}");
+        }
+        for moving in [
+            "gcp-sm://db",
+            "gcp-sm://db?version=prod",
+            "gcp-sm://db/versions/v2",
+        ] {
+            assert!(!resolve(&r(moving), &d).unwrap().pinned(), "{moving}");
         }
     }
 

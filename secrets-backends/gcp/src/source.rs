@@ -11,14 +11,15 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_secretmanager_v1::client::SecretManagerService;
 use google_cloud_secretmanager_v1::model::AccessSecretVersionResponse;
 use secrets_core::{
-    Capabilities, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource, SecretValue,
-    SourceEvent, Version, async_trait, fetch_each,
+    Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
+    SecretValue, SourceEvent, Version, async_trait, fetch_each,
 };
 use tokio::sync::OnceCell;
 
 use crate::auth::Auth;
 use crate::errors::{credentials_error, from_gax, is_refused_token};
 use crate::name::{self, Defaults, Target};
+use crate::rotation::Schedules;
 
 /// References of one `fetch_many` read at once (the API has no batch read).
 const FETCH_MANY_CONCURRENCY: usize = 8;
@@ -31,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) regional: HashMap<String, String>,
     pub(crate) timeout: Duration,
     pub(crate) auth: Auth,
+    pub(crate) rotation_schedule: bool,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// Google Secret Manager as a [`SecretSource`].
@@ -59,15 +62,28 @@ pub(crate) struct Config {
 /// minute per project but only 600 metadata reads (GetSecret, GetSecretVersion,
 /// ListSecretVersions): a probe on the metadata quota would run out long before the reads it is
 /// meant to save. So the capability is not declared, and the engine's refresh reads the value
-/// again, on the large quota, and compares versions. For the same reason the secret's
-/// `expire_time` and `next_rotation_time` are not read: results carry no expiry or rotation
-/// date, and refreshes keep the engine's interval.
+/// again, on the large quota, and compares versions.
+///
+/// **Rotation schedule.** For the same reason the secret's `expireTime` and
+/// `rotation.nextRotationTime` (GetSecret) are read only with
+/// [`with_rotation_schedule(true)`](crate::GcpBuilder::with_rotation_schedule), which is off by
+/// default (GetSecret also needs `secretmanager.secrets.get`, which
+/// `roles/secretmanager.secretAccessor` lacks). Off, results carry no expiry or rotation date
+/// and refreshes keep the engine's interval. On, results of `latest` or an alias carry
+/// [`Metadata::next_rotation`](secrets_core::Metadata) (`nextRotationTime`: the engine checks
+/// right after it) and [`Metadata::expires_at`](secrets_core::Metadata) (`expireTime`, when the
+/// secret is deleted), from a per-secret cache that makes GetSecret (on the secret's endpoint)
+/// only for the first read, after the version read changed, or once a cached time has passed;
+/// pinned versions skip it. A failing GetSecret never fails the read (its result then has no
+/// schedule); a PERMISSION_DENIED is logged once at warn and not tried again for that secret
+/// for an hour.
 ///
 /// **Time limit.** A read, waiting for an access token included, is bounded by the builder's
 /// [`with_timeout`](crate::GcpBuilder::with_timeout) and fails with [`ErrorKind::Timeout`]
 /// (retryable) when it runs out. When it ran out still waiting for a token (a token endpoint
 /// that never answers), the credentials are built again, so the next read starts a new
-/// exchange.
+/// exchange. The GetSecret of the rotation schedule has a limit of its own of the same length,
+/// and running out of it only leaves the result without a schedule.
 ///
 /// **Errors** (from the `google.rpc.Status` of the response): NOT_FOUND → `NotFound`,
 /// PERMISSION_DENIED → `PermissionDenied`, UNAUTHENTICATED → `Unauthenticated`,
@@ -78,10 +94,11 @@ pub(crate) struct Config {
 /// with), INVALID_ARGUMENT → `InvalidRef`, anything else → `Backend`. A token that could not be
 /// obtained is `Unauthenticated` (or `Unavailable` when the auth library says it is transient).
 ///
-/// **Refused tokens.** When Secret Manager answers UNAUTHENTICATED (a revoked access token, say)
-/// or no token could be obtained (an exchange refused for good), the credentials and the clients
-/// on them are built again, once per failing set of credentials, so the next read obtains a new
-/// token; with [`with_workload_identity`](crate::GcpBuilder::with_workload_identity) the
+/// **Refused tokens.** When Secret Manager answers a read with UNAUTHENTICATED (a revoked
+/// access token, say) or no token could be obtained (an exchange refused for good), the
+/// credentials and the clients on them are built again, once per failing set of credentials,
+/// so the next read obtains a new token; with
+/// [`with_workload_identity`](crate::GcpBuilder::with_workload_identity) the
 /// [`IdentityToken`](secrets_core::IdentityToken) is invalidated first, so the new exchange
 /// sends a freshly read subject token. Credentials given with
 /// [`with_credentials`](crate::GcpBuilder::with_credentials) cannot be rebuilt and are kept.
@@ -102,6 +119,8 @@ struct Inner {
     /// Held while credentials are built again, so that concurrent failures of one generation
     /// build once.
     rebuilding: tokio::sync::Mutex<()>,
+    /// Rotation schedules by secret (with `rotation_schedule` only).
+    schedules: Schedules,
 }
 
 /// Credentials and the clients built on them. Replaced as a whole when the credentials must be
@@ -163,6 +182,7 @@ impl fmt::Debug for GcpSource {
             .field("endpoint", &c.endpoint)
             .field("regional", &c.regional)
             .field("timeout", &c.timeout)
+            .field("rotation_schedule", &c.rotation_schedule)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +195,7 @@ impl GcpSource {
                 config,
                 current: Mutex::new(Arc::new(first)),
                 rebuilding: tokio::sync::Mutex::new(()),
+                schedules: Schedules::default(),
             }),
         })
     }
@@ -305,6 +326,24 @@ impl GcpSource {
     }
 }
 
+impl GcpSource {
+    /// `secret`, just read for `target`, with its secret's rotation schedule (GetSecret, when
+    /// the cache cannot answer; see "Rotation schedule" on the type).
+    async fn with_schedule(&self, target: &Target, secret: Secret) -> Secret {
+        let config = &self.inner.config;
+        let endpoint = self.endpoint_for(target.location.as_deref());
+        let generation = lock(&self.inner.current).clone();
+        let name = target.secret();
+        self.inner
+            .schedules
+            .apply(name, secret, &*config.clock, config.timeout, || async {
+                let client = self.client_of(&generation, &endpoint).await?;
+                Ok(client.get_secret().set_name(name).send().await)
+            })
+            .await
+    }
+}
+
 /// The secret in an AccessSecretVersion response for the version `name`.
 fn secret_from(response: AccessSecretVersionResponse, name: &str) -> Result<Secret> {
     let payload = response.payload.ok_or_else(|| {
@@ -346,7 +385,11 @@ impl SecretSource for GcpSource {
 
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
         let target = name::resolve(r, &self.inner.config.defaults)?;
-        self.access(&target).await
+        let secret = self.access(&target).await?;
+        if !self.inner.config.rotation_schedule || target.pinned() {
+            return Ok(secret);
+        }
+        Ok(self.with_schedule(&target, secret).await)
     }
 
     async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {

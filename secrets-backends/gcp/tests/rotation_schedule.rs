@@ -1,0 +1,538 @@
+//! `GcpBuilder::with_rotation_schedule`: GetSecret's `rotation.nextRotationTime` and
+//! `expireTime` against a loopback fake. Reads are answered as in tests/fake.rs
+//! (access_secret_version.documented.json → response.body); GetSecret
+//! (`GET /v1/projects/{p}/secrets/{s}`, secretmanager.v1.json →
+//! resources.projects.resources.secrets.methods.get) with a body shaped after
+//! secretmanager.v1.json → schemas.Secret / schemas.Rotation (checked against them below), or
+//! with google_rpc_status_errors.assembled.json → assembled_http_bodies.403_permission_denied
+//! naming the permission GetSecret needs.
+
+// Real time only to give the fake's HTTP exchanges time to happen (`eventually`, `quiet`); every
+// schedule is driven by a ManualClock.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use secrets_core::testkit::LogCapture;
+use secrets_core::{Clock, ManualClock, SecretSource, Secrets, Version};
+use secrets_fake_server::{FakeServer, Request, Response};
+use secrets_gcp::{GcpBuilder, GcpSource};
+use serde_json::{Value, json};
+
+const DISCOVERY: &str = include_str!("fixtures/secretmanager.v1.json");
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+/// What the fake answers to GetSecret of one secret.
+#[derive(Clone)]
+enum Meta {
+    Scheduled {
+        next_rotation: SystemTime,
+        expire: SystemTime,
+    },
+    Denied,
+}
+
+/// Values (the shared `Store`) and, by secret name, GetSecret answers.
+#[derive(Clone, Default)]
+struct Fake {
+    store: Store,
+    meta: Arc<Mutex<HashMap<String, Meta>>>,
+}
+
+impl Fake {
+    fn set_meta(&self, secret: &str, meta: Meta) {
+        self.meta.lock().unwrap().insert(secret.to_owned(), meta);
+    }
+
+    fn answer(&self, req: &Request) -> Response {
+        if req.path.ends_with(":access") {
+            return self.store.answer(req);
+        }
+        let name = req.path.trim_start_matches("/v1/");
+        let meta = self.meta.lock().unwrap().get(name).cloned();
+        match meta {
+            Some(Meta::Scheduled {
+                next_rotation,
+                expire,
+            }) => Response::json(200, &secret_body(name, next_rotation, expire)),
+            Some(Meta::Denied) => Response::json(403, &denied_body(name)),
+            None => not_found(name),
+        }
+    }
+
+    async fn start(&self) -> FakeServer {
+        let fake = self.clone();
+        FakeServer::http(move |req| {
+            let answer = fake.answer(&req);
+            async move { answer }
+        })
+        .await
+    }
+}
+
+/// schemas.Secret (with schemas.Rotation, schemas.Replication and schemas.Topic) as GetSecret
+/// returns it: output fields only (`ttl` and `rotation.rotationPeriod` are input only).
+fn secret_body(name: &str, next_rotation: SystemTime, expire: SystemTime) -> Value {
+    json!({
+        "name": name,
+        "replication": { "automatic": {} },
+        "createTime": rfc3339(SystemTime::UNIX_EPOCH + S(1_799_000_000)),
+        "etag": "\"1627a7bf4d1c6b\"",
+        "topics": [{ "name": "projects/p1/topics/rotations" }],
+        "rotation": { "nextRotationTime": rfc3339(next_rotation) },
+        "expireTime": rfc3339(expire),
+    })
+}
+
+/// assembled_http_bodies.403_permission_denied, with the permission and resource of GetSecret.
+fn denied_body(name: &str) -> Value {
+    let mut body = fixture(STATUS_ERRORS)["assembled_http_bodies"]["403_permission_denied"].clone();
+    body["error"]["message"] = json!(format!(
+        "Permission 'secretmanager.secrets.get' denied for resource '{name}' (or it may not exist)."
+    ));
+    body["error"]["details"][0]["metadata"] =
+        json!({ "permission": "secretmanager.secrets.get", "resource": name });
+    body
+}
+
+/// RFC 3339 in UTC with whole seconds (`google-datetime` of the discovery document).
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+async fn source(server: &FakeServer, clock: &ManualClock, on: bool) -> GcpSource {
+    GcpBuilder::new()
+        .with_endpoint(server.url())
+        .with_anonymous_credentials()
+        .with_project("p1")
+        .with_clock(clock.clone())
+        .with_rotation_schedule(on)
+        .build()
+        .await
+        .unwrap()
+}
+
+fn get_secrets(server: &FakeServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| !r.path.ends_with(":access"))
+        .count()
+}
+
+fn accesses(server: &FakeServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(":access"))
+        .count()
+}
+
+/// Wait (real time) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// Give requests that should not happen (real) time to show up.
+async fn quiet() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[test]
+fn the_fake_secret_is_shaped_after_the_discovery_document() {
+    let doc = fixture(DISCOVERY);
+    let schemas = &doc["schemas"];
+    let now = SystemTime::UNIX_EPOCH + S(1_800_000_000);
+    let body = secret_body("projects/p1/secrets/db", now, now);
+    let check = |value: &Value, schema: &str| {
+        for (key, _) in value.as_object().unwrap() {
+            let property = &schemas[schema]["properties"][key];
+            assert!(property.is_object(), "{schema}.{key} is not in the schema");
+            assert_ne!(
+                property["description"].as_str().unwrap_or("").get(..10),
+                Some("Input only"),
+                "{schema}.{key} is input only"
+            );
+        }
+    };
+    check(&body, "Secret");
+    check(&body["rotation"], "Rotation");
+    check(&body["replication"], "Replication");
+    check(&body["topics"][0], "Topic");
+    for (schema, key) in [
+        ("Secret", "expireTime"),
+        ("Secret", "createTime"),
+        ("Rotation", "nextRotationTime"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][key]["format"], "google-datetime",
+            "{schema}.{key}"
+        );
+    }
+    assert_eq!(rfc3339(now), "2027-01-15T08:00:00Z");
+    // GetSecret: GET v1/{+name}, global and regional.
+    let projects = &doc["resources"]["projects"]["resources"];
+    for get in [
+        &projects["secrets"]["methods"]["get"],
+        &projects["locations"]["resources"]["secrets"]["methods"]["get"],
+    ] {
+        assert_eq!(get["httpMethod"], "GET");
+        assert_eq!(get["path"], "v1/{+name}");
+        assert_eq!(get["response"]["$ref"], "Secret");
+    }
+}
+
+// Off by default: reads, through the source and the engine, make no GetSecret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_by_default_reads_make_no_get_secret() {
+    let fake = Fake::default();
+    let server = fake.start().await;
+    fake.store.add_version("projects/p1/secrets/db", b"one");
+    let now = SystemTime::UNIX_EPOCH + S(1_800_000_000);
+    fake.set_meta(
+        "projects/p1/secrets/db",
+        Meta::Scheduled {
+            next_rotation: now,
+            expire: now,
+        },
+    );
+    let src = GcpBuilder::new()
+        .with_endpoint(server.url())
+        .with_anonymous_credentials()
+        .with_project("p1")
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let s = src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(s.metadata().next_rotation, None);
+        assert_eq!(s.metadata().expires_at, None);
+    }
+    let secrets = Secrets::builder()
+        .source("gcp-sm", src)
+        .refresh_interval(S(3600))
+        .build()
+        .unwrap();
+    let handle = secrets.handle("gcp-sm://db").await.unwrap();
+    handle.refresh_now().await.unwrap();
+    secrets.shutdown().await;
+    assert_eq!(accesses(&server), 5);
+    assert_eq!(get_secrets(&server), 0, "{:?}", server.requests());
+}
+
+// Current-thread runtime, as ManualClock asks: the fake's tasks run on it too.
+#[tokio::test]
+async fn the_schedule_is_read_once_per_version_and_after_the_planned_rotation() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    let next_rotation = clock.wall() + S(600);
+    let expire = clock.wall() + S(30 * 86400);
+    fake.store.add_version(name, b"one");
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation,
+            expire,
+        },
+    );
+    let src = source(&server, &clock, true).await;
+
+    let s = src.fetch(&gcp_ref("db")).await.unwrap();
+    assert_eq!(s.expose_bytes(), b"one");
+    assert_eq!(s.metadata().next_rotation, Some(next_rotation));
+    assert_eq!(s.metadata().expires_at, Some(expire));
+    assert_eq!(s.hard_expiry(), Some(expire));
+    let gets: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path.ends_with(":access"))
+        .collect();
+    assert_eq!(gets.len(), 1);
+    assert_eq!(gets[0].method, "GET");
+    assert_eq!(gets[0].path, "/v1/projects/p1/secrets/db");
+
+    // The same version, again and again (the full name and the short form are one secret).
+    for r in ["db", "projects/p1/secrets/db", "db?version=latest"] {
+        for _ in 0..3 {
+            let s = src.fetch(&gcp_ref(r)).await.unwrap();
+            assert_eq!(s.metadata().next_rotation, Some(next_rotation), "{r}");
+            assert_eq!(s.metadata().expires_at, Some(expire), "{r}");
+        }
+    }
+    assert_eq!(get_secrets(&server), 1);
+
+    // Pinned versions skip the schedule.
+    for r in ["db/versions/1", "db?version=1"] {
+        let s = src.fetch(&gcp_ref(r)).await.unwrap();
+        assert_eq!(s.metadata().next_rotation, None, "{r}");
+        assert_eq!(s.metadata().expires_at, None, "{r}");
+    }
+    assert_eq!(get_secrets(&server), 1);
+
+    // A rotation: a new version, and a new schedule (the period moved it on), read once.
+    fake.store.add_version(name, b"two");
+    let moved = next_rotation + S(3600);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation: moved,
+            expire,
+        },
+    );
+    for _ in 0..3 {
+        let s = src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(s.version(), Some(&Version::new("2")));
+        assert_eq!(s.metadata().next_rotation, Some(moved));
+    }
+    assert_eq!(get_secrets(&server), 2);
+
+    // Once the cached nextRotationTime has passed: read once more.
+    let later = moved + S(3600);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation: later,
+            expire,
+        },
+    );
+    clock.advance(S(600 + 3600 - 1)).await;
+    let s = src.fetch(&gcp_ref("db")).await.unwrap();
+    assert_eq!(s.metadata().next_rotation, Some(moved));
+    assert_eq!(get_secrets(&server), 2);
+    clock.advance(S(2)).await;
+    for _ in 0..3 {
+        let s = src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(s.metadata().next_rotation, Some(later));
+    }
+    assert_eq!(get_secrets(&server), 3);
+    assert_eq!(accesses(&server), 1 + 9 + 2 + 3 + 1 + 3);
+}
+
+// Regional secrets: GetSecret goes to the location's endpoint, under the regional name.
+#[tokio::test]
+async fn a_regional_secret_is_asked_at_its_endpoint() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let global = Fake::default().start().await;
+    let eu = fake.start().await;
+    let name = "projects/p1/locations/europe-west1/secrets/db";
+    fake.store.add_version(name, b"regional");
+    let next_rotation = clock.wall() + S(600);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation,
+            expire: clock.wall() + S(86400),
+        },
+    );
+    let src = GcpBuilder::new()
+        .with_endpoint(global.url())
+        .with_regional_endpoint("europe-west1", eu.url())
+        .with_anonymous_credentials()
+        .with_clock(clock.clone())
+        .with_rotation_schedule(true)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let s = src.fetch(&gcp_ref(name)).await.unwrap();
+        assert_eq!(s.metadata().next_rotation, Some(next_rotation));
+    }
+    assert!(global.requests().is_empty());
+    let gets: Vec<_> = eu
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path.ends_with(":access"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(gets, [format!("/v1/{name}")]);
+}
+
+// Concurrent reads of one secret: one GetSecret, and every result carries the schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_make_one_get_secret() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    let next_rotation = clock.wall() + S(600);
+    fake.store.add_version(name, b"one");
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation,
+            expire: clock.wall() + S(86400),
+        },
+    );
+    let src = source(&server, &clock, true).await;
+    let reads = (0..16).map(|_| {
+        let src = src.clone();
+        tokio::spawn(async move { src.fetch(&gcp_ref("db")).await })
+    });
+    for read in futures_util::future::join_all(reads).await {
+        let s = read.unwrap().unwrap();
+        assert_eq!(s.metadata().next_rotation, Some(next_rotation));
+    }
+    assert_eq!(accesses(&server), 16);
+    assert_eq!(get_secrets(&server), 1);
+}
+
+// A refused GetSecret (403 PERMISSION_DENIED): reads go on, one warning naming the permission,
+// and no GetSecret for that secret for an hour, whatever is read meanwhile.
+#[tokio::test]
+async fn a_refused_get_secret_does_not_fail_reads_and_is_not_retried_for_an_hour() {
+    let logs = LogCapture::start();
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    let value = "S3CRET-rotation-canary";
+    fake.store.add_version(name, value.as_bytes());
+    fake.set_meta(name, Meta::Denied);
+    let src = source(&server, &clock, true).await;
+    for _ in 0..3 {
+        let s = src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(s.expose_str().unwrap(), value);
+        assert_eq!(s.metadata().next_rotation, None);
+    }
+    // A rotation within the hour does not ask again either.
+    fake.store.add_version(name, value.as_bytes());
+    clock.advance(S(3600 - 1)).await;
+    let s = src.fetch(&gcp_ref("db")).await.unwrap();
+    assert_eq!(s.version(), Some(&Version::new("2")));
+    assert_eq!(get_secrets(&server), 1);
+    let text = logs.text();
+    let warnings: Vec<_> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains("secretmanager.secrets.get")
+            && warnings[0].contains("roles/secretmanager.viewer")
+            && warnings[0].contains(name),
+        "{}",
+        warnings[0]
+    );
+    // After the hour: asked again (still refused: no second warning).
+    clock.advance(S(1)).await;
+    src.fetch(&gcp_ref("db")).await.unwrap();
+    src.fetch(&gcp_ref("db")).await.unwrap();
+    assert_eq!(get_secrets(&server), 2);
+    let text = logs.text();
+    assert_eq!(text.matches(" WARN ").count(), 1, "{text}");
+    assert!(!text.contains(value), "a value in the logs");
+    // Granted later: the schedule is read at the next GetSecret.
+    let next_rotation = clock.wall() + S(600);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation,
+            expire: clock.wall() + S(86400),
+        },
+    );
+    clock.advance(S(3600)).await;
+    let s = src.fetch(&gcp_ref("db")).await.unwrap();
+    assert_eq!(s.metadata().next_rotation, Some(next_rotation));
+    assert_eq!(get_secrets(&server), 3);
+}
+
+// Other GetSecret failures (here a NOT_FOUND, as after the secret was deleted between the two
+// calls; google_rpc_status_errors.assembled.json → 404_not_found) are retried at the next read.
+#[tokio::test]
+async fn other_get_secret_failures_are_retried_at_the_next_read() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    fake.store.add_version("projects/p1/secrets/db", b"one");
+    let src = source(&server, &clock, true).await;
+    for _ in 0..3 {
+        let s = src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(s.expose_bytes(), b"one");
+        assert_eq!(s.metadata().next_rotation, None);
+    }
+    assert_eq!(get_secrets(&server), 3);
+}
+
+// Through the engine: with a 1 h refresh interval, a nextRotationTime 10 minutes ahead brings
+// the next check to just after it (within the engine's spread: 20 % of the interval, at most
+// 60 s), then routine checks resume.
+#[tokio::test]
+async fn the_engine_checks_right_after_the_next_rotation_time() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    fake.store.add_version(name, b"one");
+    let next_rotation = clock.wall() + S(600);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation,
+            expire: clock.wall() + S(365 * 86400),
+        },
+    );
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("gcp-sm", source(&server, &clock, true).await)
+        .refresh_interval(S(3600))
+        .build()
+        .unwrap();
+    let handle = secrets.handle("gcp-sm://db").await.unwrap();
+    assert_eq!(
+        handle.current().metadata().next_rotation,
+        Some(next_rotation)
+    );
+    assert_eq!((accesses(&server), get_secrets(&server)), (1, 1));
+
+    // Before nextRotationTime: no check.
+    clock.advance(S(600 - 5)).await;
+    quiet().await;
+    assert_eq!(accesses(&server), 1);
+    // Just after it (within the spread): a check, which reads the passed schedule again.
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation: next_rotation + S(3600),
+            expire: clock.wall() + S(365 * 86400),
+        },
+    );
+    clock.advance(S(5 + 61)).await;
+    eventually("a check after nextRotationTime", || accesses(&server) == 2).await;
+    eventually("GetSecret after nextRotationTime", || {
+        get_secrets(&server) == 2
+    })
+    .await;
+    // Then nothing for a while: the next check is the routine one, about an hour later.
+    clock.advance(S(30 * 60)).await;
+    quiet().await;
+    assert_eq!((accesses(&server), get_secrets(&server)), (2, 2));
+    secrets.shutdown().await;
+}
