@@ -39,6 +39,8 @@ fn setup() -> (ManualClock, MemorySource, Secrets) {
 #[derive(Default)]
 struct Hooks {
     panic_next_fetch: AtomicBool,
+    /// Every fetched value claims this expiry (the same version with a moving `exp`).
+    expires_at: Mutex<Option<std::time::SystemTime>>,
     renew_increment: Mutex<Option<Duration>>,
     #[allow(clippy::type_complexity)]
     after_first_fetch: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -68,7 +70,10 @@ impl SecretSource for Wrap {
         if self.hooks.panic_next_fetch.swap(false, Ordering::SeqCst) {
             panic!("backend bug");
         }
-        let out = self.inner.fetch(r).await;
+        let mut out = self.inner.fetch(r).await;
+        if let (Ok(secret), Some(at)) = (&out, *self.hooks.expires_at.lock().unwrap()) {
+            out = Ok(secret.clone().expires_at(at));
+        }
         let hook = self.hooks.after_first_fetch.lock().unwrap().take();
         if let Some(h) = hook {
             h();
@@ -354,5 +359,34 @@ async fn a_handle_is_never_built_on_a_detached_view() {
         h2.current().expose_str().unwrap(),
         "k3",
         "handle stuck on a detached view"
+    );
+}
+
+// 10. A refresh that finds the same version with a later expiry (Azure `exp` extended, a GCP
+//     secret's `expireTime` moved) kept the old metadata: the value was reported expired at the
+//     old time although the backend still served it. Found while adding GCP's rotation schedule.
+#[tokio::test]
+async fn a_moved_expiry_of_the_same_version_is_taken() {
+    let clock = ManualClock::new();
+    let (memory, hooks, _dropped, source) = wrap(&clock);
+    let secrets = builder(&clock).source("mem", source).build().unwrap();
+    memory.set("app", "v1");
+    *hooks.expires_at.lock().unwrap() = Some(clock.wall() + S(300));
+    let handle = secrets.handle("mem://app").await.unwrap();
+    let mut events = handle.subscribe();
+    *hooks.expires_at.lock().unwrap() = Some(clock.wall() + S(3600));
+    clock.advance(S(310)).await;
+    assert_eq!(handle.try_current().unwrap().expose_bytes(), b"v1");
+    assert_eq!(
+        handle.current().metadata().expires_at,
+        Some(clock.wall() - S(310) + S(3600))
+    );
+    let evs = drain(&mut events);
+    assert!(
+        !evs.iter().any(|e| matches!(
+            e,
+            RotationEvent::Rotated { .. } | RotationEvent::Expired { .. }
+        )),
+        "{evs:?}"
     );
 }

@@ -11,6 +11,25 @@
 //!   `gcp`) turn them into configured builders.
 //! * [`source`]: the `k8s://<namespace>/<name>#<key>` Kubernetes Secrets source (GET + watch).
 //! * `testkit` (feature `testkit`): a kubelet-style token projector for tests.
+//!
+//! In a pod (the README's "Running in Kubernetes" example; `examples/k8s/` has the manifests):
+//!
+//! ```no_run
+//! # #[cfg(feature = "vault")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use secrets_core::Secrets;
+//! use secrets_k8s::{InCluster, Pod, source::KubernetesSecrets};
+//!
+//! let pod = Pod::from_env(); // VAULT_ADDR, VAULT_K8S_ROLE, VAULT_K8S_TOKEN_FILE, AWS_ROLE_ARN, …
+//! let vault = secrets_k8s::vault::from_pod(&pod)?.build()?; // kubernetes auth, token re-read at each login
+//! let k8s = KubernetesSecrets::builder().in_cluster(&InCluster::detect()?).build()?;
+//! let secrets = Secrets::builder().source("vault", vault).source("k8s", k8s).build()?;
+//! let db = secrets.handle("vault://database/creds/app").await?;
+//! let api_key = secrets.get_secret("k8s://payments/app-config#api_key").await?; // watched: `Rotated` on change
+//! # let _ = (db, api_key);
+//! # Ok(())
+//! # }
+//! ```
 
 #[cfg(feature = "aws")]
 pub mod aws;

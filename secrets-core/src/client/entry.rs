@@ -397,6 +397,13 @@ impl Entry {
             _ => !current.value().same_bytes(fresh.value()),
         };
         if !changed {
+            let moved = current.metadata().expires_at != fresh.metadata().expires_at
+                || current.metadata().next_rotation != fresh.metadata().next_rotation;
+            if moved {
+                // Same value, new schedule (an extended expiry, a rescheduled rotation): keep
+                // the schedule the backend gives now, quietly (no `Rotated`, no `changed()`).
+                return self.publish(fresh, sched, now, false);
+            }
             self.succeed(sched, now);
             self.store(current.clone(), sched, now);
             return Ok(());
