@@ -10,35 +10,13 @@ mod azure_fakes;
 
 use std::time::Duration;
 
-use azure_fakes::{CLIENT_ID, Fake, TENANT, VAULT, fixture, kv_ref};
+use azure_fakes::{CLIENT_ID, Fake, TENANT, VAULT, documented_form, form_of, kv_ref};
 use secrets_core::{Clock, SecretSource, SystemClock};
 use secrets_k8s::Pod;
 use secrets_k8s::testkit::{TokenProjector, unsigned_jwt};
 
-fn documented_form(assertion: &str) -> Vec<(String, String)> {
-    let doc = fixture("entra_client_assertion_token_exchange.documented.json");
-    let mut form: Vec<(String, String)> = doc["request"]["form_body_in_documented_order"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|pair| {
-            let key = pair[0].as_str().unwrap().to_owned();
-            let value = match key.as_str() {
-                "client_assertion" => assertion.to_owned(),
-                "scope" => "https://vault.azure.net/.default".to_owned(),
-                _ => pair[1].as_str().unwrap().to_owned(),
-            };
-            (key, value)
-        })
-        .collect();
-    form.sort();
-    form
-}
-
 fn last_assertion(fake: &Fake) -> Vec<(String, String)> {
-    let mut form = fake.token_requests().last().unwrap().form();
-    form.sort();
-    form
+    form_of(fake.token_requests().last().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

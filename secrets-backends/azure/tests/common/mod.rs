@@ -443,3 +443,33 @@ impl Seeder for FakeSeeder {
         Ok(())
     }
 }
+
+/// A form body, sorted, for comparing field sets.
+pub fn form_of(req: &secrets_fake_server::Request) -> Vec<(String, String)> {
+    let mut form = req.form();
+    form.sort();
+    form
+}
+
+/// The fields the documented federated-credential request sends
+/// (`request.form_body_in_documented_order`), with Key Vault's scope (`request.notes`) and the
+/// client assertion replaced by `assertion`.
+pub fn documented_form(assertion: &str) -> Vec<(String, String)> {
+    let doc = fixture("entra_client_assertion_token_exchange.documented.json");
+    let mut form: Vec<(String, String)> = doc["request"]["form_body_in_documented_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            let key = pair[0].as_str().unwrap().to_owned();
+            let value = match key.as_str() {
+                "client_assertion" => assertion.to_owned(),
+                "scope" => "https://vault.azure.net/.default".to_owned(),
+                _ => pair[1].as_str().unwrap().to_owned(),
+            };
+            (key, value)
+        })
+        .collect();
+    form.sort();
+    form
+}
