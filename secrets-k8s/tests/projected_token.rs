@@ -30,6 +30,30 @@ async fn text(t: &ProjectedToken) -> String {
     t.token().await.unwrap().expose_str().unwrap().to_owned()
 }
 
+/// A token whose file is a symlink into a directory nobody watches: a change to `target` is seen
+/// only by time or `invalidate`, never by the directory watch.
+struct Unwatched {
+    _dir: tempfile::TempDir,
+    elsewhere: tempfile::TempDir,
+    target: std::path::PathBuf,
+    token: ProjectedToken,
+}
+
+fn unwatched(clock: &ManualClock, content: &str) -> Unwatched {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("real");
+    std::fs::write(&target, content).unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("token")).unwrap();
+    let token = ProjectedToken::new(dir.path().join("token")).with_clock(clock.clone());
+    Unwatched {
+        _dir: dir,
+        elsewhere,
+        target,
+        token,
+    }
+}
+
 #[tokio::test]
 async fn a_kubelet_swap_is_seen_without_waiting_for_expiry() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,14 +97,14 @@ async fn a_kubelet_swap_is_seen_without_waiting_for_expiry() {
 /// only by time: at 80 % of `iat → exp`, not before.
 #[tokio::test]
 async fn re_read_at_eighty_percent_of_the_lifetime() {
-    let dir = tempfile::tempdir().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    let target = elsewhere.path().join("real");
     let clock = ManualClock::new();
     let iat = wall_secs(&clock);
-    std::fs::write(&target, unsigned_jwt(&claims("one", iat, iat + 50))).unwrap();
-    std::os::unix::fs::symlink(&target, dir.path().join("token")).unwrap();
-    let token = ProjectedToken::new(dir.path().join("token")).with_clock(clock.clone());
+    let Unwatched {
+        target,
+        token,
+        elsewhere: _elsewhere,
+        _dir,
+    } = unwatched(&clock, &unsigned_jwt(&claims("one", iat, iat + 50)));
     assert!(text(&token).await.contains('.'));
     let first = text(&token).await;
 
@@ -98,13 +122,13 @@ async fn re_read_at_eighty_percent_of_the_lifetime() {
 
 #[tokio::test]
 async fn a_token_without_expiry_is_re_read_every_minute() {
-    let dir = tempfile::tempdir().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    let target = elsewhere.path().join("real");
-    std::fs::write(&target, unsigned_jwt(&serde_json::json!({ "sub": "x" }))).unwrap();
-    std::os::unix::fs::symlink(&target, dir.path().join("token")).unwrap();
     let clock = ManualClock::new();
-    let token = ProjectedToken::new(dir.path().join("token")).with_clock(clock.clone());
+    let Unwatched {
+        target,
+        token,
+        elsewhere: _elsewhere,
+        _dir,
+    } = unwatched(&clock, &unsigned_jwt(&serde_json::json!({ "sub": "x" })));
     let first = text(&token).await;
     let second = unsigned_jwt(&serde_json::json!({ "sub": "y" }));
     std::fs::write(&target, &second).unwrap();
@@ -116,14 +140,14 @@ async fn a_token_without_expiry_is_re_read_every_minute() {
 
 #[tokio::test]
 async fn invalidate_forces_a_re_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    let target = elsewhere.path().join("real");
     let clock = ManualClock::new();
     let iat = wall_secs(&clock);
-    std::fs::write(&target, unsigned_jwt(&claims("one", iat, iat + 3600))).unwrap();
-    std::os::unix::fs::symlink(&target, dir.path().join("token")).unwrap();
-    let token = ProjectedToken::new(dir.path().join("token")).with_clock(clock.clone());
+    let Unwatched {
+        target,
+        token,
+        elsewhere: _elsewhere,
+        _dir,
+    } = unwatched(&clock, &unsigned_jwt(&claims("one", iat, iat + 3600)));
     let first = text(&token).await;
     let second = unsigned_jwt(&claims("two", iat, iat + 3600));
     std::fs::write(&target, &second).unwrap();
@@ -134,15 +158,15 @@ async fn invalidate_forces_a_re_read() {
 
 #[tokio::test]
 async fn a_failed_re_read_keeps_the_last_good_token_until_it_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    let target = elsewhere.path().join("real");
     let clock = ManualClock::new();
     let iat = wall_secs(&clock);
     let good = unsigned_jwt(&claims("good", iat, iat + 100));
-    std::fs::write(&target, &good).unwrap();
-    std::os::unix::fs::symlink(&target, dir.path().join("token")).unwrap();
-    let token = ProjectedToken::new(dir.path().join("token")).with_clock(clock.clone());
+    let Unwatched {
+        target,
+        token,
+        elsewhere: _elsewhere,
+        _dir,
+    } = unwatched(&clock, &good);
     assert_eq!(text(&token).await, good);
 
     std::fs::write(&target, "half-written-garbage").unwrap();
@@ -317,14 +341,14 @@ async fn opens_after(opens: &AtomicUsize, expected: usize) -> usize {
 /// server: meanwhile calls must not each open the file.
 #[tokio::test]
 async fn past_eighty_percent_an_unchanged_token_is_re_read_at_most_every_five_seconds() {
-    let dir = tempfile::tempdir().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    let target = elsewhere.path().join("real");
     let clock = ManualClock::new();
     let iat = wall_secs(&clock);
-    std::fs::write(&target, unsigned_jwt(&claims("one", iat, iat + 3600))).unwrap();
-    std::os::unix::fs::symlink(&target, dir.path().join("token")).unwrap();
-    let token = ProjectedToken::new(dir.path().join("token")).with_clock(clock.clone());
+    let Unwatched {
+        target: _target,
+        token,
+        elsewhere,
+        _dir,
+    } = unwatched(&clock, &unsigned_jwt(&claims("one", iat, iat + 3600)));
     token.token().await.unwrap();
 
     clock.advance(Duration::from_secs(2916)).await; // 81 %
