@@ -390,3 +390,27 @@ async fn a_moved_expiry_of_the_same_version_is_taken() {
         "{evs:?}"
     );
 }
+
+// 11. An expiry extended after the pre-expiry check (which found it unchanged) was never seen:
+//     the next check was the routine one, after the old expiry. Found by a second reading.
+#[tokio::test]
+async fn an_expiry_extended_after_the_pre_expiry_check_is_still_seen() {
+    let clock = ManualClock::new();
+    let (memory, hooks, _dropped, source) = wrap(&clock);
+    let secrets = builder(&clock)
+        .refresh_interval(S(3600))
+        .source("mem", source)
+        .build()
+        .unwrap();
+    memory.set("app", "v1");
+    *hooks.expires_at.lock().unwrap() = Some(clock.wall() + S(300));
+    let handle = secrets.handle("mem://app").await.unwrap();
+    let fetches = memory.calls().fetch;
+    clock.advance(S(210)).await; // past the ⅔ check at 200 s: same expiry
+    assert_eq!(memory.calls().fetch, fetches + 1);
+    *hooks.expires_at.lock().unwrap() = Some(clock.wall() - S(210) + S(3600));
+    clock.advance(S(100)).await; // past the old expiry
+    assert_eq!(handle.try_current().unwrap().expose_bytes(), b"v1");
+    // A shrinking series of checks, not one per instant: ⅔ of what was left each time.
+    assert!(memory.calls().fetch <= fetches + 4, "{:?}", memory.calls());
+}

@@ -18,6 +18,9 @@ use super::events::RotationEvent;
 use super::view::View;
 use crate::schedule;
 
+/// Below this much time left before a value's expiry, no further check is scheduled for it.
+const MIN_EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
 /// What readers see of an entry: the value and when it must next be looked at.
 pub(crate) struct Snapshot {
     pub(crate) secret: Secret,
@@ -234,7 +237,6 @@ impl Entry {
                     }
                 };
                 if let Some(at) = self.replace_at(&secret, sched).filter(|at| *at > now) {
-                    // Once past (and the replacement failed or was the same), routine checks.
                     next = next.min(at);
                 }
                 if let Some(rotation) = meta.next_rotation {
@@ -358,9 +360,15 @@ impl Entry {
 
     /// When a value with its own expiry should be replaced: ⅔ of the way from its receipt to its
     /// expiry (a certificate's not-after, Azure's `exp`).
+    /// When a value with an expiry is due for a check: ⅔ of the way from the last successful
+    /// check (or its arrival) to the expiry. A check that finds the same expiry moves the next one
+    /// ⅔ through what is left, so an expiry the backend extends late is still seen; under a second
+    /// left, the value is let expire.
     fn replace_at(&self, secret: &Secret, sched: &Sched) -> Option<Instant> {
         let end = self.ctx.clock.deadline_for(secret.metadata().expires_at?);
-        Some(sched.received + schedule::expiry_delay(end.saturating_duration_since(sched.received)))
+        let from = sched.last_ok.max(sched.received);
+        let left = end.saturating_duration_since(from);
+        (left >= MIN_EXPIRY_CHECK).then(|| from + schedule::expiry_delay(left))
     }
 
     /// Routine check of an unleased secret: the cheap version probe first, a read only if it moved
