@@ -15,8 +15,9 @@ use fake_api::FakeApi;
 use futures_util::StreamExt;
 use secrets_core::testkit::{Seeder, assert_conformance};
 use secrets_core::{
-    Backoff, ErrorKind, IdentityToken, ManualClock, Result, RotationEvent, Secret, SecretRef,
-    SecretSource, SecretValue, Secrets, SourceEvent, StaticToken, Version, async_trait,
+    Backoff, Clock, ErrorKind, IdentityToken, ManualClock, Result, RotationEvent, Secret,
+    SecretRef, SecretSource, SecretValue, Secrets, SourceEvent, StaticToken, SystemClock, Version,
+    async_trait,
 };
 use secrets_fake_server::FakeServer;
 use secrets_k8s::source::KubernetesSecrets;
@@ -89,6 +90,18 @@ fn gets_of(server: &FakeServer, ns: &str, name: &str) -> usize {
     server
         .requests_to(&format!("/api/v1/namespaces/{ns}/secrets/{name}"))
         .len()
+}
+
+/// The GETs of `ns/name` once there are at least `n` (or 5 s passed): a watch opened at the most
+/// recent state is followed by one read of the object, made while the test goes on.
+async fn gets_reach(server: &FakeServer, ns: &str, name: &str, n: usize) -> usize {
+    let deadline = SystemClock.now() + Duration::from_secs(5);
+    while gets_of(server, ns, name) < n && SystemClock.now() < deadline {
+        SystemClock
+            .sleep_until(SystemClock.now() + Duration::from_millis(10))
+            .await;
+    }
+    gets_of(server, ns, name)
 }
 
 /// The conformance suite's secrets live in namespace `conformance`. A JSON object is stored as
@@ -295,8 +308,9 @@ async fn watch_reports_changes_deletion_and_follows_bookmarks() {
     assert_eq!(next(&mut feed).await.unwrap(), SourceEvent::Deleted);
     let again = api.put("apps", "db-creds", &[("password", b"three")]);
     assert_eq!(next(&mut feed).await.unwrap(), changed(again));
-    // Nothing but the events: no re-reads were needed.
-    assert_eq!(gets_of(&server, "apps", "db-creds"), 1);
+    // Nothing but the events: the read, and the one check after the first watch opened at the
+    // most recent state (later watches resumed from the bookmark).
+    assert_eq!(gets_reach(&server, "apps", "db-creds", 2).await, 2);
 }
 
 /// Fixtures: `secret_watch_stream.assembled.jsonl` line 6 (ERROR 410 `Expired`) inside the
@@ -317,7 +331,8 @@ async fn an_expired_resource_version_relists_and_rewatches() {
     // Watched again from the most recent state, not from the object's own (old) version.
     let watches = watch_requests(&server);
     assert_eq!(watches.last().unwrap().query_param("resourceVersion"), None);
-    assert_eq!(gets_of(&server, "apps", "db-creds"), 2, "one re-read");
+    // The read, and one check after each watch opened at the most recent state.
+    assert_eq!(gets_reach(&server, "apps", "db-creds", 3).await, 3);
     // Changes keep arriving on the new watch.
     let later = api.put("apps", "db-creds", &[("password", b"later")]);
     assert_eq!(next(&mut feed).await.unwrap(), changed(later));
@@ -360,13 +375,14 @@ async fn a_secret_older_than_the_watch_history_does_not_make_the_watch_spin() {
         gets_of(&server, "apps", "db-creds"),
         watch_requests(&server).len(),
     );
+    // The read, the check after the watch opened, one watch.
     assert_eq!(
         (gets, watches),
-        (1, 1),
+        (2, 1),
         "{gets} GETs and {watches} watches for a quiet Secret"
     );
 
-    // A compaction ending the open watch (ERROR 410) costs one re-read and one new watch.
+    // A compaction ending the open watch (ERROR 410) costs one new watch and its opening check.
     api.bookmark(500);
     api.expire_watches();
     api.wait_for_watches(1).await;
@@ -379,7 +395,7 @@ async fn a_secret_older_than_the_watch_history_does_not_make_the_watch_spin() {
         gets_of(&server, "apps", "db-creds"),
         watch_requests(&server).len(),
     );
-    assert_eq!((gets, watches), (2, 2));
+    assert_eq!((gets, watches), (3, 2));
     // And changes still arrive.
     let later = api.put("apps", "db-creds", &[("password", b"later")]);
     assert_eq!(next(&mut feed).await.unwrap(), changed(later));
@@ -425,8 +441,8 @@ async fn events_split_across_chunks_are_reassembled() {
     }
     assert_eq!(next(&mut feed).await.unwrap(), changed(a));
     assert_eq!(next(&mut feed).await.unwrap(), changed(b));
-    // Parsed, not recovered by a re-read: no GET after the first.
-    assert_eq!(gets_of(&server, "apps", "db-creds"), 1);
+    // Parsed, not recovered by a re-read: no GET after the read and the watch's opening check.
+    assert_eq!(gets_reach(&server, "apps", "db-creds", 2).await, 2);
     assert_eq!(watch_requests(&server).len(), 1);
 }
 
@@ -631,4 +647,46 @@ async fn failed_watches_back_off_on_the_clock_and_honour_retry_after() {
 
     let next_rv = api.put("apps", "db-creds", &[("password", b"after")]);
     assert_eq!(next(&mut feed).await.unwrap(), changed(next_rv));
+}
+
+/// A deletion between the client's read and the start of its watch: a watch at the most recent
+/// state has no ADDED for a missing object, so the check after it opened must report it. Found
+/// by a second reading. Fixtures: `secret_api.samples.json` `status_404_assembled`.
+#[tokio::test]
+async fn a_deletion_between_the_read_and_the_watch_is_reported() {
+    let (_server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    api.delete("apps", "db-creds");
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    assert_eq!(next(&mut feed).await.unwrap(), SourceEvent::Deleted);
+    // Reported once, and a re-creation is seen.
+    let again = api.put("apps", "db-creds", &[("password", b"again")]);
+    assert_eq!(next(&mut feed).await.unwrap(), changed(again));
+}
+
+/// A server (or proxy) that ends every watch right after its initial ADDED is backed off, not
+/// re-asked at once: the initial ADDED is no sign that the stream works.
+/// Fixtures: `secret_watch_stream.assembled.jsonl` line 1 (ADDED).
+#[tokio::test]
+async fn watches_ended_after_their_initial_event_are_backed_off() {
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let _feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+    // For 400 ms every watch is ended as soon as it is open. With a backoff of 10 ms doubling to
+    // 100 ms that allows about eight; without one, hundreds.
+    let until = SystemClock.now() + Duration::from_millis(400);
+    while SystemClock.now() < until {
+        api.end_watches();
+        SystemClock
+            .sleep_until(SystemClock.now() + Duration::from_millis(2))
+            .await;
+    }
+    let watches = watch_requests(&server).len();
+    assert!(
+        (2..=15).contains(&watches),
+        "{watches} watches: reopened without backoff"
+    );
 }

@@ -19,19 +19,20 @@
 //! # Watching
 //!
 //! A handle on a `k8s://` secret is kept current by a watch of that one object
-//! (`GET …/secrets?fieldSelector=metadata.name%3D<name>&watch=1&allowWatchBookmarks=true`). The
-//! first watch starts at the most recent state: the server opens it with a synthetic `ADDED` of
-//! the object, whose resourceVersion is compared with the client's last read, so a change between
-//! the read and the watch is reported rather than lost. (Resuming from the read's own
-//! resourceVersion would not do: it is the revision of the object's last write, usually older
-//! than the history the server keeps, and would be answered 410 every time.) `ADDED`/`MODIFIED`
-//! with a new resourceVersion make the client re-read (and fire `Rotated`), `DELETED` reports the
-//! deletion, `BOOKMARK` only moves the resume point. A stream the server ends (`timeoutSeconds`,
-//! 5–10 min at random, as client-go does) is re-opened from the last change or bookmark it
-//! delivered; when the server has compacted past that point (`ERROR` 410 `Expired`/`Gone` in the
-//! stream, or HTTP 410) the object is read again (a change is reported if its resourceVersion
-//! moved; a deletion if it is gone) and the watch starts at the most recent state again. Failures
-//! back off (1 s doubling to 60 s, full jitter, honouring Retry-After), and so do repeated 410s.
+//! (`GET …/secrets?fieldSelector=metadata.name%3D<name>&watch=1&allowWatchBookmarks=true`). A
+//! watch without a resume point starts at the most recent state: its synthetic `ADDED` is compared
+//! with the last read, and once it is open the object is read once for a deletion (which has no
+//! `ADDED` to show it), so a change or a deletion between the read and the watch is reported
+//! rather than lost. (Resuming from the read's own resourceVersion would not
+//! do: it is the revision of the object's last write, usually older than the history the server
+//! keeps, and would be answered 410 every time.) `ADDED`/`MODIFIED` with a new resourceVersion
+//! make the client re-read (and fire `Rotated`), `DELETED` reports the deletion, `BOOKMARK` only
+//! moves the resume point. A stream the server ends (`timeoutSeconds`, 5–10 min at random, as
+//! client-go does) is re-opened from the last change or bookmark it delivered; when the server
+//! has compacted past that point (`ERROR` 410 `Expired`/`Gone` in the stream, or HTTP 410) the
+//! watch starts at the most recent state again (with the check above). Failures back off (1 s
+//! doubling to 60 s, full jitter, honouring Retry-After), and so do repeated 410s and streams that
+//! end without delivering anything.
 
 //! # Least privilege
 //!
@@ -119,7 +120,8 @@ pub struct KubernetesSecrets {
     api: Api,
     clock: Arc<dyn Clock>,
     watch_backoff: Backoff,
-    /// The resourceVersion of the last read of each `namespace/name`: where a new watch resumes.
+    /// The resourceVersion of the last read of each `namespace/name`: what a new watch compares
+    /// the object's current state with.
     last_read: Arc<Mutex<HashMap<String, String>>>,
 }
 

@@ -23,7 +23,7 @@ const MAX_LINE: usize = 8 << 20;
 /// half-open connection otherwise waits forever).
 const IDLE_GRACE: Duration = Duration::from_secs(60);
 
-/// Looks up where a new watch of a target resumes (the resourceVersion of its last read).
+/// Looks up the resourceVersion of the target's last read: what the first watch compares with.
 pub(super) type Resume = Box<dyn Fn(&Target) -> Option<String> + Send + Sync>;
 
 pub(super) fn watch(
@@ -49,7 +49,7 @@ pub(super) fn watch(
         relist: false,
         body: None,
         buf: Vec::new(),
-        lines_seen: false,
+        verify: false,
         pending: VecDeque::new(),
         failures: 0,
         timeout: Duration::ZERO,
@@ -92,8 +92,9 @@ struct Watch {
     body: Option<Response>,
     /// Bytes of an event line not yet ended by `\n`.
     buf: Vec<u8>,
-    /// Whether the open stream delivered any line (a stream that ends without one is a failure).
-    lines_seen: bool,
+    /// The open stream started at the most recent state: read the object once, to catch what
+    /// happened since the last look (a deletion has no synthetic ADDED to show it).
+    verify: bool,
     pending: VecDeque<SourceEvent>,
     /// Failed attempts in a row, for backoff.
     failures: u32,
@@ -148,7 +149,7 @@ fn parse(line: &[u8]) -> Parsed {
 /// What a line asks of the connection.
 enum Next {
     Continue,
-    /// Read the object and watch again from its resourceVersion.
+    /// The resume point is gone: watch again from the most recent state (and read the object).
     Relist,
     /// Re-open the watch from the last resourceVersion, after a backoff.
     Reconnect(Error),
@@ -167,6 +168,9 @@ impl Watch {
                 self.relist().await
             } else if self.body.is_none() {
                 self.open().await
+            } else if self.verify {
+                self.verify().await;
+                Ok(())
             } else {
                 self.read().await;
                 Ok(())
@@ -179,8 +183,8 @@ impl Watch {
         }
     }
 
-    /// Read the object after the resume point was lost; retryable failures wait and return, to
-    /// be tried again.
+    /// The resume point was lost (410, a malformed line): the next watch starts at the most
+    /// recent state, and the object is read once that watch is open.
     async fn relist(&mut self) -> Result<()> {
         // A server that keeps answering 410 (or malformed lines) is not asked again at once.
         self.relists = self.relists.saturating_add(1);
@@ -191,19 +195,21 @@ impl Watch {
             );
             self.pause(&e).await;
         }
+        self.rv = None;
+        self.body = None;
+        self.buf.clear();
+        self.relist = false;
+        Ok(())
+    }
+
+    /// Read the object once a watch from the most recent state is open, for the one change that
+    /// watch cannot show: a deletion since the last look (a missing object has no synthetic
+    /// ADDED). A present object is left to the stream (its ADDED, then its changes, in order); a
+    /// failed read is let go (the client's interval checks still run).
+    async fn verify(&mut self) {
+        self.verify = false;
         match self.api.get_secret(&self.target).await {
-            Ok(object) => {
-                let rv = object.metadata.resource_version;
-                drop(object.data);
-                if rv.is_some() && rv != self.known {
-                    self.pending.push_back(SourceEvent::Changed {
-                        version: rv.as_deref().map(Version::new),
-                    });
-                }
-                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, resource_version = ?rv, "re-read the Secret after its watch expired");
-                self.known = rv;
-                self.exists = Some(true);
-            }
+            Ok(object) => drop(object.data),
             Err(e) if e.kind() == &ErrorKind::NotFound => {
                 if self.exists != Some(false) {
                     self.pending.push_back(SourceEvent::Deleted);
@@ -211,16 +217,10 @@ impl Watch {
                 self.known = None;
                 self.exists = Some(false);
             }
-            Err(e) if e.is_retryable() => {
-                self.pause(&e).await;
-                return Ok(());
+            Err(e) => {
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, error = %e, "could not read the Secret after opening its watch");
             }
-            Err(e) => return Err(e),
         }
-        // From the most recent state: its synthetic ADDED is compared with what was just read.
-        self.rv = None;
-        self.relist = false;
-        Ok(())
     }
 
     async fn open(&mut self) -> Result<()> {
@@ -242,8 +242,8 @@ impl Watch {
                 tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, resource_version = ?self.rv, "watching the Secret");
                 self.body = Some(body);
                 self.buf.clear();
-                self.lines_seen = false;
                 self.from_now = self.rv.is_none();
+                self.verify = self.from_now;
                 self.advanced = false;
                 self.opened_at = Some(self.clock.now());
                 Ok(())
@@ -277,7 +277,7 @@ impl Watch {
         };
         let chunk = match chunk {
             Ok(Some(chunk)) => chunk,
-            Ok(None) if self.lines_seen || self.lasted_long() => {
+            Ok(None) if self.advanced || self.lasted_long() => {
                 // The server's timeoutSeconds (a quiet Secret may see no line at all): routine,
                 // resume at once.
                 tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, "the API server ended the watch; resuming");
@@ -307,7 +307,6 @@ impl Watch {
                 Next::Continue => {}
                 Next::Relist => {
                     self.relist = true;
-                    self.buf.clear();
                     return;
                 }
                 Next::Reconnect(e) => return self.reconnect(e).await,
@@ -327,27 +326,28 @@ impl Watch {
             Parsed::Blank => return Next::Continue,
             Parsed::Event(event) => event,
             Parsed::Malformed { column } => {
-                self.lines_seen = true;
                 // Only the position: the line holds the Secret's data.
                 tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, column, "malformed watch event; re-reading the Secret");
                 return Next::Relist;
             }
         };
-        self.lines_seen = true;
         let rv = event.object.metadata.resource_version;
         tracing::trace!(namespace = %self.target.namespace, name = %self.target.name, event = %event.kind, resource_version = ?rv, "watch event");
         match event.kind.as_str() {
             "ADDED" | "MODIFIED" => {
-                self.progress();
+                // The initial ADDED of a watch from the most recent state carries the object's
+                // last write, not a position in the server's history, and is no sign that the
+                // stream works (a server closing every watch after it must still be backed off).
+                let initial = event.kind == "ADDED" && self.from_now && !self.advanced;
+                if !initial {
+                    self.progress();
+                }
                 if rv.is_some() && rv != self.known {
                     self.pending.push_back(SourceEvent::Changed {
                         version: rv.as_deref().map(Version::new),
                     });
                 }
                 self.exists = Some(true);
-                // The initial ADDED of a watch from the most recent state carries the object's
-                // last write, not a position in the server's history.
-                let initial = event.kind == "ADDED" && self.from_now && !self.advanced;
                 if rv.is_some() {
                     if !initial {
                         self.rv.clone_from(&rv);
@@ -358,7 +358,10 @@ impl Watch {
             }
             "DELETED" => {
                 self.progress();
-                self.pending.push_back(SourceEvent::Deleted);
+                // Already reported by the read after the watch opened.
+                if self.exists != Some(false) {
+                    self.pending.push_back(SourceEvent::Deleted);
+                }
                 self.exists = Some(false);
                 self.known = None;
                 if rv.is_some() {
