@@ -122,7 +122,7 @@ impl GcpBuilder {
     /// included (30 s by default). A read that runs out fails with [`ErrorKind::Timeout`].
     /// With [`with_rotation_schedule`](Self::with_rotation_schedule), the GetSecret after a
     /// read has a limit of its own of the same length; running out of it only leaves the
-    /// result without a schedule.
+    /// result with the schedule read before (if any).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -138,13 +138,17 @@ impl GcpBuilder {
     /// from `expireTime` (the secret is deleted then: a hard expiry, so the engine reads the
     /// value again before it, and once it has passed without a replacement reports
     /// [`ErrorKind::Expired`]). The schedule is cached per secret (by its full name, location
-    /// included) and read again only when the version read is another than the one it was read
-    /// with (a rotation happened), or once its `nextRotationTime` or `expireTime` has passed;
-    /// concurrent reads of one secret wait for one GetSecret. A failing GetSecret never fails
-    /// the read, whose result then has no schedule: a PERMISSION_DENIED is logged once at warn
-    /// and GetSecret is not tried again for that secret for an hour; other failures are tried
-    /// again at the next read. GetSecret (with the wait for another read's) is bounded by
-    /// [`with_timeout`](Self::with_timeout) as well.
+    /// included: `latest` and aliases share it, the schedule being the secret's) and read again
+    /// only when a read returns a version newer than any it has seen (a rotation happened; an
+    /// alias at an older version is not one), once its `nextRotationTime` has passed (ten
+    /// minutes after the read when it was already past: Google had not moved it on yet), and ⅔
+    /// of the way from the read to its `expireTime` (where the engine checks such a value:
+    /// a moved expiry is seen before the old one passes); concurrent reads of one secret wait
+    /// for one GetSecret. A failing GetSecret never fails the read, whose result then carries
+    /// the schedule read before, if any (an `expireTime` already past left out): a
+    /// PERMISSION_DENIED is logged once at warn and GetSecret is not tried again for that
+    /// secret for an hour; other failures are tried again at the next read. GetSecret (with the
+    /// wait for another read's) is bounded by [`with_timeout`](Self::with_timeout) as well.
     ///
     /// Off by default because the schedule lives on the Secret resource, not on its versions:
     /// GetSecret is a metadata read, on the quota of 600 requests per minute per project
@@ -156,8 +160,8 @@ impl GcpBuilder {
         self
     }
 
-    /// The clock the source reads time from (default [`SystemClock`]): whether a cached
-    /// `nextRotationTime` or `expireTime` has passed, and when a refused GetSecret may be tried
+    /// The clock the source reads time from (default [`SystemClock`]): when a cached rotation
+    /// schedule is due to be read again, and when a refused GetSecret may be tried
     /// again (see [`with_rotation_schedule`](Self::with_rotation_schedule)). Request time
     /// limits ([`with_timeout`](Self::with_timeout)) are measured on Tokio's timer.
     pub fn with_clock(mut self, clock: impl Clock) -> Self {

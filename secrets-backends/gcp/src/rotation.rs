@@ -2,10 +2,25 @@
 //! only with [`with_rotation_schedule`](crate::GcpBuilder::with_rotation_schedule).
 //!
 //! GetSecret is a metadata read, on the 600 requests per minute per project quota, so each
-//! secret's schedule is cached and read again only when it may have changed: the first time,
-//! after the version read changed (a rotation happened), or once its `nextRotationTime` (or
-//! `expireTime`) has passed. One GetSecret at a time per secret: concurrent reads wait for it
-//! and use its answer.
+//! secret's schedule is cached and read again only when it may have changed:
+//! - the first time;
+//! - after a read returned a version newer than any the entry has seen (a rotation happened).
+//!   The schedule belongs to the secret, not to a version: reads of `latest` and of an alias
+//!   at an older version share the entry, and an older or equal version (an alias, a
+//!   `latest` read that lagged) never invalidates it;
+//! - once its `nextRotationTime` has passed; a `nextRotationTime` already past when it was read
+//!   (Google has not moved it on yet) is read again [`PAST_ROTATION_RECHECK`] later, at most
+//!   once per that period, never per read;
+//! - ⅔ of the way from the GetSecret to its `expireTime`, as the engine's checks of a value
+//!   with an expiry are (a check that finds the same expiry schedules the next one ⅔ through
+//!   what is left), so an expiry moved (UpdateSecret) before it passes is seen at the engine's
+//!   next check; under [`MIN_EXPIRY_STEP`] before it, once it has passed.
+//!
+//! One GetSecret at a time per secret: concurrent reads wait for it and use its answer. A read
+//! whose GetSecret fails (or does not answer in time) keeps the schedule cached before, stale
+//! but the best known (without an `expireTime` already past: the secret was just read), so the
+//! engine does not drop the expiry it plans with; the entry stays due and the next read asks
+//! again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use google_cloud_secretmanager_v1::model;
+use secrets_core::schedule::expiry_delay;
 use secrets_core::{Clock, ErrorKind, Secret, Version};
 
 use crate::errors::from_gax;
@@ -21,6 +37,21 @@ use crate::errors::from_gax;
 /// its schedule again.
 pub(crate) const DENIED_FOR: Duration = Duration::from_secs(3600);
 
+/// How long after a GetSecret that returned a `nextRotationTime` already past (the rotation is
+/// late, or Google has not moved the time on yet) the schedule is asked for again.
+pub(crate) const PAST_ROTATION_RECHECK: Duration = Duration::from_secs(600);
+
+/// Under this much time left before the cached `expireTime`, the schedule is no longer read
+/// again ⅔ of the way there but once the time has passed (the engine stops checking a value
+/// with less than a second left).
+pub(crate) const MIN_EXPIRY_STEP: Duration = Duration::from_secs(1);
+
+/// How much earlier than the engine's ⅔ point the cached expiry comes due, at most (and at most
+/// a tenth of the time left): the engine times its check from before the value's
+/// AccessSecretVersion, the GetSecret happens after it, so without this a check could arrive a
+/// third of that read's latency before the entry is due and be answered from the cache.
+const ENGINE_SKEW: Duration = Duration::from_secs(1);
+
 /// Per-secret schedules, by the secret's full resource name
 /// (`projects/<p>[/locations/<l>]/secrets/<s>`).
 #[derive(Default)]
@@ -28,15 +59,18 @@ pub(crate) struct Schedules {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
 }
 
-/// One secret's entry; its lock is held while its GetSecret is in flight.
+/// One secret's entry.
 #[derive(Default)]
 struct Entry {
-    state: tokio::sync::Mutex<State>,
+    /// The last schedule GetSecret returned. Also read without waiting for a GetSecret in
+    /// flight, by reads that ran out of time waiting.
+    known: Mutex<Option<Known>>,
+    /// Held while the entry's GetSecret is in flight.
+    asking: tokio::sync::Mutex<Asking>,
 }
 
 #[derive(Default)]
-struct State {
-    known: Option<Known>,
+struct Asking {
     /// Until when GetSecret is not tried again after a PERMISSION_DENIED.
     denied_until: Option<Instant>,
     /// Whether the refusal was already logged at warn (reset by a successful GetSecret).
@@ -46,39 +80,84 @@ struct State {
 /// A schedule as GetSecret returned it.
 #[derive(Clone, Debug)]
 struct Known {
-    /// The version the secret was read at when GetSecret was made.
-    version: Option<Version>,
-    /// Wall time of the GetSecret.
-    read_at: SystemTime,
+    /// The highest version number read from the secret when (or before) GetSecret was made:
+    /// only a version above it is a rotation. `None`: no numbered version read yet.
+    newest: Option<u64>,
     next_rotation: Option<SystemTime>,
     expires_at: Option<SystemTime>,
+    /// When the schedule is to be read again whatever the version read (`None`: only after a
+    /// newer version).
+    due: Option<SystemTime>,
+}
+
+/// The number of a version (Secret Manager's are numbers; anything else is not comparable).
+fn number(version: Option<&Version>) -> Option<u64> {
+    version?.as_str().parse().ok()
 }
 
 impl Known {
-    fn from_secret(s: &model::Secret, version: Option<Version>, read_at: SystemTime) -> Self {
+    /// The schedule of `s`, read at wall time `read_at` after a read of version `newest`.
+    fn from_secret(s: &model::Secret, newest: Option<u64>, read_at: SystemTime) -> Self {
         let next_rotation = s
             .rotation
             .as_ref()
             .and_then(|r| r.next_rotation_time)
             .and_then(|t| SystemTime::try_from(t).ok());
         let expires_at = s.expire_time().and_then(|t| SystemTime::try_from(**t).ok());
+        let rotation_due = next_rotation.map(|at| {
+            if at > read_at {
+                at
+            } else {
+                read_at + PAST_ROTATION_RECHECK
+            }
+        });
+        // An expiry already past when read is not asked for again (the secret is being
+        // deleted): asking at every read would not tell more.
+        let expiry_due = expires_at
+            .and_then(|at| Some((at, at.duration_since(read_at).ok()?)))
+            .filter(|(_, left)| !left.is_zero())
+            .map(|(at, left)| {
+                if left < MIN_EXPIRY_STEP {
+                    at
+                } else {
+                    let skew = ENGINE_SKEW.min(left / 10);
+                    read_at + expiry_delay(left).saturating_sub(skew)
+                }
+            });
+        let due = match (rotation_due, expiry_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Known {
-            version,
-            read_at,
+            newest,
             next_rotation,
             expires_at,
+            due,
         }
     }
 
-    /// Whether this schedule still holds for a read of `version` at wall time `now`: same
-    /// version, no rotation planned after the GetSecret has come due since, and no expiry
-    /// either (a secret read after its cached `expireTime` still exists: the expiry was moved).
-    /// A time already past when it was read does not count: it would ask again at every read.
-    fn holds(&self, version: Option<&Version>, now: SystemTime) -> bool {
-        let came_due = |at: &SystemTime| self.read_at < *at && *at <= now;
-        self.version.as_ref() == version
-            && !self.next_rotation.as_ref().is_some_and(came_due)
-            && !self.expires_at.as_ref().is_some_and(came_due)
+    /// Whether `version` is newer than any version this schedule was read with or after.
+    fn is_newer(&self, version: Option<u64>) -> bool {
+        match (version, self.newest) {
+            (Some(v), Some(newest)) => v > newest,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Whether this schedule still holds for a read of `version` at wall time `now`: not a
+    /// newer version, and not due.
+    fn holds(&self, version: Option<u64>, now: SystemTime) -> bool {
+        !self.is_newer(version) && self.due.is_none_or(|due| now < due)
+    }
+
+    /// This schedule where a GetSecret failed at `now`: an expiry already past is left out (the
+    /// secret was just read, so it was moved, to a time unknown).
+    fn stale(&self, now: SystemTime) -> Known {
+        Known {
+            expires_at: self.expires_at.filter(|at| *at > now),
+            ..self.clone()
+        }
     }
 
     fn apply(&self, mut secret: Secret) -> Secret {
@@ -96,11 +175,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Entry {
+    /// The cached schedule, if it holds for a read of `version` at `now`.
+    fn holding(&self, version: Option<u64>, now: SystemTime) -> Option<Known> {
+        lock(&self.known)
+            .as_ref()
+            .filter(|k| k.holds(version, now))
+            .cloned()
+    }
+
+    /// The cached schedule, due or not, for a read whose GetSecret failed at `now`.
+    fn stale(&self, now: SystemTime) -> Option<Known> {
+        lock(&self.known).as_ref().map(|k| k.stale(now))
+    }
+}
+
 impl Schedules {
     /// `secret` (just read from the secret `name`) with its schedule, from the cache or from
-    /// `get_secret` (GetSecret, called only when the cache cannot answer). Never fails: without
-    /// a schedule, `secret` is returned as it is. Waiting for another read's GetSecret and this
-    /// one's together take at most `timeout`.
+    /// `get_secret` (GetSecret, called only when the cache cannot answer). Never fails: when
+    /// GetSecret fails, `secret` gets the schedule cached before (stale), or none. Waiting for
+    /// another read's GetSecret and this one's together take at most `timeout`.
     pub(crate) async fn apply<F, Fut>(
         &self,
         name: &str,
@@ -119,34 +213,36 @@ impl Schedules {
             .entry(name.to_owned())
             .or_default()
             .clone();
-        let version = secret.version().cloned();
+        let version = number(secret.version());
+        if let Some(known) = entry.holding(version, clock.wall()) {
+            return known.apply(secret);
+        }
         let found = tokio::time::timeout(timeout, async {
-            let mut state = entry.state.lock().await;
-            if let Some(known) = state
-                .known
-                .as_ref()
-                .filter(|k| k.holds(version.as_ref(), clock.wall()))
-            {
-                return Some(known.clone());
+            let mut asking = entry.asking.lock().await;
+            // Another read's GetSecret may have answered meanwhile.
+            if let Some(known) = entry.holding(version, clock.wall()) {
+                return Some(known);
             }
-            if state.denied_until.is_some_and(|until| clock.now() < until) {
-                return None;
+            if asking.denied_until.is_some_and(|until| clock.now() < until) {
+                return entry.stale(clock.wall());
             }
             let read_at = clock.wall();
             let e = match get_secret().await {
                 Ok(Ok(s)) => {
-                    let known = Known::from_secret(&s, version.clone(), read_at);
-                    state.known = Some(known.clone());
-                    state.denied_until = None;
-                    state.warned = false;
-                    return Some(known);
+                    let mut known = lock(&entry.known);
+                    let newest = known.as_ref().and_then(|k| k.newest).max(version);
+                    let fresh = Known::from_secret(&s, newest, read_at);
+                    *known = Some(fresh.clone());
+                    asking.denied_until = None;
+                    asking.warned = false;
+                    return Some(fresh);
                 }
                 Ok(Err(e)) => from_gax("GetSecret", &e),
                 Err(e) => e,
             };
             if e.kind() == &ErrorKind::PermissionDenied {
-                state.denied_until = Some(clock.now() + DENIED_FOR);
-                if !std::mem::replace(&mut state.warned, true) {
+                asking.denied_until = Some(clock.now() + DENIED_FOR);
+                if !std::mem::replace(&mut asking.warned, true) {
                     tracing::warn!(
                         secret = name,
                         error = %e,
@@ -166,10 +262,11 @@ impl Schedules {
                 tracing::debug!(
                     secret = name,
                     error = %e,
-                    "no rotation schedule; asking again at the next read"
+                    "rotation schedule not read again (keeping the one read before, if any); \
+                     asking again at the next read"
                 );
             }
-            None
+            entry.stale(clock.wall())
         })
         .await;
         match found {
@@ -178,10 +275,13 @@ impl Schedules {
             Err(_elapsed) => {
                 tracing::debug!(
                     secret = name,
-                    "no rotation schedule: no GetSecret answer within {timeout:?}; asking again \
-                     at the next read"
+                    "rotation schedule not read again: no GetSecret answer within {timeout:?} \
+                     (keeping the one read before, if any); asking again at the next read"
                 );
-                secret
+                match entry.stale(clock.wall()) {
+                    Some(known) => known.apply(secret),
+                    None => secret,
+                }
             }
         }
     }
@@ -263,7 +363,8 @@ mod tests {
         read(&schedules, &clock, "2", &calls, || Ok(scheduled())).await;
         read(&schedules, &clock, "2", &calls, || unreachable!()).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        // Past nextRotationTime: asked again, once, even when the answer is still that time.
+        // Past nextRotationTime: asked again, once, even when the answer is still that time
+        // (then not before ten minutes later).
         clock.advance(S(601)).await;
         let s = read(&schedules, &clock, "2", &calls, || Ok(scheduled())).await;
         assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(600))));
@@ -271,35 +372,236 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
+    /// GetSecret's answer with only `expireTime` (RFC 3339).
+    fn expiring(at: &str) -> Result<model::Secret, google_cloud_gax::error::Error> {
+        Ok(serde_json::from_value(json!({ "name": NAME, "expireTime": at })).unwrap())
+    }
+
+    fn unavailable() -> Result<model::Secret, google_cloud_gax::error::Error> {
+        Err(google_cloud_gax::error::Error::service(
+            Status::default().set_code(Code::Unavailable),
+        ))
+    }
+
+    // The engine checks a value with an expiry ⅔ of the way from its last check to the expiry,
+    // and stops under a second before it. Each of these checks makes a GetSecret (so a moved
+    // expiry is seen), reads between them do not, and they are few (a shrinking series).
     #[tokio::test]
-    async fn a_read_after_the_cached_expiry_asks_again() {
+    async fn an_expiry_is_asked_again_at_each_of_the_engines_two_thirds_checks() {
         let clock = ManualClock::new();
         let schedules = Schedules::default();
         let calls = AtomicUsize::new(0);
-        let expiring = || {
+        let in_an_hour = || expiring("2027-01-15T09:00:00Z");
+        read(&schedules, &clock, "1", &calls, in_an_hour).await;
+        let end = at(&clock, S(3600));
+        let mut checks = 1;
+        loop {
+            let left = end.duration_since(clock.wall()).unwrap();
+            if left < MIN_EXPIRY_STEP {
+                break;
+            }
+            let step = expiry_delay(left);
+            clock.advance(step / 2).await;
+            let s = read(&schedules, &clock, "1", &calls, || unreachable!()).await;
+            assert_eq!(s.metadata().expires_at, Some(end));
+            clock.advance(step - step / 2).await;
+            let s = read(&schedules, &clock, "1", &calls, in_an_hour).await;
+            assert_eq!(s.metadata().expires_at, Some(end));
+            checks += 1;
+            assert_eq!(calls.load(Ordering::SeqCst), checks);
+        }
+        assert!(checks <= 10, "{checks}");
+        // Under a second left: not again until it has passed; read after it (still there), the
+        // expiry was moved: asked once more.
+        read(&schedules, &clock, "1", &calls, || unreachable!()).await;
+        clock
+            .advance(end.duration_since(clock.wall()).unwrap())
+            .await;
+        let s = read(&schedules, &clock, "1", &calls, || {
+            expiring("2027-01-16T09:00:00Z")
+        })
+        .await;
+        assert_eq!(s.metadata().expires_at, Some(at(&clock, S(25 * 3600))));
+        read(&schedules, &clock, "1", &calls, || unreachable!()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), checks + 1);
+    }
+
+    // An expiry moved (UpdateSecret) long before it would pass is seen at the first ⅔ check,
+    // not only once the old time has passed.
+    #[tokio::test]
+    async fn an_expiry_moved_early_is_seen_at_the_first_two_thirds_check() {
+        let clock = ManualClock::new();
+        let schedules = Schedules::default();
+        let calls = AtomicUsize::new(0);
+        read(&schedules, &clock, "1", &calls, || {
+            expiring("2027-01-15T09:00:00Z")
+        })
+        .await;
+        clock.advance(S(2300)).await;
+        read(&schedules, &clock, "1", &calls, || unreachable!()).await;
+        clock.advance(S(100)).await;
+        let s = read(&schedules, &clock, "1", &calls, || {
+            expiring("2027-01-16T09:00:00Z")
+        })
+        .await;
+        assert_eq!(s.metadata().expires_at, Some(at(&clock, S(25 * 3600))));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    // `latest` at version 2 and an alias at version 1 of one secret: one schedule (it belongs to
+    // the secret), read once; only a version above 2 is a rotation.
+    #[tokio::test]
+    async fn an_older_version_shares_the_schedule_and_only_a_newer_one_asks_again() {
+        let clock = ManualClock::new();
+        let schedules = Schedules::default();
+        let calls = AtomicUsize::new(0);
+        read(&schedules, &clock, "2", &calls, || Ok(scheduled())).await;
+        for v in ["1", "2", "1", "2"] {
+            let s = read(&schedules, &clock, v, &calls, || unreachable!()).await;
+            assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(600))), "{v}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        read(&schedules, &clock, "3", &calls, || Ok(scheduled())).await;
+        for v in ["1", "2", "3"] {
+            read(&schedules, &clock, v, &calls, || unreachable!()).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The alias read first: the newer `latest` asks once, then neither does.
+        let other = Schedules::default();
+        let calls = AtomicUsize::new(0);
+        read(&other, &clock, "1", &calls, || Ok(scheduled())).await;
+        read(&other, &clock, "2", &calls, || Ok(scheduled())).await;
+        // A GetSecret that came due (the passed rotation time) on the alias's read keeps 2 as
+        // the newest version seen.
+        clock.advance(S(601)).await;
+        read(&other, &clock, "1", &calls, || Ok(scheduled())).await;
+        for v in ["1", "2", "1", "2"] {
+            read(&other, &clock, v, &calls, || unreachable!()).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    // A GetSecret that fails once the entry is due (a new version, here) leaves the read with
+    // the schedule read before rather than none, so the engine keeps planning with it; the next
+    // read asks again.
+    #[tokio::test]
+    async fn a_failed_get_secret_keeps_the_schedule_read_before() {
+        let clock = ManualClock::new();
+        let schedules = Schedules::default();
+        let calls = AtomicUsize::new(0);
+        read(&schedules, &clock, "1", &calls, || Ok(scheduled())).await;
+        let s = read(&schedules, &clock, "2", &calls, unavailable).await;
+        assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(600))));
+        assert_eq!(s.metadata().expires_at, Some(at(&clock, S(30 * 86400))));
+        let s = read(&schedules, &clock, "2", &calls, unavailable).await;
+        assert_eq!(s.metadata().expires_at, Some(at(&clock, S(30 * 86400))));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        read(&schedules, &clock, "2", &calls, || Ok(scheduled())).await;
+        read(&schedules, &clock, "2", &calls, || unreachable!()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    // Failing after the cached expiry has passed (the secret, just read, is still there): the
+    // passed expiry is left out (it would make the engine report the value expired), the
+    // rest is kept.
+    #[tokio::test]
+    async fn a_failed_get_secret_leaves_out_an_expiry_already_past() {
+        let clock = ManualClock::new();
+        let schedules = Schedules::default();
+        let calls = AtomicUsize::new(0);
+        let both = || {
             Ok(serde_json::from_value(json!({
                 "name": NAME,
+                "rotation": { "nextRotationTime": "2027-01-16T08:00:00Z" },
                 "expireTime": "2027-01-15T09:00:00Z",
             }))
             .unwrap())
         };
-        read(&schedules, &clock, "1", &calls, expiring).await;
-        clock.advance(S(3599)).await;
-        read(&schedules, &clock, "1", &calls, || unreachable!()).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        // Still readable after its expiry: it was moved (UpdateSecret).
-        clock.advance(S(1)).await;
-        let moved = || {
+        read(&schedules, &clock, "1", &calls, both).await;
+        clock.advance(S(3601)).await;
+        let s = read(&schedules, &clock, "1", &calls, unavailable).await;
+        assert_eq!(s.metadata().expires_at, None);
+        assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(86400))));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    // A GetSecret that does not answer within the time limit: the schedule read before, too.
+    #[tokio::test]
+    async fn a_get_secret_without_an_answer_keeps_the_schedule_read_before() {
+        let clock = ManualClock::new();
+        let schedules = Schedules::default();
+        let calls = AtomicUsize::new(0);
+        read(&schedules, &clock, "1", &calls, || Ok(scheduled())).await;
+        let s = schedules
+            .apply(
+                NAME,
+                Secret::new("v").versioned("2"),
+                &clock,
+                Duration::from_millis(50),
+                std::future::pending,
+            )
+            .await;
+        assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(600))));
+        assert_eq!(s.metadata().expires_at, Some(at(&clock, S(30 * 86400))));
+    }
+
+    // A refusal after a schedule was read: reads keep that schedule for the hour.
+    #[tokio::test]
+    async fn a_refusal_keeps_the_schedule_read_before() {
+        let clock = ManualClock::new();
+        let schedules = Schedules::default();
+        let calls = AtomicUsize::new(0);
+        let denied = || {
+            Err(google_cloud_gax::error::Error::service(
+                Status::default().set_code(Code::PermissionDenied),
+            ))
+        };
+        read(&schedules, &clock, "1", &calls, || Ok(scheduled())).await;
+        let s = read(&schedules, &clock, "2", &calls, denied).await;
+        assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(600))));
+        let s = read(&schedules, &clock, "2", &calls, || unreachable!()).await;
+        assert_eq!(s.metadata().expires_at, Some(at(&clock, S(30 * 86400))));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    // A nextRotationTime already past when read (Google has not moved it on yet): read again
+    // ten minutes later, and every ten minutes while it stays past, never per read.
+    #[tokio::test]
+    async fn a_rotation_time_already_past_is_asked_again_every_ten_minutes() {
+        let clock = ManualClock::new();
+        let schedules = Schedules::default();
+        let calls = AtomicUsize::new(0);
+        let rotating = |next: &str| {
             Ok(serde_json::from_value(json!({
                 "name": NAME,
-                "expireTime": "2027-01-16T09:00:00Z",
+                "rotation": { "nextRotationTime": next },
             }))
             .unwrap())
         };
-        let s = read(&schedules, &clock, "1", &calls, moved).await;
-        assert_eq!(s.metadata().expires_at, Some(at(&clock, S(25 * 3600))));
+        let past = || rotating("2027-01-15T07:00:00Z");
+        let s = read(&schedules, &clock, "1", &calls, past).await;
+        assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(0)) - S(3600)));
+        for round in 1..=2 {
+            for _ in 0..3 {
+                clock.advance(PAST_ROTATION_RECHECK / 4).await;
+                read(&schedules, &clock, "1", &calls, || unreachable!()).await;
+            }
+            clock.advance(PAST_ROTATION_RECHECK / 4).await;
+            read(&schedules, &clock, "1", &calls, past).await;
+            assert_eq!(calls.load(Ordering::SeqCst), 1 + round);
+        }
+        // Moved on at last: the new time is kept, and asked for after it.
+        let s = read(&schedules, &clock, "1", &calls, || unreachable!()).await;
+        assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(0)) - S(3600)));
+        clock.advance(PAST_ROTATION_RECHECK).await;
+        let s = read(&schedules, &clock, "1", &calls, || {
+            rotating("2027-01-16T07:00:00Z")
+        })
+        .await;
+        assert_eq!(s.metadata().next_rotation, Some(at(&clock, S(23 * 3600))));
+        clock.advance(S(3 * 3600)).await;
         read(&schedules, &clock, "1", &calls, || unreachable!()).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]

@@ -72,18 +72,20 @@ pub(crate) struct Config {
 /// and refreshes keep the engine's interval. On, results of `latest` or an alias carry
 /// [`Metadata::next_rotation`](secrets_core::Metadata) (`nextRotationTime`: the engine checks
 /// right after it) and [`Metadata::expires_at`](secrets_core::Metadata) (`expireTime`, when the
-/// secret is deleted), from a per-secret cache that makes GetSecret (on the secret's endpoint)
-/// only for the first read, after the version read changed, or once a cached time has passed;
-/// pinned versions skip it. A failing GetSecret never fails the read (its result then has no
-/// schedule); a PERMISSION_DENIED is logged once at warn and not tried again for that secret
-/// for an hour.
+/// secret is deleted), from a per-secret cache (shared by `latest` and aliases) that makes
+/// GetSecret (on the secret's endpoint) only for the first read, after a read of a version newer
+/// than any seen, once the cached `nextRotationTime` has passed (ten minutes on when it was
+/// already past), or ⅔ of the way to the cached `expireTime`, where the engine checks;
+/// pinned versions skip it. A failing GetSecret never fails the read (its result then has the
+/// schedule read before, if any); a PERMISSION_DENIED is logged once at warn and not tried
+/// again for that secret for an hour.
 ///
 /// **Time limit.** A read, waiting for an access token included, is bounded by the builder's
 /// [`with_timeout`](crate::GcpBuilder::with_timeout) and fails with [`ErrorKind::Timeout`]
 /// (retryable) when it runs out. When it ran out still waiting for a token (a token endpoint
 /// that never answers), the credentials are built again, so the next read starts a new
 /// exchange. The GetSecret of the rotation schedule has a limit of its own of the same length,
-/// and running out of it only leaves the result without a schedule.
+/// and running out of it only leaves the result with the schedule read before (if any).
 ///
 /// **Errors** (from the `google.rpc.Status` of the response): NOT_FOUND → `NotFound`,
 /// PERMISSION_DENIED → `PermissionDenied`, UNAUTHENTICATED → `Unauthenticated`,

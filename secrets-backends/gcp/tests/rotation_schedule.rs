@@ -5,7 +5,9 @@
 //! resources.projects.resources.secrets.methods.get) with a body shaped after
 //! secretmanager.v1.json → schemas.Secret / schemas.Rotation (checked against them below), or
 //! with google_rpc_status_errors.assembled.json → assembled_http_bodies.403_permission_denied
-//! naming the permission GetSecret needs.
+//! naming the permission GetSecret needs (or → 429_resource_exhausted). Version aliases
+//! (schemas.Secret.versionAliases) are resolved by the fake's AccessSecretVersion and listed in
+//! its GetSecret answer.
 
 // Real time only to give the fake's HTTP exchanges time to happen (`eventually`, `quiet`); every
 // schedule is driven by a ManualClock.
@@ -34,13 +36,19 @@ enum Meta {
         next_rotation: SystemTime,
         expire: SystemTime,
     },
+    /// An `expireTime` and no rotation.
+    Expiring(SystemTime),
     Denied,
+    /// Over the metadata quota.
+    Throttled,
 }
 
-/// Values (the shared `Store`) and, by secret name, GetSecret answers.
+/// Values (the shared `Store`), version aliases (of every secret) and, by secret name,
+/// GetSecret answers.
 #[derive(Clone, Default)]
 struct Fake {
     store: Store,
+    aliases: Arc<Mutex<HashMap<String, usize>>>,
     meta: Arc<Mutex<HashMap<String, Meta>>>,
 }
 
@@ -49,20 +57,38 @@ impl Fake {
         self.meta.lock().unwrap().insert(secret.to_owned(), meta);
     }
 
+    fn set_alias(&self, alias: &str, version: usize) {
+        self.aliases
+            .lock()
+            .unwrap()
+            .insert(alias.to_owned(), version);
+    }
+
     fn answer(&self, req: &Request) -> Response {
+        let aliases = self.aliases.lock().unwrap().clone();
         if req.path.ends_with(":access") {
-            return self.store.answer(req);
+            let mut req = req.clone();
+            for (alias, version) in &aliases {
+                req.path = req.path.replace(
+                    &format!("/versions/{alias}:"),
+                    &format!("/versions/{version}:"),
+                );
+            }
+            return self.store.answer(&req);
         }
         let name = req.path.trim_start_matches("/v1/");
         let meta = self.meta.lock().unwrap().get(name).cloned();
-        match meta {
+        let body = match meta {
             Some(Meta::Scheduled {
                 next_rotation,
                 expire,
-            }) => Response::json(200, &secret_body(name, next_rotation, expire)),
-            Some(Meta::Denied) => Response::json(403, &denied_body(name)),
-            None => not_found(name),
-        }
+            }) => secret_body(name, next_rotation, expire),
+            Some(Meta::Expiring(expire)) => expiring_body(name, expire),
+            Some(Meta::Denied) => return Response::json(403, &denied_body(name)),
+            Some(Meta::Throttled) => return Response::json(429, &throttled_body()),
+            None => return not_found(name),
+        };
+        Response::json(200, &with_aliases(body, &aliases))
     }
 
     async fn start(&self) -> FakeServer {
@@ -87,6 +113,32 @@ fn secret_body(name: &str, next_rotation: SystemTime, expire: SystemTime) -> Val
         "rotation": { "nextRotationTime": rfc3339(next_rotation) },
         "expireTime": rfc3339(expire),
     })
+}
+
+/// `secret_body` without `rotation`: a secret that expires and is not rotated.
+fn expiring_body(name: &str, expire: SystemTime) -> Value {
+    let mut body = secret_body(name, expire, expire);
+    body.as_object_mut().unwrap().remove("rotation");
+    body
+}
+
+/// `body` with schemas.Secret.versionAliases (alias → version number, an int64 as a string),
+/// when there are any.
+fn with_aliases(mut body: Value, aliases: &HashMap<String, usize>) -> Value {
+    if !aliases.is_empty() {
+        let map: serde_json::Map<_, _> = aliases
+            .iter()
+            .map(|(a, v)| (a.clone(), json!(v.to_string())))
+            .collect();
+        body["versionAliases"] = Value::Object(map);
+    }
+    body
+}
+
+/// assembled_http_bodies.429_resource_exhausted as it is (its quota names are the access
+/// quota's; only the status matters to the schedule).
+fn throttled_body() -> Value {
+    fixture(STATUS_ERRORS)["assembled_http_bodies"]["429_resource_exhausted"].clone()
 }
 
 /// assembled_http_bodies.403_permission_denied, with the permission and resource of GetSecret.
@@ -171,7 +223,8 @@ fn the_fake_secret_is_shaped_after_the_discovery_document() {
     let doc = fixture(DISCOVERY);
     let schemas = &doc["schemas"];
     let now = SystemTime::UNIX_EPOCH + S(1_800_000_000);
-    let body = secret_body("projects/p1/secrets/db", now, now);
+    let aliases = HashMap::from([("prod".to_owned(), 1)]);
+    let body = with_aliases(secret_body("projects/p1/secrets/db", now, now), &aliases);
     let check = |value: &Value, schema: &str| {
         for (key, _) in value.as_object().unwrap() {
             let property = &schemas[schema]["properties"][key];
@@ -187,6 +240,12 @@ fn the_fake_secret_is_shaped_after_the_discovery_document() {
     check(&body["rotation"], "Rotation");
     check(&body["replication"], "Replication");
     check(&body["topics"][0], "Topic");
+    check(&expiring_body("projects/p1/secrets/db", now), "Secret");
+    assert_eq!(
+        schemas["Secret"]["properties"]["versionAliases"]["additionalProperties"]["format"],
+        "int64"
+    );
+    assert_eq!(body["versionAliases"]["prod"], "1");
     for (schema, key) in [
         ("Secret", "expireTime"),
         ("Secret", "createTime"),
@@ -535,4 +594,242 @@ async fn the_engine_checks_right_after_the_next_rotation_time() {
     quiet().await;
     assert_eq!((accesses(&server), get_secrets(&server)), (2, 2));
     secrets.shutdown().await;
+}
+
+// An expireTime moved (UpdateSecret) long before it passes: the engine checks a value with an
+// expiry ⅔ of the way there, and that check's read asks GetSecret again (the cached expiry is
+// due at that point too), so the new time is seen and the value is not reported expired at the
+// old one. Fixture: schemas.Secret with `expireTime` 3000 s ahead and no rotation, then a day
+// ahead.
+#[tokio::test]
+async fn an_expiry_moved_long_before_it_passes_is_seen_at_the_engines_two_thirds_check() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    fake.store.add_version(name, b"one");
+    let expire = clock.wall() + S(3000);
+    fake.set_meta(name, Meta::Expiring(expire));
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("gcp-sm", source(&server, &clock, true).await)
+        .refresh_interval(S(3600))
+        .build()
+        .unwrap();
+    let handle = secrets.handle("gcp-sm://db").await.unwrap();
+    assert_eq!(handle.current().metadata().expires_at, Some(expire));
+    // The operator extends the secret's life by a day, long before it would have expired.
+    let moved = clock.wall() + S(86400);
+    fake.set_meta(name, Meta::Expiring(moved));
+    // Past the engine's check at ⅔ of the way (2000 s): its read asks GetSecret again.
+    clock.advance(S(2100)).await;
+    eventually(
+        "GetSecret at the check ⅔ of the way to the expiry",
+        || get_secrets(&server) == 2,
+    )
+    .await;
+    eventually("the moved expiry taken", || {
+        handle.current().metadata().expires_at == Some(moved)
+    })
+    .await;
+    // The old expiry passes: Secret Manager still serves the secret, and so does the handle.
+    clock.advance(S(1000)).await;
+    quiet().await;
+    let r = handle.try_current();
+    assert!(
+        r.is_ok(),
+        "reported {:?} though the secret's expireTime was moved a day on before it passed; \
+         requests: {:?}",
+        r.err().map(|e| e.kind().clone()),
+        server
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    );
+    secrets.shutdown().await;
+}
+
+// Reads of `latest` (version 2) and of the alias `prod` (version 1, left unpinned as aliases
+// are) of one secret share its schedule, which belongs to the secret: one GetSecret for both,
+// not one per read as when each evicted the other. Only a version newer than any seen (a
+// rotation) asks again. Fixture: schemas.Secret with a rotation and expiry and
+// `versionAliases: {"prod": "1"}`.
+#[tokio::test]
+async fn latest_and_an_older_alias_share_one_schedule() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    fake.store.add_version(name, b"one");
+    fake.store.add_version(name, b"two");
+    fake.set_alias("prod", 1);
+    let next_rotation = clock.wall() + S(86400);
+    let expire = clock.wall() + S(30 * 86400);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation,
+            expire,
+        },
+    );
+    let src = source(&server, &clock, true).await;
+    for _ in 0..5 {
+        for (r, version, value) in [
+            ("db", "2", &b"two"[..]),
+            ("db?version=prod", "1", &b"one"[..]),
+        ] {
+            let s = src.fetch(&gcp_ref(r)).await.unwrap();
+            assert_eq!(s.expose_bytes(), value, "{r}");
+            assert_eq!(s.version(), Some(&Version::new(version)), "{r}");
+            assert_eq!(s.metadata().next_rotation, Some(next_rotation), "{r}");
+            assert_eq!(s.metadata().expires_at, Some(expire), "{r}");
+        }
+    }
+    assert_eq!(get_secrets(&server), 1);
+    // A rotation (version 3): asked once more, whichever is read.
+    fake.store.add_version(name, b"three");
+    for _ in 0..3 {
+        src.fetch(&gcp_ref("db")).await.unwrap();
+        src.fetch(&gcp_ref("db?version=prod")).await.unwrap();
+    }
+    assert_eq!(get_secrets(&server), 2);
+    assert_eq!(accesses(&server), 16);
+}
+
+// A GetSecret that fails once the schedule is due (here over the metadata quota: 429
+// RESOURCE_EXHAUSTED, google_rpc_status_errors.assembled.json) leaves the read with the
+// schedule read before, not none; the next read asks again.
+#[tokio::test]
+async fn a_failed_get_secret_keeps_the_schedule_read_before() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    fake.store.add_version(name, b"one");
+    let next_rotation = clock.wall() + S(86400);
+    let expire = clock.wall() + S(30 * 86400);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation,
+            expire,
+        },
+    );
+    let src = source(&server, &clock, true).await;
+    src.fetch(&gcp_ref("db")).await.unwrap();
+    // A rotation makes the schedule due; GetSecret is refused for quota, twice.
+    fake.store.add_version(name, b"two");
+    fake.set_meta(name, Meta::Throttled);
+    for _ in 0..2 {
+        let s = src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(s.expose_bytes(), b"two");
+        assert_eq!(s.metadata().next_rotation, Some(next_rotation));
+        assert_eq!(s.metadata().expires_at, Some(expire));
+    }
+    assert_eq!(get_secrets(&server), 3);
+    // Answered again: the new schedule, then the cache.
+    let moved = next_rotation + S(3600);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation: moved,
+            expire,
+        },
+    );
+    for _ in 0..2 {
+        let s = src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(s.metadata().next_rotation, Some(moved));
+    }
+    assert_eq!(get_secrets(&server), 4);
+}
+
+// Through the engine: the check ⅔ of the way to the expiry finds GetSecret over quota. The
+// handle keeps its expiry (a result without one would have been taken as the expiry removed),
+// and the engine's next check, ⅔ through what is left, asks again and sees the expiry moved.
+#[tokio::test]
+async fn a_failed_get_secret_leaves_the_engine_its_expiry_and_the_next_check_asks_again() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    fake.store.add_version(name, b"one");
+    let expire = clock.wall() + S(3000);
+    fake.set_meta(name, Meta::Expiring(expire));
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("gcp-sm", source(&server, &clock, true).await)
+        .refresh_interval(S(3600))
+        .build()
+        .unwrap();
+    let handle = secrets.handle("gcp-sm://db").await.unwrap();
+    fake.set_meta(name, Meta::Throttled);
+    // The check at 2000 s: GetSecret fails; the handle keeps the expiry it had.
+    clock.advance(S(2100)).await;
+    eventually("GetSecret at the first check", || get_secrets(&server) == 2).await;
+    quiet().await;
+    assert_eq!(handle.current().metadata().expires_at, Some(expire));
+    // The next check (⅔ of the 900 s left, at 2700 s) asks again: the expiry was moved.
+    let moved = clock.wall() + S(86400);
+    fake.set_meta(name, Meta::Expiring(moved));
+    clock.advance(S(700)).await;
+    eventually("GetSecret at the next check", || get_secrets(&server) == 3).await;
+    eventually("the moved expiry taken", || {
+        handle.current().metadata().expires_at == Some(moved)
+    })
+    .await;
+    clock.advance(S(1000)).await;
+    quiet().await;
+    assert!(handle.try_current().is_ok());
+    secrets.shutdown().await;
+}
+
+// A nextRotationTime already past when read (the rotation is late, or Google has not moved it
+// on yet): read again ten minutes later, and every ten minutes while it stays past, never per
+// read. Fixture: schemas.Secret with `rotation.nextRotationTime` an hour ago.
+#[tokio::test]
+async fn a_rotation_time_already_past_is_read_again_every_ten_minutes_not_per_read() {
+    let clock = ManualClock::new();
+    let fake = Fake::default();
+    let server = fake.start().await;
+    let name = "projects/p1/secrets/db";
+    fake.store.add_version(name, b"one");
+    let late = clock.wall() - S(3600);
+    let expire = clock.wall() + S(30 * 86400);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation: late,
+            expire,
+        },
+    );
+    let src = source(&server, &clock, true).await;
+    for round in 1..=2 {
+        for _ in 0..5 {
+            let s = src.fetch(&gcp_ref("db")).await.unwrap();
+            assert_eq!(s.metadata().next_rotation, Some(late));
+        }
+        assert_eq!(get_secrets(&server), round);
+        clock.advance(S(599)).await;
+        src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(get_secrets(&server), round);
+        clock.advance(S(1)).await;
+    }
+    // Moved on at last: read at the next ten-minute mark, then not before the new time.
+    let next_rotation = clock.wall() + S(3600);
+    fake.set_meta(
+        name,
+        Meta::Scheduled {
+            next_rotation,
+            expire,
+        },
+    );
+    for _ in 0..3 {
+        let s = src.fetch(&gcp_ref("db")).await.unwrap();
+        assert_eq!(s.metadata().next_rotation, Some(next_rotation));
+    }
+    assert_eq!(get_secrets(&server), 3);
+    clock.advance(S(3599)).await;
+    src.fetch(&gcp_ref("db")).await.unwrap();
+    assert_eq!(get_secrets(&server), 3);
 }
