@@ -30,6 +30,20 @@ async fn text(t: &ProjectedToken) -> String {
     t.token().await.unwrap().expose_str().unwrap().to_owned()
 }
 
+/// Whether `token` serves `want` within 5 s (the directory watch delivers on its own thread).
+async fn seen_within_5s(token: &ProjectedToken, want: &str) -> bool {
+    let deadline = SystemClock.now() + Duration::from_secs(5);
+    while text(token).await != want {
+        if SystemClock.now() >= deadline {
+            return false;
+        }
+        SystemClock
+            .sleep_until(SystemClock.now() + Duration::from_millis(20))
+            .await;
+    }
+    true
+}
+
 /// A token whose file is a symlink into a directory nobody watches: a change to `target` is seen
 /// only by time or `invalidate`, never by the directory watch.
 struct Unwatched {
@@ -71,16 +85,10 @@ async fn a_kubelet_swap_is_seen_without_waiting_for_expiry() {
     let second = unsigned_jwt(&claims("two", now, now + 3600));
     projector.project(&second).unwrap();
     // Far from 80 % of an hour: only the directory watch can explain a re-read.
-    let deadline = SystemClock.now() + Duration::from_secs(5);
-    while text(&token).await != second {
-        assert!(
-            SystemClock.now() < deadline,
-            "the swap was not seen within 5 s"
-        );
-        SystemClock
-            .sleep_until(SystemClock.now() + Duration::from_millis(20))
-            .await;
-    }
+    assert!(
+        seen_within_5s(&token, &second).await,
+        "the swap was not seen within 5 s"
+    );
     // The kubelet removed the old payload directory; exactly one remains.
     let payloads = std::fs::read_dir(dir.path())
         .unwrap()
@@ -283,16 +291,10 @@ async fn every_swap_of_a_sub_path_token_is_seen() {
     for jti in ["two", "three", "four"] {
         let next = unsigned_jwt(&claims(jti, now, now + 3600));
         projector.project(&next).unwrap();
-        let deadline = SystemClock.now() + Duration::from_secs(5);
-        while text(&token).await != next {
-            assert!(
-                SystemClock.now() < deadline,
-                "swap to {jti} not seen within 5 s"
-            );
-            SystemClock
-                .sleep_until(SystemClock.now() + Duration::from_millis(20))
-                .await;
-        }
+        assert!(
+            seen_within_5s(&token, &next).await,
+            "swap to {jti} not seen within 5 s"
+        );
     }
 }
 

@@ -186,6 +186,16 @@ async fn source(server: &FakeServer, clock: &ManualClock, on: bool) -> GcpSource
         .unwrap()
 }
 
+/// A client on the manual clock, hourly routine checks, the rotation schedule on.
+async fn scheduled_client(server: &FakeServer, clock: &ManualClock) -> Secrets {
+    Secrets::builder()
+        .clock(clock.clone())
+        .source("gcp-sm", source(server, clock, true).await)
+        .refresh_interval(S(3600))
+        .build()
+        .unwrap()
+}
+
 fn get_secrets(server: &FakeServer) -> usize {
     server
         .requests()
@@ -558,12 +568,7 @@ async fn the_engine_checks_right_after_the_next_rotation_time() {
             expire: clock.wall() + S(365 * 86400),
         },
     );
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("gcp-sm", source(&server, &clock, true).await)
-        .refresh_interval(S(3600))
-        .build()
-        .unwrap();
+    let secrets = scheduled_client(&server, &clock).await;
     let handle = secrets.handle("gcp-sm://db").await.unwrap();
     assert_eq!(
         handle.current().metadata().next_rotation,
@@ -610,12 +615,7 @@ async fn an_expiry_moved_long_before_it_passes_is_seen_at_the_engines_two_thirds
     fake.store.add_version(name, b"one");
     let expire = clock.wall() + S(3000);
     fake.set_meta(name, Meta::Expiring(expire));
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("gcp-sm", source(&server, &clock, true).await)
-        .refresh_interval(S(3600))
-        .build()
-        .unwrap();
+    let secrets = scheduled_client(&server, &clock).await;
     let handle = secrets.handle("gcp-sm://db").await.unwrap();
     assert_eq!(handle.current().metadata().expires_at, Some(expire));
     // The operator extends the secret's life by a day, long before it would have expired.
@@ -756,12 +756,7 @@ async fn a_failed_get_secret_leaves_the_engine_its_expiry_and_the_next_check_ask
     fake.store.add_version(name, b"one");
     let expire = clock.wall() + S(3000);
     fake.set_meta(name, Meta::Expiring(expire));
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("gcp-sm", source(&server, &clock, true).await)
-        .refresh_interval(S(3600))
-        .build()
-        .unwrap();
+    let secrets = scheduled_client(&server, &clock).await;
     let handle = secrets.handle("gcp-sm://db").await.unwrap();
     fake.set_meta(name, Meta::Throttled);
     // The check at 2000 s: GetSecret fails; the handle keeps the expiry it had.
