@@ -317,7 +317,6 @@ struct TlsMaterial {
 
 impl TlsMaterial {
     fn new() -> Self {
-        secrets_core::tls::ensure_crypto_provider();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -342,7 +341,12 @@ impl TlsMaterial {
         let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
 
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-        let config = rustls::ServerConfig::builder()
+        // The provider is passed, not taken from the process default: a test must not depend on
+        // another test (or a backend builder) having installed one first.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![leaf_cert.der().clone(), ca_cert.der().clone()], key)
             .unwrap();

@@ -1,13 +1,30 @@
 //! The fake answers over HTTP and HTTPS, records requests, and streams bodies chunk by chunk.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+
 use secrets_fake_server::{FakeServer, Response};
 
-fn client_trusting(ca_pem: &str) -> reqwest::Client {
-    secrets_core::tls::ensure_crypto_provider();
-    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+/// A client with rustls' ring provider passed in, trusting only `ca_pem` (none: no roots, for
+/// plain HTTP). Nothing is installed process-wide, so each test passes alone and in any order (a
+/// `reqwest::get` here panicked unless another test had installed a default provider first).
+fn client(ca_pem: Option<&str>) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = ca_pem {
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     reqwest::Client::builder()
-        .tls_certs_only([ca])
+        .tls_backend_preconfigured(tls)
         .build()
         .unwrap()
 }
@@ -21,7 +38,7 @@ async fn https_answers_and_records() {
         )
     })
     .await;
-    let client = client_trusting(server.ca_pem().unwrap());
+    let client = client(server.ca_pem());
     let answer = client
         .post(format!("{}/x/y?a=1%202", server.url()))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -53,7 +70,9 @@ async fn streams_chunks_as_sent() {
         async move { response }
     })
     .await;
-    let mut answer = reqwest::get(format!("{}/watch", server.url()))
+    let mut answer = client(None)
+        .get(format!("{}/watch", server.url()))
+        .send()
         .await
         .unwrap();
     let tx = rx_slot.await.unwrap();
