@@ -1,4 +1,4 @@
-//! Benchmarks of the AWS Secrets Manager source (`secrets-aws`) against moto.
+//! Benchmarks of the AWS Secrets Manager source (`keyrack-aws`) against moto.
 //!
 //! Start moto first and source its env file (`AWS_ENDPOINT_URL`, `AWS_REGION`, keys):
 //!
@@ -34,7 +34,7 @@
 // Printing the results is the point of a benchmark.
 #![allow(clippy::print_stdout)]
 
-use secrets_benches::median;
+use keyrack_benches::median;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,8 +44,8 @@ use aws_sdk_secretsmanager::config::interceptors::BeforeTransmitInterceptorConte
 use aws_sdk_secretsmanager::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_secretsmanager::error::{BoxError, ProvideErrorMetadata};
 use futures_util::StreamExt;
-use secrets_aws::{AwsBuilder, AwsSource};
-use secrets_core::{SecretRef, Secrets};
+use keyrack_aws::{AwsBuilder, AwsSource};
+use keyrack_core::{SecretRef, Secrets};
 use tokio::runtime::{Builder, Runtime};
 
 // ------------------------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ mod peer {
 
     use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
     use aws_secretsmanager_caching::SecretsManagerCachingClient;
-    use secrets_core::Secrets;
+    use keyrack_core::Secrets;
     use tokio::runtime::Runtime;
 
     use super::{Moto, Plan, client_on, median, spread, value_of};

@@ -31,7 +31,7 @@
 // Printing the results is the point of a benchmark.
 #![allow(clippy::print_stdout)]
 
-use secrets_benches::{median, quantile};
+use keyrack_benches::{median, quantile};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use criterion::Criterion;
-use secrets_core::sources::MemorySource;
-use secrets_core::{Clock, RotationEvent, Secret, SecretRef, Secrets, SystemClock};
+use keyrack_core::sources::MemorySource;
+use keyrack_core::{Clock, RotationEvent, Secret, SecretRef, Secrets, SystemClock};
 use tokio::runtime::{Builder, Runtime};
 
 // ------------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ struct Subjects {
     rt: Runtime,
     swap: ArcSwap<Small>,
     secrets: Secrets,
-    handle: secrets_core::SecretHandle,
+    handle: keyrack_core::SecretHandle,
     parsed: SecretRef,
     /// The pieces of the hit path, alone.
     moka: moka::sync::Cache<SecretRef, Arc<Secret>>,

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use secrets_core::sources::FileSource;
-use secrets_core::{RotationEvent, Secrets};
+use keyrack_core::sources::FileSource;
+use keyrack_core::{RotationEvent, Secrets};
 
 #[derive(serde::Deserialize)]
 struct DbConfig {
@@ -72,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn version(secret: &secrets_core::Secret) -> String {
+fn version(secret: &keyrack_core::Secret) -> String {
     secret
         .version()
         .map_or_else(|| "none".to_owned(), ToString::to_string)

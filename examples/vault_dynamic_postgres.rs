@@ -21,8 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use secrets_core::{RotationEvent, Secret, Secrets};
-use secrets_vault::{Auth, VaultBuilder};
+use keyrack_core::{RotationEvent, Secret, Secrets};
+use keyrack_vault::{Auth, VaultBuilder};
 use tokio_postgres::{Client, NoTls};
 
 #[derive(serde::Deserialize)]

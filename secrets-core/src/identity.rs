@@ -1,5 +1,5 @@
 //! [`IdentityToken`]: a workload's identity token (a projected service-account JWT, …) that a
-//! backend logs in with. `secrets-k8s` provides one backed by the kubelet's token file.
+//! backend logs in with. `keyrack-k8s` provides one backed by the kubelet's token file.
 
 use std::fmt::Debug;
 

@@ -13,14 +13,14 @@
 //! [`Display`](fmt::Display) writes the canonical form, which parses back to an equal reference.
 //!
 //! ```
-//! # use secrets_core::reference::SecretRef;
+//! # use keyrack_core::reference::SecretRef;
 //! let r: SecretRef = "aws-sm://prod/db?stage=AWSCURRENT#password".parse()?;
 //! assert_eq!(r.source(), "aws-sm");
 //! assert_eq!(r.path(), "prod/db");
 //! assert_eq!(r.stage(), Some("AWSCURRENT"));
 //! assert_eq!(r.field(), Some("password"));
 //! assert_eq!(r.without_field().to_string(), "aws-sm://prod/db?stage=AWSCURRENT");
-//! # Ok::<(), secrets_core::reference::RefError>(())
+//! # Ok::<(), keyrack_core::reference::RefError>(())
 //! ```
 
 use std::fmt;

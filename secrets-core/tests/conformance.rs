@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrets_core::sources::{FileSource, MemorySource};
-use secrets_core::testkit::{Seeder, assert_conformance};
-use secrets_core::{Result, SecretRef, SecretSource, async_trait};
+use keyrack_core::sources::{FileSource, MemorySource};
+use keyrack_core::testkit::{Seeder, assert_conformance};
+use keyrack_core::{Result, SecretRef, SecretSource, async_trait};
 
 struct Memory(MemorySource);
 
@@ -59,7 +59,7 @@ impl Seeder for Files {
         std::fs::write(&tmp, value)
             .and_then(|()| std::fs::rename(&tmp, self.0.join(name)))
             .map_err(|e| {
-                secrets_core::Error::new(secrets_core::ErrorKind::Backend, "seeding").with_cause(e)
+                keyrack_core::Error::new(keyrack_core::ErrorKind::Backend, "seeding").with_cause(e)
             })
     }
 }
@@ -77,41 +77,41 @@ struct Liar(MemorySource);
 
 #[async_trait]
 impl SecretSource for Liar {
-    fn capabilities(&self) -> secrets_core::Capabilities {
+    fn capabilities(&self) -> keyrack_core::Capabilities {
         let mut caps = self.0.capabilities();
         caps.version_probe = false;
         caps
     }
-    async fn fetch(&self, r: &SecretRef) -> Result<secrets_core::Secret> {
+    async fn fetch(&self, r: &SecretRef) -> Result<keyrack_core::Secret> {
         // Always the first version: rotations are never seen.
         let first = r
             .clone()
             .with_version("1")
-            .map_err(secrets_core::Error::from)?;
+            .map_err(keyrack_core::Error::from)?;
         self.0
             .fetch(if r.selector().is_some() { r } else { &first })
             .await
     }
-    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<secrets_core::Secret>> {
-        secrets_core::fetch_each(self, refs, 4).await
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<keyrack_core::Secret>> {
+        keyrack_core::fetch_each(self, refs, 4).await
     }
-    async fn version(&self, r: &SecretRef) -> Result<Option<secrets_core::Version>> {
+    async fn version(&self, r: &SecretRef) -> Result<Option<keyrack_core::Version>> {
         self.0.version(r).await
     }
     async fn renew(
         &self,
-        lease: &secrets_core::Lease,
+        lease: &keyrack_core::Lease,
         increment: Option<Duration>,
-    ) -> Result<secrets_core::Lease> {
+    ) -> Result<keyrack_core::Lease> {
         self.0.renew(lease, increment).await
     }
-    async fn revoke(&self, lease: &secrets_core::Lease) -> Result<()> {
+    async fn revoke(&self, lease: &keyrack_core::Lease) -> Result<()> {
         self.0.revoke(lease).await
     }
     fn watch(
         &self,
         r: &SecretRef,
-    ) -> Option<futures_util::stream::BoxStream<'static, Result<secrets_core::SourceEvent>>> {
+    ) -> Option<futures_util::stream::BoxStream<'static, Result<keyrack_core::SourceEvent>>> {
         self.0.watch(r)
     }
 }
@@ -135,7 +135,7 @@ impl Seeder for LyingSeeder {
 #[tokio::test]
 async fn the_suite_catches_a_nonconforming_source() {
     let failures =
-        secrets_core::testkit::conformance(&LyingSeeder(Arc::new(Liar(MemorySource::new())))).await;
+        keyrack_core::testkit::conformance(&LyingSeeder(Arc::new(Liar(MemorySource::new())))).await;
     let text = failures.join("\n");
     for expected in [
         "versions",

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use secrets_core::sources::MemorySource;
-use secrets_core::testkit::drain;
-use secrets_core::{
+use keyrack_core::sources::MemorySource;
+use keyrack_core::testkit::drain;
+use keyrack_core::{
     Clock, ErrorKind, ManualClock, RotationEvent, Secrets, SecretsBuilder, Version,
 };
 
@@ -523,9 +523,9 @@ async fn push_feed_delivers_changes_without_polling() {
     memory.set("app", "v1");
     let handle = secrets.handle("mem://app").await.unwrap();
     let mut events = handle.subscribe();
-    secrets_core::clock::settle().await;
+    keyrack_core::clock::settle().await;
     memory.set("app", "v2");
-    secrets_core::clock::settle().await;
+    keyrack_core::clock::settle().await;
     assert_eq!(rotated(&drain(&mut events)), vec![(v("1"), v("2"))]);
     assert_eq!(clock.elapsed(), Duration::ZERO);
 }
@@ -695,7 +695,7 @@ async fn opening_a_push_feed_does_not_reissue_a_lease() {
     let secrets = builder(&clock, &memory).build().unwrap();
     memory.lease("db", S(60), S(600), true);
     let handle = secrets.handle("mem://db").await.unwrap();
-    secrets_core::clock::settle().await;
+    keyrack_core::clock::settle().await;
     assert_eq!(
         memory.calls().fetch,
         1,

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures_core::stream::BoxStream;
 use futures_util::FutureExt;
-use secrets_core::sources::MemorySource;
-use secrets_core::testkit::drain;
-use secrets_core::{
+use keyrack_core::sources::MemorySource;
+use keyrack_core::testkit::drain;
+use keyrack_core::{
     Capabilities, Clock, ErrorKind, Lease, ManualClock, Result, RotationEvent, Secret, SecretRef,
     SecretSource, Secrets, SecretsBuilder, SourceEvent, Version, async_trait,
 };
@@ -151,7 +151,7 @@ async fn a_handle_loading_during_shutdown_starts_no_task() {
     memory.set_latency(Duration::from_millis(5));
     let s = secrets.clone();
     let t = tokio::spawn(async move { s.handle("mem://app").await });
-    secrets_core::clock::settle().await;
+    keyrack_core::clock::settle().await;
     secrets.shutdown().await;
     clock.advance(Duration::from_millis(5)).await;
     let h = t.await.unwrap();
@@ -309,7 +309,7 @@ async fn a_cancelled_load_does_not_keep_the_client_alive() {
     memory.set_latency(S(1));
     assert!(secrets.get_secret("w://app").now_or_never().is_none());
     drop(secrets);
-    secrets_core::clock::settle().await;
+    keyrack_core::clock::settle().await;
     assert!(
         dropped.load(Ordering::SeqCst),
         "client (and its sources) never dropped"
@@ -338,7 +338,7 @@ async fn a_handle_is_never_built_on_a_detached_view() {
         let _ = h.refresh_now().await;
         h
     });
-    secrets_core::clock::settle().await;
+    keyrack_core::clock::settle().await;
     memory.set_latency(Duration::ZERO);
     clock.advance(Duration::from_millis(5)).await;
     let _ = t1.await.unwrap();

@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use secrets_core::sources::EnvSource;
-use secrets_core::testkit::{Seeder, assert_conformance};
-use secrets_core::{ErrorKind, SecretRef, SecretSource, Secrets, async_trait};
+use keyrack_core::sources::EnvSource;
+use keyrack_core::testkit::{Seeder, assert_conformance};
+use keyrack_core::{ErrorKind, SecretRef, SecretSource, Secrets, async_trait};
 
 fn env(name: &str) -> SecretRef {
     SecretRef::new("env", name).unwrap()
@@ -50,7 +50,7 @@ fn env_source_reads_the_environment_at_call_time() {
         }
 
         let caps = source.capabilities();
-        assert_eq!(caps, secrets_core::Capabilities::NONE);
+        assert_eq!(caps, keyrack_core::Capabilities::NONE);
         assert_eq!(
             source.version(&env(&name)).await.unwrap_err().kind(),
             &ErrorKind::Unsupported
@@ -113,7 +113,7 @@ impl Seeder for EnvSeeder {
     fn reference(&self, name: &str) -> SecretRef {
         env(&name.replace('-', "_").to_uppercase())
     }
-    async fn put(&self, name: &str, value: &[u8]) -> secrets_core::Result<()> {
+    async fn put(&self, name: &str, value: &[u8]) -> keyrack_core::Result<()> {
         use std::os::unix::ffi::OsStrExt;
         let var = name.replace('-', "_").to_uppercase();
         // SAFETY: called on the single thread of a current-thread runtime (see above).

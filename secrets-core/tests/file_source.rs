@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
-use secrets_core::sources::FileSource;
-use secrets_core::{
+use keyrack_core::sources::FileSource;
+use keyrack_core::{
     Capabilities, ErrorKind, Lease, Result, RotationEvent, Secret, SecretRef, SecretSource,
     Secrets, SourceEvent, Version,
 };
@@ -358,7 +358,7 @@ struct Announced {
     watching: Arc<Notify>,
 }
 
-#[secrets_core::async_trait]
+#[keyrack_core::async_trait]
 impl SecretSource for Announced {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()

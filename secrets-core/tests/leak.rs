@@ -5,12 +5,12 @@
 //! value, secret, error, event and handle met on the way is formatted with `{:?}` and `{}`; then
 //! the captured text is searched for every secret byte string.
 
-use secrets_core::testkit::LogCapture;
+use keyrack_core::testkit::LogCapture;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use secrets_core::sources::MemorySource;
-use secrets_core::{
+use keyrack_core::sources::MemorySource;
+use keyrack_core::{
     ErrorKind, ManualClock, RotationEvent, RotationEvents, SecretRef, SecretValue, Secrets,
 };
 

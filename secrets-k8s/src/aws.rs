@@ -5,8 +5,8 @@
 //! [`AwsBuilder::with_credentials_refresh_before_expiry`] bounds how long session credentials are
 //! kept, and with them how long a rotated token waits to be used.
 
-use secrets_aws::AwsBuilder;
-use secrets_core::Result;
+use keyrack_aws::AwsBuilder;
+use keyrack_core::Result;
 
 use crate::detect::Pod;
 use crate::token::ProjectedToken;

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use secrets_azure::{AzureBuilder, WorkloadIdentity};
-use secrets_core::Result;
+use keyrack_azure::{AzureBuilder, WorkloadIdentity};
+use keyrack_core::Result;
 
 use crate::detect::Pod;
 use crate::token::ProjectedToken;

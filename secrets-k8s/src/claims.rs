@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use secrets_core::{Error, ErrorKind, Result};
+use keyrack_core::{Error, ErrorKind, Result};
 use serde::Deserialize;
 
 /// The claims of a projected service-account token. None of them is secret; the token is.

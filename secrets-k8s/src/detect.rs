@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use secrets_core::{Error, ErrorKind, Result};
+use keyrack_core::{Error, ErrorKind, Result};
 
 use crate::in_cluster::{InCluster, SERVICE_ACCOUNT_DIR};
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use secrets_core::Result;
-use secrets_gcp::{GcpBuilder, WorkloadIdentity};
+use keyrack_core::Result;
+use keyrack_gcp::{GcpBuilder, WorkloadIdentity};
 
 use crate::detect::Pod;
 use crate::token::ProjectedToken;

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use secrets_core::{Error, ErrorKind, IdentityToken, Result};
+use keyrack_core::{Error, ErrorKind, IdentityToken, Result};
 use url::Url;
 
 use crate::token::ProjectedToken;

@@ -1,8 +1,8 @@
-//! In-cluster identity for `secrets-core`: a pod fetches its secrets in-process, with no sidecar,
+//! In-cluster identity for `keyrack-core`: a pod fetches its secrets in-process, with no sidecar,
 //! CSI volume or mutating webhook.
 //!
 //! * [`ProjectedToken`]: the kubelet-rotated service-account token file as an
-//!   [`IdentityToken`](secrets_core::IdentityToken), re-read when the kubelet swaps it, at 80 % of
+//!   [`IdentityToken`](keyrack_core::IdentityToken), re-read when the kubelet swaps it, at 80 % of
 //!   its lifetime, and after a backend refused it; its [`TokenClaims`] decoded (not verified).
 //! * [`InCluster`]: the API server, namespace, CA bundle and token of the pod.
 //! * [`Pod`]: which identities the pod was given (Vault, AWS IRSA, Azure and Google workload
@@ -17,11 +17,11 @@
 //! ```no_run
 //! # #[cfg(feature = "vault")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use secrets_core::Secrets;
-//! use secrets_k8s::{InCluster, Pod, source::KubernetesSecrets};
+//! use keyrack_core::Secrets;
+//! use keyrack_k8s::{InCluster, Pod, source::KubernetesSecrets};
 //!
 //! let pod = Pod::from_env(); // VAULT_ADDR, VAULT_K8S_ROLE, VAULT_K8S_TOKEN_FILE, AWS_ROLE_ARN, …
-//! let vault = secrets_k8s::vault::from_pod(&pod)?.build()?; // kubernetes auth, token re-read at each login
+//! let vault = keyrack_k8s::vault::from_pod(&pod)?.build()?; // kubernetes auth, token re-read at each login
 //! let k8s = KubernetesSecrets::builder().in_cluster(&InCluster::detect()?).build()?;
 //! let secrets = Secrets::builder().source("vault", vault).source("k8s", k8s).build()?;
 //! let db = secrets.handle("vault://database/creds/app").await?;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, UNIX_EPOCH};
 
-use secrets_core::{Clock, SystemClock};
+use keyrack_core::{Clock, SystemClock};
 
 /// Writes `<dir>/<file>` as a kubelet-projected volume and replaces it on demand.
 #[derive(Debug)]

@@ -12,7 +12,7 @@
 //!   until the kubelet has swapped it),
 //! * a minute has passed since the last read (in case the directory watch is unavailable or missed
 //!   an event; the same period kube-rs uses for its token file), or
-//! * [`invalidate`](secrets_core::IdentityToken::invalidate) was called after a backend refused the
+//! * [`invalidate`](keyrack_core::IdentityToken::invalidate) was called after a backend refused the
 //!   token,
 //!
 //! and keeps the last good token if a re-read fails (a half-written file, a transient error) while
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use secrets_core::{Clock, Error, ErrorKind, IdentityToken, Result, SecretValue, SystemClock};
+use keyrack_core::{Clock, Error, ErrorKind, IdentityToken, Result, SecretValue, SystemClock};
 use zeroize::Zeroizing;
 
 use crate::claims::TokenClaims;
@@ -51,9 +51,9 @@ const RECHECK_WHEN_DUE: Duration = Duration::from_secs(5);
 /// Cheap to clone; clones share the cached token and the directory watch.
 ///
 /// ```no_run
-/// # async fn demo() -> secrets_core::Result<()> {
-/// use secrets_core::IdentityToken;
-/// use secrets_k8s::ProjectedToken;
+/// # async fn demo() -> keyrack_core::Result<()> {
+/// use keyrack_core::IdentityToken;
+/// use keyrack_k8s::ProjectedToken;
 ///
 /// // A projected volume with audience `vault`, as in examples/k8s/deployment.yaml.
 /// let token = ProjectedToken::new("/var/run/secrets/tokens/vault");

@@ -1,7 +1,7 @@
 //! Vault: kubernetes or jwt auth with a projected token, read anew at every login.
 
-use secrets_core::Result;
-use secrets_vault::{Auth, VaultBuilder};
+use keyrack_core::Result;
+use keyrack_vault::{Auth, VaultBuilder};
 
 use crate::detect::{Pod, VaultMethod};
 use crate::token::ProjectedToken;

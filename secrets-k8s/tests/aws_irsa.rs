@@ -7,9 +7,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
-use secrets_core::{Clock, SecretRef, SecretSource, SystemClock};
-use secrets_k8s::ProjectedToken;
-use secrets_k8s::testkit::{TokenProjector, unsigned_jwt};
+use keyrack_core::{Clock, SecretRef, SecretSource, SystemClock};
+use keyrack_k8s::ProjectedToken;
+use keyrack_k8s::testkit::{TokenProjector, unsigned_jwt};
 
 fn env(name: &str) -> String {
     std::env::var(name)
@@ -19,7 +19,7 @@ fn env(name: &str) -> String {
 /// One moto API call, JSON protocol. moto does not check signatures, so the header only has to
 /// have the SigV4 shape.
 async fn moto(target: &str, body: serde_json::Value) -> serde_json::Value {
-    secrets_core::tls::ensure_crypto_provider();
+    keyrack_core::tls::ensure_crypto_provider();
     let response = reqwest::Client::new()
         .post(env("AWS_ENDPOINT_URL"))
         .header("x-amz-target", format!("secretsmanager.{target}"))
@@ -121,11 +121,11 @@ async fn the_freshest_projected_token_is_sent_after_a_rotation() {
     // No static keys reach the builder: only web identity can sign. moto's session credentials
     // last 3600 s, and the SDK jitters the refresh buffer down by up to half: a 7200 s buffer
     // makes every credential load go back to STS, as an expiring session would.
-    let builder = secrets_aws::AwsBuilder::new()
+    let builder = keyrack_aws::AwsBuilder::new()
         .with_region(env("AWS_REGION"))
         .with_endpoint_url(env("AWS_ENDPOINT_URL"))
         .with_credentials_refresh_before_expiry(Duration::from_secs(7200));
-    let source = secrets_k8s::aws::web_identity(
+    let source = keyrack_k8s::aws::web_identity(
         builder,
         "arn:aws:iam::123456789012:role/payments-app",
         &projected,

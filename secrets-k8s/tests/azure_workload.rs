@@ -1,5 +1,5 @@
 //! Azure workload identity from the pod's environment with a projected token that the
-//! kubelet-style projector replaces, against secrets-azure's loopback fakes of Key Vault and the
+//! kubelet-style projector replaces, against keyrack-azure's loopback fakes of Key Vault and the
 //! Entra ID token endpoint (answers from entra/instance_discovery_disabled.json entry 1 and the
 //! Key Vault recordings; the expected form fields from
 //! entra_client_assertion_token_exchange.documented.json, `request.form_body_in_documented_order`).
@@ -11,9 +11,9 @@ mod azure_fakes;
 use std::time::Duration;
 
 use azure_fakes::{CLIENT_ID, Fake, TENANT, VAULT, documented_form, form_of, kv_ref};
-use secrets_core::{Clock, SecretSource, SystemClock};
-use secrets_k8s::Pod;
-use secrets_k8s::testkit::{TokenProjector, unsigned_jwt};
+use keyrack_core::{Clock, SecretSource, SystemClock};
+use keyrack_k8s::Pod;
+use keyrack_k8s::testkit::{TokenProjector, unsigned_jwt};
 
 fn last_assertion(fake: &Fake) -> Vec<(String, String)> {
     form_of(fake.token_requests().last().unwrap())
@@ -45,7 +45,7 @@ async fn from_pod_sends_the_token_the_kubelet_projected_last() {
         ),
         ("AZURE_AUTHORITY_HOST", fake.entra.url()),
     ]);
-    let source = secrets_k8s::azure::from_pod(&pod)
+    let source = keyrack_k8s::azure::from_pod(&pod)
         .unwrap()
         .with_vault_url(VAULT, fake.vault.url())
         .with_ca_pem(fake.vault.ca_pem().unwrap())

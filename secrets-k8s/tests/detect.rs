@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use secrets_core::ErrorKind;
-use secrets_k8s::Pod;
-use secrets_k8s::detect::VaultMethod;
+use keyrack_core::ErrorKind;
+use keyrack_k8s::Pod;
+use keyrack_k8s::detect::VaultMethod;
 
 fn empty_sa_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()

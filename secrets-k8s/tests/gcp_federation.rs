@@ -1,5 +1,5 @@
 //! Google workload identity federation with a projected token that the kubelet-style projector
-//! replaces, against secrets-gcp's loopback fakes: STS answers
+//! replaces, against keyrack-gcp's loopback fakes: STS answers
 //! `sts_success_response_google_auth_tests` of fixtures/sts_token_exchange.assembled.json (with
 //! `expires_in` shortened to 5 s so the auth library exchanges again within the test) and the
 //! request must equal its `sts_request.form` field for field; Secret Manager answers after
@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gcp_fakes::{STS, Store, fake, fixture, gcp_ref};
-use secrets_core::{Clock, SecretSource, SystemClock};
-use secrets_fake_server::{FakeServer, Request, Response};
-use secrets_gcp::GcpBuilder;
-use secrets_k8s::ProjectedToken;
-use secrets_k8s::testkit::{TokenProjector, unsigned_jwt};
+use keyrack_core::{Clock, SecretSource, SystemClock};
+use keyrack_fake_server::{FakeServer, Request, Response};
+use keyrack_gcp::GcpBuilder;
+use keyrack_k8s::ProjectedToken;
+use keyrack_k8s::testkit::{TokenProjector, unsigned_jwt};
 
 fn form(req: &Request) -> BTreeMap<String, String> {
     req.form().into_iter().collect()
@@ -60,7 +60,7 @@ async fn the_token_the_kubelet_projected_last_is_exchanged() {
 
     let audience = sts["sts_request"]["form"]["audience"].as_str().unwrap();
     let identity =
-        secrets_k8s::gcp::workload_identity(audience, ProjectedToken::new(projector.path()))
+        keyrack_k8s::gcp::workload_identity(audience, ProjectedToken::new(projector.path()))
             .with_token_url(format!("{}/v1/token", sts_server.url()));
     let source = GcpBuilder::new()
         .with_endpoint(secret_manager.url())

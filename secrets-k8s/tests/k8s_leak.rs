@@ -19,12 +19,12 @@ use std::time::Duration;
 use base64::Engine;
 use fake_api::FakeApi;
 use futures_util::FutureExt;
-use secrets_core::testkit::LogCapture;
-use secrets_core::{
+use keyrack_core::testkit::LogCapture;
+use keyrack_core::{
     Backoff, IdentityToken, Result, RotationEvent, RotationEvents, SecretSource, SecretValue,
     Secrets, async_trait,
 };
-use secrets_k8s::source::KubernetesSecrets;
+use keyrack_k8s::source::KubernetesSecrets;
 
 const OLD_TOKEN: &str = "tok-LEAK-old-7731";
 const NEW_TOKEN: &str = "tok-LEAK-new-9012";
@@ -47,7 +47,7 @@ impl Seen {
         self.0.push_str(&format!("{t:?}\n{t:#?}\n"));
     }
 
-    fn error(&mut self, e: &secrets_core::Error) {
+    fn error(&mut self, e: &keyrack_core::Error) {
         self.both(e);
         let mut source = std::error::Error::source(e);
         while let Some(cause) = source {

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use futures_util::StreamExt;
-use secrets_core::testkit::{Seeder, assert_conformance};
-use secrets_core::{
+use keyrack_core::testkit::{Seeder, assert_conformance};
+use keyrack_core::{
     Backoff, Clock, ErrorKind, IdentityToken, ManualClock, Result, RotationEvent, Secret,
     SecretRef, SecretSource, SecretValue, Secrets, SourceEvent, StaticToken, SystemClock, Version,
     async_trait,
 };
-use secrets_fake_server::FakeServer;
-use secrets_k8s::source::KubernetesSecrets;
+use keyrack_fake_server::FakeServer;
+use keyrack_k8s::source::KubernetesSecrets;
 use tokio::sync::mpsc;
 
 const TOKEN: &str = "tok-1";
@@ -78,7 +78,7 @@ fn changed(rv: u64) -> SourceEvent {
     }
 }
 
-fn watch_requests(server: &FakeServer) -> Vec<secrets_fake_server::Request> {
+fn watch_requests(server: &FakeServer) -> Vec<keyrack_fake_server::Request> {
     server
         .requests()
         .into_iter()

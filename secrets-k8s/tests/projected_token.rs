@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use secrets_core::{Clock, ErrorKind, IdentityToken, ManualClock, SystemClock};
-use secrets_k8s::testkit::{TokenProjector, unsigned_jwt};
-use secrets_k8s::{InCluster, ProjectedToken};
+use keyrack_core::{Clock, ErrorKind, IdentityToken, ManualClock, SystemClock};
+use keyrack_k8s::testkit::{TokenProjector, unsigned_jwt};
+use keyrack_k8s::{InCluster, ProjectedToken};
 
 fn claims(jti: &str, iat: u64, exp: u64) -> serde_json::Value {
     serde_json::json!({

@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use reqwest::Method;
-use secrets_core::testkit::LogCapture;
-use secrets_core::{Clock, ErrorKind, Secrets, SystemClock};
-use secrets_fake_server::{FakeServer, Response};
-use secrets_k8s::ProjectedToken;
-use secrets_k8s::testkit::{TokenProjector, unsigned_jwt};
-use secrets_vault::{Auth, VaultBuilder};
+use keyrack_core::testkit::LogCapture;
+use keyrack_core::{Clock, ErrorKind, Secrets, SystemClock};
+use keyrack_fake_server::{FakeServer, Response};
+use keyrack_k8s::ProjectedToken;
+use keyrack_k8s::testkit::{TokenProjector, unsigned_jwt};
+use keyrack_vault::{Auth, VaultBuilder};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -50,7 +50,7 @@ async fn root_api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    secrets_core::tls::ensure_crypto_provider();
+    keyrack_core::tls::ensure_crypto_provider();
     let mut req = reqwest::Client::new()
         .request(method, format!("{}/v1/{path}", env("VAULT_ADDR")))
         .header("X-Vault-Token", env("VAULT_ROOT_TOKEN"));

@@ -15,7 +15,7 @@ use aws_sdk_secretsmanager::config::{
     SharedHttpClient, SharedInterceptor,
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use secrets_core::{Backoff, Clock, Error, ErrorKind, Result, SystemClock};
+use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SystemClock};
 
 use crate::source::{AwsSource, Tuning};
 
@@ -165,7 +165,7 @@ impl AwsBuilder {
         self.web_identity = Some(StaticConfiguration {
             web_identity_token_file: token_file.into(),
             role_arn: role_arn.into(),
-            session_name: session_name.unwrap_or_else(|| "secrets-aws".to_owned()),
+            session_name: session_name.unwrap_or_else(|| "keyrack-aws".to_owned()),
         });
         self
     }
@@ -221,7 +221,7 @@ impl AwsBuilder {
 
     /// Resolve the configuration and build the source.
     pub async fn build(self) -> Result<AwsSource> {
-        secrets_core::tls::ensure_crypto_provider();
+        keyrack_core::tls::ensure_crypto_provider();
         let http = rustls_client();
         let base = match self.sdk_config {
             Some(config) => config,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use secrets_core::{Error, ErrorKind};
+use keyrack_core::{Error, ErrorKind};
 
 /// The kind of a Secrets Manager error from its code, message and HTTP status.
 pub(crate) fn kind_for(

@@ -1,10 +1,10 @@
-//! AWS Secrets Manager for [`secrets_core`], on the official SDK with one TLS stack (rustls +
+//! AWS Secrets Manager for [`keyrack_core`], on the official SDK with one TLS stack (rustls +
 //! ring; no OpenSSL, no second hyper).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use secrets_aws::AwsBuilder;
-//! use secrets_core::Secrets;
+//! use keyrack_aws::AwsBuilder;
+//! use keyrack_core::Secrets;
 //!
 //! // aws-config's default chain: AWS_REGION, env keys, profile, web identity (IRSA), ECS/EKS, IMDS
 //! let aws = AwsBuilder::from_env().build().await?;
@@ -23,7 +23,7 @@
 //! **Rotation window.** While a rotation is under way (`AWSPENDING` exists) a handle keeps
 //! serving `AWSCURRENT`. An application whose login fails with the current value can ask for an
 //! immediate re-check with
-//! [`SecretHandle::refresh_now`](secrets_core::SecretHandle::refresh_now), and with the
+//! [`SecretHandle::refresh_now`](keyrack_core::SecretHandle::refresh_now), and with the
 //! alternating-users strategy read the other user's credentials with `?stage=AWSPREVIOUS`.
 
 mod builder;

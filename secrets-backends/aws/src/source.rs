@@ -9,7 +9,7 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use secrets_core::{
+use keyrack_core::{
     Backoff, Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
     SecretValue, Selector, SourceEvent, Version, async_trait,
 };
@@ -61,7 +61,7 @@ impl Default for Tuning {
 /// is the `VersionId`, `created_at` the version's `CreatedDate`.
 ///
 /// **Rotation schedule.** `fetch` also calls DescribeSecret (concurrently, for unpinned
-/// references) and sets [`Metadata::next_rotation`](secrets_core::Metadata) from
+/// references) and sets [`Metadata::next_rotation`](keyrack_core::Metadata) from
 /// `NextRotationDate`, so the engine checks right after a planned rotation; a failing
 /// DescribeSecret (e.g. not allowed by the policy) only loses that hint. Turn it off with
 /// [`AwsBuilder::with_rotation_schedule`](crate::AwsBuilder::with_rotation_schedule). Secrets

@@ -5,11 +5,11 @@
 
 mod common;
 
-use secrets_core::testkit::LogCapture;
+use keyrack_core::testkit::LogCapture;
 use std::time::Duration;
 
 use common::*;
-use secrets_core::{RotationEvent, SecretSource, Secrets};
+use keyrack_core::{RotationEvent, SecretSource, Secrets};
 
 // Current-thread runtime: every task (the SDK's connections included) logs on this thread.
 #[tokio::test]

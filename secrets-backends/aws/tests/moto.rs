@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use secrets_core::testkit::assert_conformance;
-use secrets_core::{
+use keyrack_core::testkit::assert_conformance;
+use keyrack_core::{
     Backoff, ErrorKind, RotationEvent, RotationEvents, SecretRef, SecretSource, Secrets, Version,
 };
 
-fn client(source: secrets_aws::AwsSource) -> Secrets {
+fn client(source: keyrack_aws::AwsSource) -> Secrets {
     Secrets::builder()
         .source("aws-sm", source)
         .refresh_interval(Duration::from_secs(1))
@@ -99,7 +99,7 @@ async fn next_rotation_date_is_reported() {
         .secret_id(&name)
         .rotate_immediately(false)
         .rotation_rules(
-            secrets_aws::aws_sdk_secretsmanager::types::RotationRulesType::builder()
+            keyrack_aws::aws_sdk_secretsmanager::types::RotationRulesType::builder()
                 .automatically_after_days(7)
                 .build(),
         )
@@ -485,7 +485,7 @@ async fn secret_values_never_appear_in_debug_display_or_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_env_reads_region_endpoint_and_keys_from_the_environment() {
     // moto-up's env file sets AWS_REGION, AWS_ENDPOINT_URL and the access keys.
-    let src = secrets_aws::AwsBuilder::from_env().build().await.unwrap();
+    let src = keyrack_aws::AwsBuilder::from_env().build().await.unwrap();
     let name = uniq("from-env");
     put(&src, &name, b"from env").await.unwrap();
     let s = src.fetch(&aws_ref(&name)).await.unwrap();
@@ -524,8 +524,8 @@ async fn arn_references_work_alone_and_in_batches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_sdk_config_is_used() {
-    use secrets_aws::aws_config::{BehaviorVersion, SdkConfig};
-    use secrets_aws::aws_sdk_secretsmanager::config::{
+    use keyrack_aws::aws_config::{BehaviorVersion, SdkConfig};
+    use keyrack_aws::aws_sdk_secretsmanager::config::{
         Credentials, Region, SharedCredentialsProvider,
     };
     // No HTTP client in it: the crate's rustls client is filled in.
@@ -541,7 +541,7 @@ async fn a_callers_sdk_config_is_used() {
             "test",
         )))
         .build();
-    let src = secrets_aws::AwsBuilder::new()
+    let src = keyrack_aws::AwsBuilder::new()
         .with_sdk_config(config)
         .build()
         .await

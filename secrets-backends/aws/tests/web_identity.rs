@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use secrets_core::SecretSource;
+use keyrack_core::SecretSource;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_come_from_assume_role_with_web_identity() {
@@ -19,7 +19,7 @@ async fn credentials_come_from_assume_role_with_web_identity() {
     std::fs::write(&token_file, &token).unwrap();
 
     // No static keys: only the web identity provider can sign.
-    let src = secrets_aws::AwsBuilder::new()
+    let src = keyrack_aws::AwsBuilder::new()
         .with_region(env("AWS_REGION"))
         .with_endpoint_url(env("AWS_ENDPOINT_URL"))
         .with_web_identity(

@@ -9,7 +9,7 @@ use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
 use azure_security_keyvault_secrets::SecretClientOptions;
-use secrets_core::{Error, ErrorKind, Result};
+use keyrack_core::{Error, ErrorKind, Result};
 
 use crate::credential::{
     self, CredentialMaker, EnvVars, PUBLIC_AUTHORITY_HOST, ScopeGuard, WorkloadIdentity,
@@ -211,8 +211,8 @@ impl AzureBuilder {
         self
     }
 
-    /// Workload identity federation with a token from any [`IdentityToken`](secrets_core::IdentityToken)
-    /// (e.g. `secrets-k8s`'s projected service-account token): see [`WorkloadIdentity`].
+    /// Workload identity federation with a token from any [`IdentityToken`](keyrack_core::IdentityToken)
+    /// (e.g. `keyrack-k8s`'s projected service-account token): see [`WorkloadIdentity`].
     pub fn with_workload_identity(mut self, identity: WorkloadIdentity) -> Self {
         self.credential = Credential::WorkloadIdentity(identity);
         self
@@ -304,7 +304,7 @@ impl AzureBuilder {
             }
         }
 
-        secrets_core::tls::ensure_crypto_provider();
+        keyrack_core::tls::ensure_crypto_provider();
         let mut http = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(10)))

@@ -15,7 +15,7 @@ use azure_identity::{
     ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
     ManagedIdentityCredentialOptions, UserAssignedId,
 };
-use secrets_core::{Error, ErrorKind, IdentityToken, Result, SecretValue, async_trait};
+use keyrack_core::{Error, ErrorKind, IdentityToken, Result, SecretValue, async_trait};
 
 use crate::errors::{ScopeRefused, token_error_kind};
 
@@ -543,7 +543,7 @@ mod tests {
     }
 
     fn reason(env: &EnvVars) -> String {
-        secrets_core::tls::ensure_crypto_provider();
+        keyrack_core::tls::ensure_crypto_provider();
         match chain(env, false, &ClientOptions::default()) {
             Err(e) => {
                 assert_eq!(e.kind(), &ErrorKind::Config);
@@ -599,7 +599,7 @@ mod tests {
 
     #[test]
     fn chain_picks_the_first_that_applies() {
-        secrets_core::tls::ensure_crypto_provider();
+        keyrack_core::tls::ensure_crypto_provider();
         let all = vars(&[
             ("AZURE_TENANT_ID", "tenant"),
             ("AZURE_CLIENT_ID", "client"),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use azure_core::error::ErrorKind as AzureKind;
 use azure_core::http::RawResponse;
 use azure_core::http::headers::{HeaderName, RETRY_AFTER};
-use secrets_core::{Error, ErrorKind};
+use keyrack_core::{Error, ErrorKind};
 
 /// `retry-after-ms` / `x-ms-retry-after-ms`: Azure's millisecond variants of `Retry-After`.
 const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");

@@ -1,10 +1,10 @@
-//! Azure Key Vault for [`secrets_core`], on the official `azure_security_keyvault_secrets` 1.0
+//! Azure Key Vault for [`keyrack_core`], on the official `azure_security_keyvault_secrets` 1.0
 //! SDK, with one TLS stack (rustls + ring through the workspace's reqwest; no OpenSSL).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use secrets_azure::AzureBuilder;
-//! use secrets_core::Secrets;
+//! use keyrack_azure::AzureBuilder;
+//! use keyrack_core::Secrets;
 //!
 //! // Workload identity (AKS), else a client secret, else managed identity.
 //! let azure = AzureBuilder::from_env().with_default_vault("payments-kv").build()?;
@@ -18,11 +18,11 @@
 //! ```
 //!
 //! In Kubernetes without the workload-identity webhook, or with a token source of your own,
-//! hand the token over as an [`IdentityToken`](secrets_core::IdentityToken):
+//! hand the token over as an [`IdentityToken`](keyrack_core::IdentityToken):
 //!
 //! ```no_run
-//! # fn run(token: std::sync::Arc<dyn secrets_core::IdentityToken>) -> secrets_core::Result<()> {
-//! use secrets_azure::{AzureBuilder, WorkloadIdentity};
+//! # fn run(token: std::sync::Arc<dyn keyrack_core::IdentityToken>) -> keyrack_core::Result<()> {
+//! use keyrack_azure::{AzureBuilder, WorkloadIdentity};
 //!
 //! let identity = WorkloadIdentity::new("tenant-id", "client-id", token);
 //! let azure = AzureBuilder::new().with_workload_identity(identity).build()?;

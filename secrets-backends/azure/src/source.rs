@@ -11,7 +11,7 @@ use azure_core::http::{StatusCode, Url};
 use azure_security_keyvault_secrets::models::{self, SecretClientGetSecretOptions};
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures_util::stream::BoxStream;
-use secrets_core::{
+use keyrack_core::{
     Capabilities, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource, SecretValue,
     Selector, SourceEvent, Version, async_trait, fetch_each,
 };

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use secrets_azure::AzureBuilder;
-use secrets_core::testkit::assert_conformance;
-use secrets_core::{Clock, ErrorKind, ManualClock, SecretSource, Secrets, Version};
+use keyrack_azure::AzureBuilder;
+use keyrack_core::testkit::assert_conformance;
+use keyrack_core::{Clock, ErrorKind, ManualClock, SecretSource, Secrets, Version};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
@@ -189,9 +189,9 @@ async fn references_default_vault_and_several_vaults() {
         .with_default_vault(VAULT)
         .build()
         .unwrap();
-    let one = secrets_core::SecretRef::parse("azure-kv://shared-name").unwrap();
+    let one = keyrack_core::SecretRef::parse("azure-kv://shared-name").unwrap();
     assert_eq!(src.fetch(&one).await.unwrap().expose_bytes(), b"from-first");
-    let two = secrets_core::SecretRef::parse("azure-kv://secondvault/shared-name").unwrap();
+    let two = keyrack_core::SecretRef::parse("azure-kv://secondvault/shared-name").unwrap();
     assert_eq!(
         src.fetch(&two).await.unwrap().expose_bytes(),
         b"from-second"
@@ -207,7 +207,7 @@ async fn references_default_vault_and_several_vaults() {
         ),
         ("azure-kv://fakevault/name?foo=1", ErrorKind::InvalidRef),
     ] {
-        let r = secrets_core::SecretRef::parse(bad).unwrap();
+        let r = keyrack_core::SecretRef::parse(bad).unwrap();
         assert_eq!(src.fetch(&r).await.unwrap_err().kind(), &kind, "{bad}");
     }
     let no_default = fake.source();
@@ -319,7 +319,7 @@ async fn expiry_schedules_a_check_before_it() {
     let rotated = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match events.recv().await {
-                Some(secrets_core::RotationEvent::Rotated { new, .. }) => return new,
+                Some(keyrack_core::RotationEvent::Rotated { new, .. }) => return new,
                 Some(_) => continue,
                 None => return None,
             }

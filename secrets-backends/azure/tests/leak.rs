@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use secrets_core::testkit::LogCapture;
-use secrets_core::{RotationEvent, SecretSource, Secrets};
+use keyrack_core::testkit::LogCapture;
+use keyrack_core::{RotationEvent, SecretSource, Secrets};
 
 // Current-thread runtime: every task (the SDK's connections and the fakes included) logs on
 // this thread.

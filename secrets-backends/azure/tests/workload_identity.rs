@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use secrets_core::{ErrorKind, SecretSource};
+use keyrack_core::{ErrorKind, SecretSource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_assertion_grant_sends_the_current_identity_token() {
@@ -110,7 +110,7 @@ async fn from_env_uses_the_federated_token_file() {
         // Ignored: workload identity comes first in the chain.
         ("AZURE_CLIENT_SECRET", "unused-client-secret".to_owned()),
     ];
-    let src = secrets_azure::AzureBuilder::from_vars(|name| {
+    let src = keyrack_azure::AzureBuilder::from_vars(|name| {
         vars.iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())

@@ -11,7 +11,7 @@ use google_cloud_auth::credentials::subject_token::{
 };
 use google_cloud_auth::credentials::{Credentials, anonymous, external_account, service_account};
 use google_cloud_auth::errors::SubjectTokenProviderError;
-use secrets_core::{Error, ErrorKind, IdentityToken, Result};
+use keyrack_core::{Error, ErrorKind, IdentityToken, Result};
 
 /// STS's token endpoint (AIP-4117 `token_url`).
 pub const STS_TOKEN_URL: &str = "https://sts.googleapis.com/v1/token";
@@ -20,7 +20,7 @@ pub const STS_TOKEN_URL: &str = "https://sts.googleapis.com/v1/token";
 pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 /// Workload identity federation with a subject token read from an [`IdentityToken`] (for
-/// example `secrets-k8s`'s projected service-account token) at every exchange.
+/// example `keyrack-k8s`'s projected service-account token) at every exchange.
 ///
 /// This is the programmatic form of an AIP-4117 `external_account` credentials file: the
 /// workload identity pool provider's `audience`, the STS `token_url`, the `subject_token_type`,
@@ -281,7 +281,7 @@ impl Auth {
 
 #[cfg(test)]
 mod tests {
-    use secrets_core::{SecretValue, async_trait};
+    use keyrack_core::{SecretValue, async_trait};
 
     use super::*;
 

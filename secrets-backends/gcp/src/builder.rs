@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_auth::credentials::Credentials;
-use secrets_core::{Clock, Error, ErrorKind, Result, SystemClock};
+use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 use url::{Host, Url};
 
 use crate::auth::{Auth, WorkloadIdentity};
@@ -34,7 +34,7 @@ pub const DEFAULT_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 /// - [`with_credentials_file`](Self::with_credentials_file): a `service_account` key or an
 ///   `external_account` (AIP-4117) JSON file;
 /// - [`with_workload_identity`](Self::with_workload_identity): federation with a subject token
-///   from an [`IdentityToken`](secrets_core::IdentityToken), built from parameters;
+///   from an [`IdentityToken`](keyrack_core::IdentityToken), built from parameters;
 /// - [`with_credentials`](Self::with_credentials): credentials built by the application;
 /// - [`with_anonymous_credentials`](Self::with_anonymous_credentials): none (emulators, tests).
 ///
@@ -133,8 +133,8 @@ impl GcpBuilder {
     /// When on, a read of `latest` or of an alias (pinned versions, `/versions/3` or
     /// `?version=3`, skip it) also makes GetSecret, on the same endpoint, unless the secret's
     /// cached schedule still holds, and its result carries
-    /// [`Metadata::next_rotation`](secrets_core::Metadata) from `rotation.nextRotationTime`
-    /// (the engine checks right after it) and [`Metadata::expires_at`](secrets_core::Metadata)
+    /// [`Metadata::next_rotation`](keyrack_core::Metadata) from `rotation.nextRotationTime`
+    /// (the engine checks right after it) and [`Metadata::expires_at`](keyrack_core::Metadata)
     /// from `expireTime` (the secret is deleted then: a hard expiry, so the engine reads the
     /// value again before it, and once it has passed without a replacement reports
     /// [`ErrorKind::Expired`]). The schedule is cached per secret (by its full name, location
@@ -186,9 +186,9 @@ impl GcpBuilder {
     }
 
     /// Workload identity federation with a subject token from an
-    /// [`IdentityToken`](secrets_core::IdentityToken); see [`WorkloadIdentity`]. When a token
+    /// [`IdentityToken`](keyrack_core::IdentityToken); see [`WorkloadIdentity`]. When a token
     /// is refused (at STS, or by Secret Manager) the
-    /// [`IdentityToken`](secrets_core::IdentityToken) is invalidated and the credentials are
+    /// [`IdentityToken`](keyrack_core::IdentityToken) is invalidated and the credentials are
     /// built again, so the next read exchanges a freshly read token.
     pub fn with_workload_identity(mut self, identity: WorkloadIdentity) -> Self {
         self.auth = Some(Auth::Workload(identity));
@@ -214,7 +214,7 @@ impl GcpBuilder {
     /// are built at the first read of each endpoint. Must run inside a Tokio runtime: the
     /// auth library refreshes tokens in a task.
     pub async fn build(self) -> Result<GcpSource> {
-        secrets_core::tls::ensure_crypto_provider();
+        keyrack_core::tls::ensure_crypto_provider();
         let auth = self.auth.ok_or_else(|| {
             Error::new(
                 ErrorKind::Config,
@@ -376,8 +376,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_sts_url_of_workload_identity_is_checked_too() {
-        let token: std::sync::Arc<dyn secrets_core::IdentityToken> =
-            std::sync::Arc::new(secrets_core::StaticToken::new("HEADER.PAYLOAD.SIG"));
+        let token: std::sync::Arc<dyn keyrack_core::IdentityToken> =
+            std::sync::Arc::new(keyrack_core::StaticToken::new("HEADER.PAYLOAD.SIG"));
         let identity = WorkloadIdentity::new("//iam.googleapis.com/projects/1", token);
         let b = |url: &str| {
             GcpBuilder::new().with_workload_identity(identity.clone().with_token_url(url))

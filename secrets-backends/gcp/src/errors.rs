@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use google_cloud_gax::error::CredentialsError;
 use google_cloud_gax::error::rpc::{Code, Status, StatusDetails};
-use secrets_core::{Error, ErrorKind};
+use keyrack_core::{Error, ErrorKind};
 
 /// The kind of a `google.rpc.Status`.
 pub(crate) fn kind_for(status: &Status) -> ErrorKind {

@@ -1,10 +1,10 @@
-//! Google Secret Manager for [`secrets_core`], on the official `google-cloud-secretmanager-v1`
+//! Google Secret Manager for [`keyrack_core`], on the official `google-cloud-secretmanager-v1`
 //! and `google-cloud-auth` crates with one TLS stack (rustls + ring; no OpenSSL, no aws-lc).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use secrets_core::Secrets;
-//! use secrets_gcp::GcpBuilder;
+//! use keyrack_core::Secrets;
+//! use keyrack_gcp::GcpBuilder;
 //!
 //! // Application Default Credentials; GOOGLE_CLOUD_PROJECT for short references
 //! let gcp = GcpBuilder::from_env().build().await?;
@@ -21,12 +21,12 @@
 //! ```
 //!
 //! Workload identity federation with a token that rotates (a Kubernetes projected
-//! service-account token, through [`secrets_core::IdentityToken`]):
+//! service-account token, through [`keyrack_core::IdentityToken`]):
 //!
 //! ```no_run
-//! # async fn run(token: std::sync::Arc<dyn secrets_core::IdentityToken>)
+//! # async fn run(token: std::sync::Arc<dyn keyrack_core::IdentityToken>)
 //! #     -> Result<(), Box<dyn std::error::Error>> {
-//! use secrets_gcp::{GcpBuilder, WorkloadIdentity};
+//! use keyrack_gcp::{GcpBuilder, WorkloadIdentity};
 //!
 //! let audience = "//iam.googleapis.com/projects/123456/locations/global/\
 //!                 workloadIdentityPools/POOL_ID/providers/PROVIDER_ID";

@@ -1,6 +1,6 @@
 //! How a `gcp-sm://` reference becomes a Secret Manager version resource name and an endpoint.
 
-use secrets_core::{Error, ErrorKind, Result, SecretRef, Selector};
+use keyrack_core::{Error, ErrorKind, Result, SecretRef, Selector};
 
 /// The version read when a reference names none.
 pub const LATEST: &str = "latest";

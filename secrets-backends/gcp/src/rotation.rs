@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use google_cloud_secretmanager_v1::model;
-use secrets_core::schedule::expiry_delay;
-use secrets_core::{Clock, ErrorKind, Secret, Version};
+use keyrack_core::schedule::expiry_delay;
+use keyrack_core::{Clock, ErrorKind, Secret, Version};
 
 use crate::errors::from_gax;
 
@@ -206,7 +206,7 @@ impl Schedules {
     where
         F: FnOnce() -> Fut,
         Fut: Future<
-            Output = secrets_core::Result<Result<model::Secret, google_cloud_gax::error::Error>>,
+            Output = keyrack_core::Result<Result<model::Secret, google_cloud_gax::error::Error>>,
         >,
     {
         let entry = lock(&self.entries)
@@ -292,8 +292,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use google_cloud_gax::error::rpc::{Code, Status};
-    use secrets_core::ManualClock;
-    use secrets_core::testkit::LogCapture;
+    use keyrack_core::ManualClock;
+    use keyrack_core::testkit::LogCapture;
     use serde_json::json;
 
     use super::*;

@@ -10,7 +10,7 @@ use futures_util::stream::BoxStream;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_secretmanager_v1::client::SecretManagerService;
 use google_cloud_secretmanager_v1::model::AccessSecretVersionResponse;
-use secrets_core::{
+use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
     SecretValue, SourceEvent, Version, async_trait, fetch_each,
 };
@@ -70,8 +70,8 @@ pub(crate) struct Config {
 /// default (GetSecret also needs `secretmanager.secrets.get`, which
 /// `roles/secretmanager.secretAccessor` lacks). Off, results carry no expiry or rotation date
 /// and refreshes keep the engine's interval. On, results of `latest` or an alias carry
-/// [`Metadata::next_rotation`](secrets_core::Metadata) (`nextRotationTime`: the engine checks
-/// right after it) and [`Metadata::expires_at`](secrets_core::Metadata) (`expireTime`, when the
+/// [`Metadata::next_rotation`](keyrack_core::Metadata) (`nextRotationTime`: the engine checks
+/// right after it) and [`Metadata::expires_at`](keyrack_core::Metadata) (`expireTime`, when the
 /// secret is deleted), from a per-secret cache (shared by `latest` and aliases) that makes
 /// GetSecret (on the secret's endpoint) only for the first read, after a read of a version newer
 /// than any seen, once the cached `nextRotationTime` has passed (ten minutes on when it was
@@ -101,7 +101,7 @@ pub(crate) struct Config {
 /// credentials and the clients on them are built again, once per failing set of credentials,
 /// so the next read obtains a new token; with
 /// [`with_workload_identity`](crate::GcpBuilder::with_workload_identity) the
-/// [`IdentityToken`](secrets_core::IdentityToken) is invalidated first, so the new exchange
+/// [`IdentityToken`](keyrack_core::IdentityToken) is invalidated first, so the new exchange
 /// sends a freshly read subject token. Credentials given with
 /// [`with_credentials`](crate::GcpBuilder::with_credentials) cannot be rebuilt and are kept.
 ///
@@ -235,7 +235,7 @@ impl GcpSource {
             .clone();
         let client = cell
             .get_or_try_init(|| async {
-                secrets_core::tls::ensure_crypto_provider();
+                keyrack_core::tls::ensure_crypto_provider();
                 SecretManagerService::builder()
                     .with_endpoint(endpoint)
                     .with_credentials(generation.credentials.clone())

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use secrets_core::testkit::assert_conformance;
-use secrets_core::{Backoff, ErrorKind, RotationEvent, SecretSource, Secrets, Version};
-use secrets_fake_server::{FakeServer, Response};
-use secrets_gcp::GcpBuilder;
+use keyrack_core::testkit::assert_conformance;
+use keyrack_core::{Backoff, ErrorKind, RotationEvent, SecretSource, Secrets, Version};
+use keyrack_fake_server::{FakeServer, Response};
+use keyrack_gcp::GcpBuilder;
 use serde_json::json;
 
 // Every answer: access_secret_version.documented.json (response.body) for reads,

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::*;
-use secrets_core::testkit::LogCapture;
-use secrets_core::{RotationEvent, SecretSource, Secrets, StaticToken};
-use secrets_fake_server::{FakeServer, Response};
-use secrets_gcp::{GcpBuilder, WorkloadIdentity};
+use keyrack_core::testkit::LogCapture;
+use keyrack_core::{RotationEvent, SecretSource, Secrets, StaticToken};
+use keyrack_fake_server::{FakeServer, Response};
+use keyrack_gcp::{GcpBuilder, WorkloadIdentity};
 use serde_json::json;
 
 fn rand_u64() -> u64 {

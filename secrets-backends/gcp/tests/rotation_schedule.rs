@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use secrets_core::testkit::LogCapture;
-use secrets_core::{Clock, ManualClock, SecretSource, Secrets, Version};
-use secrets_fake_server::{FakeServer, Request, Response};
-use secrets_gcp::{GcpBuilder, GcpSource};
+use keyrack_core::testkit::LogCapture;
+use keyrack_core::{Clock, ManualClock, SecretSource, Secrets, Version};
+use keyrack_fake_server::{FakeServer, Request, Response};
+use keyrack_gcp::{GcpBuilder, GcpSource};
 use serde_json::{Value, json};
 
 const DISCOVERY: &str = include_str!("fixtures/secretmanager.v1.json");

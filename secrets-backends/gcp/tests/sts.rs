@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use secrets_core::{ErrorKind, IdentityToken, Result, SecretSource, SecretValue, async_trait};
-use secrets_fake_server::{FakeServer, Request, Response};
-use secrets_gcp::{GcpBuilder, GcpSource, WorkloadIdentity};
+use keyrack_core::{ErrorKind, IdentityToken, Result, SecretSource, SecretValue, async_trait};
+use keyrack_fake_server::{FakeServer, Request, Response};
+use keyrack_gcp::{GcpBuilder, GcpSource, WorkloadIdentity};
 use serde_json::{Value, json};
 
 /// A projected token that the test rotates, as the kubelet would. Like a cached token file,
@@ -364,7 +364,7 @@ async fn a_token_exchange_that_never_answers_is_bounded_by_the_timeout() {
         .with_workload_identity(
             WorkloadIdentity::new(
                 sts["sts_request"]["form"]["audience"].as_str().unwrap(),
-                Arc::new(secrets_core::StaticToken::new("HEADER.PAYLOAD.SIG")),
+                Arc::new(keyrack_core::StaticToken::new("HEADER.PAYLOAD.SIG")),
             )
             .with_token_url(format!("{}/v1/token", sts_server.url())),
         )

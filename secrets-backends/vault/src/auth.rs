@@ -1,12 +1,12 @@
 //! How the source logs in: a static token, AppRole, JWT or Kubernetes auth. The last two take an
-//! [`IdentityToken`] (a projected service-account token from `secrets-k8s`, say) and read it anew
+//! [`IdentityToken`] (a projected service-account token from `keyrack-k8s`, say) and read it anew
 //! at every login.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrets_core::{Error, ErrorKind, IdentityToken, Result, SecretValue};
+use keyrack_core::{Error, ErrorKind, IdentityToken, Result, SecretValue};
 use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;

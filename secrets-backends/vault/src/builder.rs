@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrets_core::{Clock, Error, ErrorKind, Result, SystemClock};
+use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 use url::Url;
 
 use crate::auth::Auth;
@@ -97,7 +97,7 @@ impl VaultBuilder {
     }
 
     /// A static token (shorthand for `with_auth(Auth::token(..))`).
-    pub fn with_token(self, token: impl Into<secrets_core::SecretValue>) -> Self {
+    pub fn with_token(self, token: impl Into<keyrack_core::SecretValue>) -> Self {
         self.with_auth(Auth::token(token))
     }
 
@@ -174,7 +174,7 @@ impl VaultBuilder {
             )));
         }
 
-        secrets_core::tls::ensure_crypto_provider();
+        keyrack_core::tls::ensure_crypto_provider();
         let mut client = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(10)));

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use secrets_core::{Error, ErrorKind, Result, SecretValue};
+use keyrack_core::{Error, ErrorKind, Result, SecretValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;

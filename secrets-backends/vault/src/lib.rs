@@ -1,9 +1,9 @@
-//! HashiCorp Vault / OpenBao for [`secrets_core`].
+//! HashiCorp Vault / OpenBao for [`keyrack_core`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use secrets_core::Secrets;
-//! use secrets_vault::{Auth, VaultBuilder};
+//! use keyrack_core::Secrets;
+//! use keyrack_vault::{Auth, VaultBuilder};
 //!
 //! let vault = VaultBuilder::from_env() // VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT, VAULT_NAMESPACE, …
 //!     .with_auth(Auth::approle("role-id", "secret-id"))

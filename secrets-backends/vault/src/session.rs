@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use secrets_core::{Backoff, Clock, Error, ErrorKind, Result, SecretValue, schedule};
+use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SecretValue, schedule};
 use tokio::sync::watch;
 
 use crate::auth::{Auth, Login};

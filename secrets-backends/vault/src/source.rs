@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use reqwest::{Method, StatusCode};
-use secrets_core::{
+use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
     SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each,
 };

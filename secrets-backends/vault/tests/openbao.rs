@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 // Real servers run in real time: these tests read the clock and sleep (the engine itself is
-// tested on a manual clock in secrets-core).
+// tested on a manual clock in keyrack-core).
 #![allow(clippy::disallowed_methods)]
 
 mod common;
@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::Method;
-use secrets_core::testkit::{Seeder, assert_conformance};
-use secrets_core::{
+use keyrack_core::testkit::{Seeder, assert_conformance};
+use keyrack_core::{
     ErrorKind, Result, RotationEvent, Secret, SecretRef, SecretSource, StaticToken, Version,
     async_trait,
 };
-use secrets_vault::Auth;
+use keyrack_vault::Auth;
 
 /// KV v2 under `secret/conformance/`. A JSON object is stored as the secret's map; anything else
 /// as `{"value": <text>}`, which `written` reads back.
@@ -286,7 +286,7 @@ async fn logins_and_permission_errors() {
 
     // Nothing listening: Unavailable (retryable).
     let down = client(
-        secrets_vault::VaultBuilder::new()
+        keyrack_vault::VaultBuilder::new()
             .with_address("http://127.0.0.1:9")
             .with_token("x")
             .build()
@@ -302,7 +302,7 @@ async fn logins_and_permission_errors() {
 
 #[test]
 fn builder_refuses_skip_verify_for_remote_addresses() {
-    let e = secrets_vault::VaultBuilder::new()
+    let e = keyrack_vault::VaultBuilder::new()
         .with_address("https://vault.example.com:8200")
         .with_token("x")
         .danger_skip_verify(true)
@@ -310,7 +310,7 @@ fn builder_refuses_skip_verify_for_remote_addresses() {
         .unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::Config);
     assert!(
-        secrets_vault::VaultBuilder::new()
+        keyrack_vault::VaultBuilder::new()
             .with_address("https://127.0.0.1:8200")
             .with_token("x")
             .danger_skip_verify(true)
@@ -318,7 +318,7 @@ fn builder_refuses_skip_verify_for_remote_addresses() {
             .is_ok()
     );
     assert!(
-        secrets_vault::VaultBuilder::new()
+        keyrack_vault::VaultBuilder::new()
             .with_address("https://vault.example.com:8200")
             .with_token("x")
             .danger_skip_verify(true)
@@ -326,7 +326,7 @@ fn builder_refuses_skip_verify_for_remote_addresses() {
             .build()
             .is_ok()
     );
-    let e = secrets_vault::VaultBuilder::new()
+    let e = keyrack_vault::VaultBuilder::new()
         .with_token("x")
         .build()
         .unwrap_err();

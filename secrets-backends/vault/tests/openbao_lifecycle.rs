@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 // Real servers run in real time: these tests read the clock and sleep (the engine itself is
-// tested on a manual clock in secrets-core).
+// tested on a manual clock in keyrack-core).
 #![allow(clippy::disallowed_methods)]
 
 mod common;
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::Method;
-use secrets_core::{Backoff, RotationEvent, Secrets};
-use secrets_vault::{Auth, VaultBuilder};
+use keyrack_core::{Backoff, RotationEvent, Secrets};
+use keyrack_vault::{Auth, VaultBuilder};
 
 /// Renewal at about ⅔ of the TTL; a new credential before the 30 s max TTL while the old one
 /// still logs in; `Rotated`; the old lease revoked after the overlap; and for two minutes a login
@@ -175,7 +175,7 @@ async fn outage_keeps_the_last_good_value_and_recovers() {
     secrets.shutdown().await;
 }
 
-fn futures_util_now(events: &mut secrets_core::RotationEvents) -> Option<Option<RotationEvent>> {
+fn futures_util_now(events: &mut keyrack_core::RotationEvents) -> Option<Option<RotationEvent>> {
     use futures_util::FutureExt;
     events.recv().now_or_never()
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::Method;
-use secrets_core::RotationEvent;
-use secrets_vault::Auth;
+use keyrack_core::RotationEvent;
+use keyrack_vault::Auth;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_is_replaced_by_a_new_login() {

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{client, env};
-use secrets_core::ErrorKind;
-use secrets_vault::VaultBuilder;
+use keyrack_core::ErrorKind;
+use keyrack_vault::VaultBuilder;
 
 struct Server(Child);
 
@@ -97,12 +97,12 @@ async fn tls_with_the_servers_ca_and_refused_without_it() {
 }
 
 trait WhenReady {
-    fn build_when_ready(self, ca: &std::path::Path) -> secrets_vault::VaultSource;
+    fn build_when_ready(self, ca: &std::path::Path) -> keyrack_vault::VaultSource;
 }
 
 impl WhenReady for VaultBuilder {
     /// The CA file appears once the server has started.
-    fn build_when_ready(self, ca: &std::path::Path) -> secrets_vault::VaultSource {
+    fn build_when_ready(self, ca: &std::path::Path) -> keyrack_vault::VaultSource {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ca.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));

@@ -271,7 +271,7 @@ impl Entry {
     }
 
     fn emit(&self, ev: RotationEvent) {
-        tracing::debug!(target: "secrets_core::events", event = %ev, "secret event");
+        tracing::debug!(target: "keyrack_core::events", event = %ev, "secret event");
         if let Some(events) = self.events.get() {
             let _ = events.send(ev.clone());
         }

@@ -89,8 +89,8 @@ impl<T: ToSecretRef + ?Sized> ToSecretRef for &T {
 /// The client. Cheap to clone; clones share everything.
 ///
 /// ```
-/// # use secrets_core::{Secrets, sources::MemorySource};
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> secrets_core::Result<()> {
+/// # use keyrack_core::{Secrets, sources::MemorySource};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> keyrack_core::Result<()> {
 /// let memory = MemorySource::new();
 /// memory.set("payments", r#"{"api_key":"k-123"}"#);
 /// let secrets = Secrets::builder().source("mem", memory).build()?;

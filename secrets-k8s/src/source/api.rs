@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
-use secrets_core::{Error, ErrorKind, IdentityToken, Result};
+use keyrack_core::{Error, ErrorKind, IdentityToken, Result};
 use serde::Deserialize;
 use url::Url;
 

@@ -81,7 +81,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use futures_util::stream::BoxStream;
-use secrets_core::{
+use keyrack_core::{
     Backoff, Capabilities, Clock, Error, ErrorKind, IdentityToken, Lease, Metadata, Result, Secret,
     SecretRef, SecretSource, SecretValue, Selector, SourceEvent, SystemClock, Version, fetch_each,
 };
@@ -100,8 +100,8 @@ const KEY_PARAM: &str = "key";
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use secrets_core::{IdentityToken, Secrets};
-/// use secrets_k8s::{ProjectedToken, source::KubernetesSecrets};
+/// use keyrack_core::{IdentityToken, Secrets};
+/// use keyrack_k8s::{ProjectedToken, source::KubernetesSecrets};
 ///
 /// let token: Arc<dyn IdentityToken> = Arc::new(ProjectedToken::service_account());
 /// let k8s = KubernetesSecrets::builder()
@@ -249,7 +249,7 @@ impl KubernetesSecretsBuilder {
         let token = self
             .token
             .ok_or_else(|| config("no service-account token is set (`token`)"))?;
-        secrets_core::tls::ensure_crypto_provider();
+        keyrack_core::tls::ensure_crypto_provider();
         let mut client = reqwest::Client::builder()
             .https_only(true)
             .connect_timeout(Duration::from_secs(10))

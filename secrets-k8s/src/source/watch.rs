@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use reqwest::Response;
-use secrets_core::{Backoff, Clock, Error, ErrorKind, Result, SourceEvent, Version};
+use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SourceEvent, Version};
 use serde::Deserialize;
 
 use super::Target;

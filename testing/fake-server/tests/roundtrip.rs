@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 
-use secrets_fake_server::{FakeServer, Response};
+use keyrack_fake_server::{FakeServer, Response};
 
 /// A client with rustls' ring provider passed in, trusting only `ca_pem` (none: no roots, for
 /// plain HTTP). Nothing is installed process-wide, so each test passes alone and in any order (a

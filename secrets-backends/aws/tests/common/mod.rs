@@ -16,9 +16,9 @@ use aws_sdk_secretsmanager::error::{BoxError, ProvideErrorMetadata};
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
-use secrets_aws::{AwsBuilder, AwsSource};
-use secrets_core::testkit::Seeder;
-use secrets_core::{Error, ErrorKind, Result, SecretRef, SecretSource, async_trait};
+use keyrack_aws::{AwsBuilder, AwsSource};
+use keyrack_core::testkit::Seeder;
+use keyrack_core::{Error, ErrorKind, Result, SecretRef, SecretSource, async_trait};
 
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -232,7 +232,7 @@ impl Intercept for Throttler {
 
 /// moto's request recorder (`/moto-api/recorder/...`): what clients actually sent.
 pub async fn recorder(action: &str) -> String {
-    secrets_core::tls::ensure_crypto_provider();
+    keyrack_core::tls::ensure_crypto_provider();
     let url = format!("{}/moto-api/recorder/{action}", env("AWS_ENDPOINT_URL"));
     let client = reqwest::Client::new();
     let response = if action == "download-recording" {

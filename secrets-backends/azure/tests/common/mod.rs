@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use secrets_azure::{AzureBuilder, AzureSource, WorkloadIdentity};
-use secrets_core::testkit::Seeder;
-use secrets_core::{IdentityToken, Result, SecretRef, SecretSource, SecretValue, async_trait};
-use secrets_fake_server::{FakeServer, Request, Response};
+use keyrack_azure::{AzureBuilder, AzureSource, WorkloadIdentity};
+use keyrack_core::testkit::Seeder;
+use keyrack_core::{IdentityToken, Result, SecretRef, SecretSource, SecretValue, async_trait};
+use keyrack_fake_server::{FakeServer, Request, Response};
 use serde_json::{Value, json};
 
 /// The vault name the tests use; mapped to the fake's URL with `with_vault_url`.
@@ -26,7 +26,7 @@ pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 /// (entra_client_assertion_token_exchange.documented.json, `request.form_body_in_documented_order`).
 pub const CLIENT_ID: &str = "97e0a5b7-d745-40b6-94fe-5f77d35c6e05";
 
-/// A fixture file, embedded relative to this file so that other crates' tests (secrets-k8s's
+/// A fixture file, embedded relative to this file so that other crates' tests (keyrack-k8s's
 /// workload-identity test) can include these fakes with `#[path]`.
 pub fn fixture(name: &str) -> Value {
     let text = match name {
@@ -437,7 +437,7 @@ impl Seeder for FakeSeeder {
         // Key Vault stores text; the source declares no binary capability, so the suite only
         // writes UTF-8 here.
         let text = std::str::from_utf8(value).map_err(|_| {
-            secrets_core::Error::invalid_value("Key Vault values are text; the seeder got bytes")
+            keyrack_core::Error::invalid_value("Key Vault values are text; the seeder got bytes")
         })?;
         self.fake.put(name, text);
         Ok(())
@@ -445,7 +445,7 @@ impl Seeder for FakeSeeder {
 }
 
 /// A form body, sorted, for comparing field sets.
-pub fn form_of(req: &secrets_fake_server::Request) -> Vec<(String, String)> {
+pub fn form_of(req: &keyrack_fake_server::Request) -> Vec<(String, String)> {
     let mut form = req.form();
     form.sort();
     form

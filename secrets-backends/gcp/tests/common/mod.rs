@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use secrets_core::testkit::Seeder;
-use secrets_core::{Result, SecretRef, SecretSource, async_trait};
-use secrets_fake_server::{FakeServer, Request, Response};
-use secrets_gcp::{GcpBuilder, GcpSource};
+use keyrack_core::testkit::Seeder;
+use keyrack_core::{Result, SecretRef, SecretSource, async_trait};
+use keyrack_fake_server::{FakeServer, Request, Response};
+use keyrack_gcp::{GcpBuilder, GcpSource};
 use serde_json::{Value, json};
 
 pub const DOCUMENTED: &str = include_str!("../fixtures/access_secret_version.documented.json");

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use secrets_core::{RotationEvent, RotationEvents, Secret, SecretRef, Secrets};
-use secrets_vault::{Auth, VaultBuilder, VaultSource};
+use keyrack_core::{RotationEvent, RotationEvents, Secret, SecretRef, Secrets};
+use keyrack_vault::{Auth, VaultBuilder, VaultSource};
 
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -61,7 +61,7 @@ pub async fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    secrets_core::tls::ensure_crypto_provider();
+    keyrack_core::tls::ensure_crypto_provider();
     let client = reqwest::Client::new();
     let mut req = client
         .request(method, format!("{addr}/v1/{path}"))
