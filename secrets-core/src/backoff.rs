@@ -1,11 +1,14 @@
-//! Exponential backoff with full jitter, honouring a backend's Retry-After.
+//! Exponential backoff with jitter and a floor, honouring a backend's `Retry-After`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 
-/// Backoff policy: the n-th retry waits a uniformly random time in `[0, min(max, initial·2ⁿ)]`
-/// ("full jitter"), but never less than a throttling backend's `retry_after`.
+/// Backoff policy. The n-th retry (0-based) waits a uniformly random time in
+/// `[floor, min(max, initial·2ⁿ)]` ("full jitter" above a floor), but never less than the
+/// backend's `Retry-After`. A throttling answer without a hint waits the whole step instead
+/// (plus up to a quarter, to spread a fleet): 1, 2, 4, 8, 16 s with the defaults, Azure Key
+/// Vault's published guidance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     /// Upper bound of the first wait.
@@ -23,6 +26,10 @@ impl Default for Backoff {
     }
 }
 
+/// The longest `Retry-After` obeyed (or `max`, if longer): a proxy answering `Retry-After: 86400`
+/// must not silence a client for a day.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
 impl Backoff {
     /// Upper bound of the wait before retry number `attempt` (0-based).
     pub fn ceiling(&self, attempt: u32) -> Duration {
@@ -30,15 +37,34 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.max)
     }
 
-    /// The wait before retry number `attempt` after `error`; `unit` is a uniform random number
-    /// in `[0, 1)`.
-    pub fn delay(&self, attempt: u32, error: &Error, unit: f64) -> Duration {
-        let jittered = self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0));
-        match error.retry_after() {
-            Some(hint) => jittered.max(hint),
-            None => jittered,
-        }
+    /// The wait before retry number `attempt` after `error`, never below `floor` (the source's
+    /// [`retry_floor`](crate::Capabilities::retry_floor)); `unit` is a uniform random number in
+    /// `[0, 1)`.
+    pub fn delay(&self, attempt: u32, error: &Error, floor: Duration, unit: f64) -> Duration {
+        let unit = unit.clamp(0.0, 1.0);
+        let cap = self.max.max(floor);
+        let ceiling = self.ceiling(attempt).max(floor).min(cap);
+        let hint = error.retry_after().map(|h| h.min(cap.max(MAX_RETRY_AFTER)));
+        let wait = if *error.kind() == ErrorKind::Throttled && hint.is_none() {
+            ceiling.mul_f64(1.0 + 0.25 * unit).min(cap)
+        } else {
+            ceiling.mul_f64(unit).max(floor)
+        };
+        hint.map_or(wait, |h| wait.max(h))
     }
+}
+
+/// Parse an HTTP `Retry-After` value: delay-seconds (`120`) or an HTTP-date (`Wed, 21 Oct 2015
+/// 07:28:00 GMT`, and the two obsolete forms), the latter counted from `now` (the wall clock at
+/// the answer's arrival). A date in the past is no wait; anything else unparsable is `None`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than a u64 holds is still "a very long time".
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -58,13 +84,70 @@ mod tests {
         assert_eq!(b.ceiling(100), Duration::from_secs(10));
     }
 
+    const S: fn(u64) -> Duration = Duration::from_secs;
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
     #[test]
-    fn full_jitter_and_retry_after() {
+    fn full_jitter_above_the_floor_and_retry_after() {
         let b = Backoff::default();
         let e = Error::new(ErrorKind::Unavailable, "down");
-        assert_eq!(b.delay(2, &e, 0.0), Duration::ZERO);
-        assert_eq!(b.delay(2, &e, 0.5), Duration::from_secs(2));
-        let t = Error::throttled(Some(Duration::from_secs(30)), "slow down");
-        assert_eq!(b.delay(0, &t, 0.9), Duration::from_secs(30));
+        assert_eq!(b.delay(2, &e, Duration::ZERO, 0.0), Duration::ZERO);
+        assert_eq!(b.delay(2, &e, MS(500), 0.0), MS(500));
+        assert_eq!(b.delay(2, &e, MS(500), 0.5), S(2));
+        let t = Error::throttled(Some(S(30)), "slow down");
+        assert_eq!(b.delay(0, &t, MS(500), 0.9), S(30));
+        // A 503 with Retry-After is honoured as well as a 429's.
+        let u = Error::new(ErrorKind::Unavailable, "503").with_retry_after(S(4));
+        assert_eq!(b.delay(0, &u, MS(500), 0.0), S(4));
+        // A hint longer than the cap is cut to it.
+        let long = Error::throttled(Some(S(86_400)), "slow down");
+        assert_eq!(b.delay(0, &long, MS(500), 0.0), S(600));
+        // A hint above a small max is still obeyed (up to the hint cap).
+        let tight = Backoff {
+            initial: S(1),
+            max: S(1),
+        };
+        assert_eq!(tight.delay(0, &t, MS(500), 0.0), S(30));
+    }
+
+    #[test]
+    fn throttling_without_a_hint_waits_whole_steps() {
+        let b = Backoff::default();
+        let t = Error::throttled(None, "429");
+        let waits: Vec<Duration> = (0..5).map(|n| b.delay(n, &t, S(1), 0.0)).collect();
+        assert_eq!(waits, vec![S(1), S(2), S(4), S(8), S(16)]);
+        assert_eq!(b.delay(0, &t, S(1), 1.0), MS(1250));
+        assert_eq!(b.delay(30, &t, S(1), 1.0), S(300));
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + S(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        assert_eq!(parse_retry_after("120", now), Some(S(120)));
+        assert_eq!(parse_retry_after(" 7 ", now), Some(S(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:04 GMT", now),
+            Some(S(4))
+        );
+        // The obsolete forms a recipient must accept (RFC 9110, 5.6.7).
+        assert_eq!(
+            parse_retry_after("Wednesday, 21-Oct-15 07:28:09 GMT", now),
+            Some(S(9))
+        );
+        assert_eq!(
+            parse_retry_after("Wed Oct 21 07:28:10 2015", now),
+            Some(S(10))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
     }
 }

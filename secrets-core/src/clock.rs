@@ -86,6 +86,8 @@ pub struct ManualClock {
 
 struct ManualState {
     elapsed: Duration,
+    /// Added to the wall clock only (a step of the system clock).
+    wall_jump: Duration,
     sleepers: Vec<(Instant, Waker)>,
 }
 
@@ -96,6 +98,7 @@ impl ManualClock {
         ManualClock {
             inner: Arc::new(Mutex::new(ManualState {
                 elapsed: Duration::ZERO,
+                wall_jump: Duration::ZERO,
                 sleepers: Vec::new(),
             })),
             base: Instant::now(),
@@ -150,6 +153,12 @@ impl ManualClock {
         woken.into_iter().for_each(Waker::wake);
     }
 
+    /// Step the wall clock forward by `by` without moving monotonic time (an NTP step, a
+    /// suspended VM resumed): deadlines already computed stay where they are.
+    pub fn jump_wall(&self, by: Duration) {
+        self.state().wall_jump += by;
+    }
+
     /// Number of tasks currently sleeping on this clock.
     pub fn sleepers(&self) -> usize {
         self.state().sleepers.len()
@@ -183,7 +192,8 @@ impl Clock for ManualClock {
     }
 
     fn wall(&self) -> SystemTime {
-        self.base_wall + self.state().elapsed
+        let st = self.state();
+        self.base_wall + st.elapsed + st.wall_jump
     }
 
     fn sleep_until(&self, deadline: Instant) -> Sleep {

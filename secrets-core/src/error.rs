@@ -25,11 +25,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The caller's credentials are missing, invalid or expired.
     Unauthenticated,
-    /// The backend asked us to slow down; `retry_after` is its hint when it gave one.
-    Throttled {
-        /// How long the backend asked us to wait, if it said.
-        retry_after: Option<Duration>,
-    },
+    /// The backend asked us to slow down ([`Error::retry_after`] is its hint when it gave one).
+    Throttled,
     /// The backend could not be reached or is not serving (down, sealed, standby).
     Unavailable,
     /// The reference is malformed, or names a source that is not registered.
@@ -62,7 +59,7 @@ impl ErrorKind {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ErrorKind::Throttled { .. } | ErrorKind::Unavailable | ErrorKind::Timeout
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Timeout
         )
     }
 
@@ -71,7 +68,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not found",
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::Unauthenticated => "unauthenticated",
-            ErrorKind::Throttled { .. } => "throttled",
+            ErrorKind::Throttled => "throttled",
             ErrorKind::Unavailable => "backend unavailable",
             ErrorKind::InvalidRef => "invalid reference",
             ErrorKind::InvalidValue => "invalid value",
@@ -100,6 +97,8 @@ struct Inner {
     message: String,
     source_name: Option<String>,
     reference: Option<SecretRef>,
+    /// How long the backend asked us to wait (`Retry-After`, `retryAfterSeconds`, …).
+    retry_after: Option<Duration>,
     cause: Option<Box<dyn StdError + Send + Sync>>,
 }
 
@@ -112,6 +111,7 @@ impl Error {
                 message: message.into(),
                 source_name: None,
                 reference: None,
+                retry_after: None,
                 cause: None,
             }),
         }
@@ -132,9 +132,19 @@ impl Error {
         Self::new(ErrorKind::InvalidValue, message)
     }
 
-    /// Shorthand for [`ErrorKind::Throttled`].
+    /// Shorthand for [`ErrorKind::Throttled`], with the backend's hint when it gave one.
     pub fn throttled(retry_after: Option<Duration>, message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Throttled { retry_after }, message)
+        let e = Self::new(ErrorKind::Throttled, message);
+        match retry_after {
+            Some(d) => e.with_retry_after(d),
+            None => e,
+        }
+    }
+
+    /// Record how long the backend asked us to wait before trying again (a 429's or a 503's
+    /// `Retry-After`): the client waits at least that long, whatever the kind.
+    pub fn with_retry_after(self, wait: Duration) -> Self {
+        self.map_inner(|i| i.retry_after = Some(wait))
     }
 
     /// Attach the underlying error (a transport or parser error, never one carrying a value).
@@ -164,6 +174,7 @@ impl Error {
                 },
                 source_name: shared.source_name.clone(),
                 reference: shared.reference.clone(),
+                retry_after: shared.retry_after,
                 cause: None,
             },
         };
@@ -183,12 +194,10 @@ impl Error {
         self.inner.kind.is_retryable()
     }
 
-    /// The backend's retry hint, for [`ErrorKind::Throttled`].
+    /// How long the backend asked us to wait before trying again, when it said (a throttling
+    /// answer's or an outage's `Retry-After`).
     pub fn retry_after(&self) -> Option<Duration> {
-        match self.inner.kind {
-            ErrorKind::Throttled { retry_after } => retry_after,
-            _ => None,
-        }
+        self.inner.retry_after
     }
 
     /// The reference this error concerns, when known.
@@ -211,10 +220,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
         f.write_str(i.kind.describe())?;
-        if let ErrorKind::Throttled {
-            retry_after: Some(d),
-        } = i.kind
-        {
+        if let Some(d) = i.retry_after {
             write!(f, " (retry after {d:?})")?;
         }
         if !i.message.is_empty() {
@@ -243,6 +249,9 @@ impl fmt::Debug for Error {
         }
         if let Some(s) = &i.source_name {
             d.field("source", s);
+        }
+        if let Some(w) = &i.retry_after {
+            d.field("retry_after", w);
         }
         if let Some(c) = &i.cause {
             d.field("cause", &format_args!("{c}"));
@@ -290,6 +299,18 @@ mod tests {
         assert!(e.is_retryable());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
         assert!(e.to_string().contains("retry after 2s"));
+    }
+
+    #[test]
+    fn any_kind_carries_a_retry_hint() {
+        let e = Error::new(ErrorKind::Unavailable, "503").with_retry_after(Duration::from_secs(4));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(4)));
+        assert!(e.is_retryable());
+        let shared = e.clone();
+        assert_eq!(
+            shared.with_source_name("vault").retry_after(),
+            Some(Duration::from_secs(4))
+        );
     }
 
     #[test]

@@ -131,12 +131,44 @@ impl Selector {
     }
 }
 
+/// The longest reference accepted, in bytes: longer than any backend's names (an AWS ARN is at
+/// most 2,048 characters), short enough that a value pasted by mistake is not carried around.
+pub const MAX_REF_LEN: usize = 4096;
+
 /// Why a string (or a builder call) does not make a valid [`SecretRef`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid secret reference `{input}`: {kind}")]
+///
+/// `Display` and `Debug` never quote the input beyond its `source://` prefix: a reference that
+/// does not parse may be a secret value passed by mistake (`get_secret(password)`), and errors
+/// end up in logs.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid secret reference{}: {kind}", Prefix(&self.input))]
 pub struct RefError {
     input: String,
     kind: RefErrorKind,
+}
+
+/// ` `scheme://…`` when the input starts with a valid scheme, else nothing.
+struct Prefix<'a>(&'a str);
+
+impl fmt::Display for Prefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.split_once("://") {
+            Some((scheme, _)) if scheme.len() <= 64 && check_source(scheme).is_ok() => {
+                write!(f, " `{scheme}://…`")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for RefError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefError")
+            .field("input", &format_args!("{}", Prefix(&self.input)))
+            .field("len", &self.input.len())
+            .field("kind", &self.kind)
+            .finish()
+    }
 }
 
 impl RefError {
@@ -148,7 +180,8 @@ impl RefError {
     }
 
     /// The rejected input: the parsed string, or for a builder call the reference being
-    /// extended (or, for [`SecretRef::new`], `<source>://<path>` as given).
+    /// extended (or, for [`SecretRef::new`], `<source>://<path>` as given). It may be a value
+    /// passed where a reference was expected: do not log it.
     pub fn input(&self) -> &str {
         &self.input
     }
@@ -203,10 +236,18 @@ pub enum RefErrorKind {
     #[error("`?` is followed by an empty query")]
     EmptyQuery,
     /// A query item has no `=`.
-    #[error("query item `{key}` has no `=` (write `{key}=` for an empty value)")]
+    #[error("the query item at byte {offset} has no `=` (write `key=` for an empty value)")]
     MissingEquals {
-        /// The (decoded) query item.
-        key: String,
+        /// Byte offset of the item in the input.
+        offset: usize,
+    },
+    /// The reference is longer than [`MAX_REF_LEN`].
+    #[error("{len} bytes, longer than the {max} a reference may have")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
     },
     /// A query item, or a parameter given to a builder, has an empty key.
     #[error("a query item has an empty key")]
@@ -273,6 +314,13 @@ impl SecretRef {
         let source = check_source(source).map_err(err)?;
         if path.is_empty() {
             return Err(err(RefErrorKind::EmptyPath));
+        }
+        let len = source.len() + 3 + path.len();
+        if len > MAX_REF_LEN {
+            return Err(err(RefErrorKind::TooLong {
+                len,
+                max: MAX_REF_LEN,
+            }));
         }
         Ok(Parts {
             source,
@@ -390,6 +438,36 @@ impl SecretRef {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Refuse every parameter that is not in `known`: a source calls this first, so a mistyped
+    /// key (`?stgae=`, `?Stage=`, `?versionId=`) is an error naming it instead of a read of the
+    /// default revision.
+    pub fn expect_params(&self, known: &[&str]) -> Result<(), crate::Error> {
+        let Some((key, _)) = self
+            .params()
+            .iter()
+            .find(|(k, _)| !known.contains(&k.as_str()))
+        else {
+            return Ok(());
+        };
+        let lower = key.to_ascii_lowercase();
+        let near = [VERSION, STAGE]
+            .into_iter()
+            .chain(known.iter().copied())
+            .find(|k| {
+                lower == *k
+                    || lower.replace(['_', '-'], "") == k.replace(['_', '-'], "")
+                    || (lower.len() == k.len() && is_swap(&lower, k))
+                    || lower.starts_with(k)
+            });
+        let mut message = format!("unknown parameter `{}`", truncated(key));
+        match near {
+            Some(k) => message.push_str(&format!(" (did you mean `{k}`?)")),
+            None if known.is_empty() => message.push_str(" (this source takes no parameters)"),
+            None => message.push_str(&format!(" (this source takes: {})", known.join(", "))),
+        }
+        Err(crate::Error::new(crate::ErrorKind::InvalidRef, message).with_ref(self))
+    }
+
     /// The field (the decoded part after `#`), if any.
     pub fn field(&self) -> Option<&str> {
         self.inner.parts.field.as_deref()
@@ -423,6 +501,21 @@ impl SecretRef {
 
     fn error(&self, kind: RefErrorKind) -> RefError {
         RefError::new(self.to_string(), kind)
+    }
+}
+
+/// Whether `a` is `b` with two neighbouring characters swapped (`stgae` for `stage`).
+fn is_swap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    matches!(diff[..], [i, j] if j == i + 1 && a[i] == b[j] && a[j] == b[i])
+}
+
+/// A key cut to a length that is safe to quote.
+fn truncated(key: &str) -> String {
+    match key.char_indices().nth(32) {
+        Some((i, _)) => format!("{}…", &key[..i]),
+        None => key.to_owned(),
     }
 }
 
@@ -461,6 +554,12 @@ fn parse_ref(s: &str) -> Result<SecretRef, RefErrorKind> {
 }
 
 fn parse_parts(s: &str) -> Result<Parts, RefErrorKind> {
+    if s.len() > MAX_REF_LEN {
+        return Err(RefErrorKind::TooLong {
+            len: s.len(),
+            max: MAX_REF_LEN,
+        });
+    }
     if let Some(offset) = s.bytes().position(|b| b == b' ' || b.is_ascii_control()) {
         return Err(RefErrorKind::RawCharacter { offset });
     }
@@ -516,8 +615,8 @@ fn parse_query(r: &mut Parts, query: &str, base: usize) -> Result<(), RefErrorKi
             if item.is_empty() {
                 return Err(RefErrorKind::EmptyKey);
             }
-            let key = decode(item, item_base, RefPart::Query)?;
-            return Err(RefErrorKind::MissingEquals { key });
+            decode(item, item_base, RefPart::Query)?;
+            return Err(RefErrorKind::MissingEquals { offset: item_base });
         };
         let key = decode(k, item_base, RefPart::Query)?;
         let value = decode(v, item_base + k.len() + 1, RefPart::Query)?;
@@ -914,10 +1013,7 @@ mod tests {
         assert_eq!(kind("v://a?x=1&%k=1"), bad(10));
         assert_eq!(kind("v://a?x=1&k%=1"), bad(11));
         assert_eq!(kind("v://a?x=1#%"), bad(10));
-        assert_eq!(
-            kind("v://a?x#%"),
-            RefErrorKind::MissingEquals { key: "x".into() }
-        );
+        assert_eq!(kind("v://a?x#%"), RefErrorKind::MissingEquals { offset: 6 });
         assert_eq!(p("v://%41%6a").path(), "Aj");
     }
 
@@ -927,11 +1023,11 @@ mod tests {
         assert_eq!(kind("x://a?#f"), RefErrorKind::EmptyQuery);
         assert_eq!(
             kind("x://a?flag"),
-            RefErrorKind::MissingEquals { key: "flag".into() }
+            RefErrorKind::MissingEquals { offset: 6 }
         );
         assert_eq!(
             kind("x://a?k=1&fl%61g"),
-            RefErrorKind::MissingEquals { key: "flag".into() }
+            RefErrorKind::MissingEquals { offset: 10 }
         );
         assert_eq!(kind("x://a?=1"), RefErrorKind::EmptyKey);
         assert_eq!(kind("x://a?k=1&"), RefErrorKind::EmptyKey);
@@ -986,12 +1082,48 @@ mod tests {
     }
 
     #[test]
+    fn unknown_parameters_are_refused_with_a_hint() {
+        let ok = p("aws-sm://db?region=eu-west-1");
+        assert!(ok.expect_params(&["region"]).is_ok());
+        let hint = |s: &str, known: &[&str]| p(s).expect_params(known).unwrap_err().to_string();
+        assert!(hint("aws-sm://db?Stage=X", &["region"]).contains("did you mean `stage`?"));
+        assert!(hint("aws-sm://db?stgae=X", &["region"]).contains("did you mean `stage`?"));
+        assert!(hint("aws-sm://db?versionId=1", &["region"]).contains("did you mean `version`?"));
+        assert!(hint("aws-sm://db?zone=1", &["region"]).contains("this source takes: region"));
+        assert!(hint("mem://db?zone=1", &[]).contains("takes no parameters"));
+        let e = p("aws-sm://db?Region=x")
+            .expect_params(&["region"])
+            .unwrap_err();
+        assert_eq!(e.kind(), &crate::ErrorKind::InvalidRef);
+        assert!(e.to_string().contains("did you mean `region`?"), "{e}");
+    }
+
+    #[test]
     fn error_messages() {
         let e = SecretRef::parse("x://a?version=1&stage=s").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "invalid secret reference `x://a?version=1&stage=s`: both `version` and `stage` are \
-             given; a reference selects one"
+            "invalid secret reference `x://…`: both `version` and `stage` are given; a \
+             reference selects one"
+        );
+        // What does not parse may be a value passed by mistake: never quoted, in any form.
+        for input in [
+            "hunter2",
+            "hunter2 with spaces",
+            "s3cr3t?x=1#y",
+            "://hunter2",
+        ] {
+            let e = SecretRef::parse(input).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+                "{shown}"
+            );
+        }
+        let e = SecretRef::parse(&format!("v://{}", "a".repeat(MAX_REF_LEN))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid secret reference `v://…`: 4100 bytes, longer than the 4096 a reference may have"
         );
         assert_eq!(
             kind("v://a%zz").to_string(),

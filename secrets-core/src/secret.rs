@@ -242,11 +242,6 @@ impl Secret {
             self.inner.meta.clone(),
         ))
     }
-
-    /// The same secret with a new lease (after a renewal).
-    pub(crate) fn with_lease(&self, lease: Lease) -> Secret {
-        self.clone().leased(lease)
-    }
 }
 
 impl fmt::Debug for Secret {

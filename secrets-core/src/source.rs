@@ -14,7 +14,7 @@ use crate::secret::{Lease, Secret, Version};
 /// What a source can do. The engine calls a method only when the matching capability is set, so a
 /// source answers the others with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) (or
 /// `None` for [`watch`](SecretSource::watch)) rather than a made-up success.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
     /// `version()` answers without reading the value (a metadata call).
@@ -33,6 +33,15 @@ pub struct Capabilities {
     pub revoke: bool,
     /// `watch()` yields a push feed of changes.
     pub watch: bool,
+    /// The shortest wait before the client asks again after a failure (the backend's retry
+    /// guidance; default 1 s). Backoff grows from here; a `Retry-After` may ask for longer.
+    pub retry_floor: Duration,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self::NONE
+    }
 }
 
 impl Capabilities {
@@ -46,6 +55,7 @@ impl Capabilities {
         renew: false,
         revoke: false,
         watch: false,
+        retry_floor: Duration::from_secs(1),
     };
 }
 
@@ -99,6 +109,13 @@ pub trait SecretSource: Send + Sync + Debug + 'static {
     /// A push feed of changes to `r`. Called only when `capabilities().watch`; `None` when this
     /// particular reference cannot be watched.
     fn watch(&self, r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>>;
+
+    /// Stop the source's own background work (token renewal, open watches) and release what it
+    /// holds (a Vault source revokes its own token, if so configured). Called once by
+    /// [`Secrets::shutdown`](crate::Secrets::shutdown) after the client's own tasks have stopped;
+    /// later calls may fail with [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown). A source
+    /// registered with several clients is shut down by the first of them to shut down.
+    async fn shutdown(&self);
 }
 
 /// `fetch_many` for sources without a batch API: one `fetch` per reference, at most `concurrency`

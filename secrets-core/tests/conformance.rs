@@ -114,6 +114,9 @@ impl SecretSource for Liar {
     ) -> Option<futures_util::stream::BoxStream<'static, Result<keyrack_core::SourceEvent>>> {
         self.0.watch(r)
     }
+    async fn shutdown(&self) {
+        self.0.shutdown().await
+    }
 }
 
 struct LyingSeeder(Arc<Liar>);

@@ -525,21 +525,32 @@ async fn push_feed_delivers_changes_without_polling() {
     let mut events = handle.subscribe();
     keyrack_core::clock::settle().await;
     memory.set("app", "v2");
-    keyrack_core::clock::settle().await;
+    // The feed's look right after the handle opened was a call: the next waits a second.
+    clock.advance(S(1)).await;
     assert_eq!(rotated(&drain(&mut events)), vec![(v("1"), v("2"))]);
-    assert_eq!(clock.elapsed(), Duration::ZERO);
+    // The first read, the feed's look when it opened, and the change: a probe and a read.
+    assert_eq!(
+        memory.calls().version + memory.calls().fetch,
+        4,
+        "{:?}",
+        memory.calls()
+    );
 }
 
 #[tokio::test]
 async fn refresh_now_checks_immediately() {
-    let (_clock, memory, secrets) = setup();
+    let (clock, memory, secrets) = setup();
     memory.set("app", "v1");
     let handle = secrets.handle("mem://app").await.unwrap();
     memory.set("app", "v2");
     handle.refresh_now().await.unwrap();
     assert_eq!(handle.current().expose_str().unwrap(), "v2");
     memory.fail(ErrorKind::PermissionDenied);
-    let e = handle.refresh_now().await.unwrap_err();
+    // A second refresh within a second of the last call waits for the second to pass.
+    let h = handle.clone();
+    let again = tokio::spawn(async move { h.refresh_now().await });
+    clock.advance(S(1)).await;
+    let e = again.await.unwrap().unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::PermissionDenied);
     assert_eq!(handle.current().expose_str().unwrap(), "v2");
 }
@@ -677,7 +688,8 @@ async fn builder_rejects_bad_settings() {
         .unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::Config);
     let msg = e.to_string();
-    for needle in ["Bad Name", "jitter", "interval", "nonsense"] {
+    // The unparsable reference is not quoted (it might be a value passed by mistake).
+    for needle in ["Bad Name", "jitter", "interval", "missing `://`"] {
         assert!(msg.contains(needle), "{needle} in {msg}");
     }
     let e = Secrets::builder()

@@ -96,6 +96,9 @@ impl SecretSource for Wrap {
     fn watch(&self, r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
         self.inner.watch(r)
     }
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
 }
 fn wrap(clock: &ManualClock) -> (MemorySource, Arc<Hooks>, Arc<AtomicBool>, Wrap) {
     let memory = MemorySource::with_clock(clock.clone());

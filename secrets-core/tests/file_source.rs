@@ -383,6 +383,9 @@ impl SecretSource for Announced {
         self.watching.notify_one();
         stream
     }
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

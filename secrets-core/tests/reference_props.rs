@@ -1,7 +1,7 @@
 //! Property tests for `SecretRef`: display/parse round-trips and total, idempotent parsing.
 
-use proptest::prelude::*;
 use keyrack_core::{SecretRef, Selector};
+use proptest::prelude::*;
 
 /// Text that exercises every character the grammar treats specially, plus arbitrary Unicode.
 fn text() -> impl Strategy<Value = String> {

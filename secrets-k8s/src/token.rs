@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use keyrack_core::{Clock, Error, ErrorKind, IdentityToken, Result, SecretValue, SystemClock};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use zeroize::Zeroizing;
 
 use crate::claims::TokenClaims;

@@ -531,10 +531,8 @@ async fn failures_are_typed() {
     api.fail_next_get(429, Some(7));
     let e = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap_err();
     assert_eq!(
-        e.kind(),
-        &ErrorKind::Throttled {
-            retry_after: Some(Duration::from_secs(7))
-        }
+        (e.kind(), e.retry_after()),
+        (&ErrorKind::Throttled, Some(Duration::from_secs(7)))
     );
     api.fail_next_get(500, None);
     let e = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap_err();

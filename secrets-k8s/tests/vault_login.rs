@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use reqwest::Method;
 use keyrack_core::testkit::LogCapture;
 use keyrack_core::{Clock, ErrorKind, Secrets, SystemClock};
 use keyrack_fake_server::{FakeServer, Response};
 use keyrack_k8s::ProjectedToken;
 use keyrack_k8s::testkit::{TokenProjector, unsigned_jwt};
 use keyrack_vault::{Auth, VaultBuilder};
+use reqwest::Method;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {

@@ -16,7 +16,6 @@ pub(crate) fn kind_for(
     code: Option<&str>,
     message: Option<&str>,
     status: Option<u16>,
-    retry_after: Option<Duration>,
 ) -> ErrorKind {
     match code.unwrap_or_default() {
         "ResourceNotFoundException" => ErrorKind::NotFound,
@@ -24,7 +23,7 @@ pub(crate) fn kind_for(
         "ThrottlingException"
         | "Throttling"
         | "TooManyRequestsException"
-        | "RequestLimitExceeded" => ErrorKind::Throttled { retry_after },
+        | "RequestLimitExceeded" => ErrorKind::Throttled,
         // The API has no code of its own for "scheduled for deletion": it is an
         // InvalidRequestException whose message says so ("...because it was marked for
         // deletion", moto: "...currently marked deleted").
@@ -40,7 +39,7 @@ pub(crate) fn kind_for(
         | "ExpiredTokenException" => ErrorKind::Unauthenticated,
         "InvalidParameterException" | "ValidationException" => ErrorKind::InvalidRef,
         _ => match status {
-            Some(429) => ErrorKind::Throttled { retry_after },
+            Some(429) => ErrorKind::Throttled,
             Some(401) => ErrorKind::Unauthenticated,
             Some(403) => ErrorKind::PermissionDenied,
             Some(s) if s >= 500 => ErrorKind::Unavailable,
@@ -56,7 +55,7 @@ fn mentions_deletion(message: Option<&str>) -> bool {
 
 /// An error for one failed secret of a batch (`Errors` of BatchGetSecretValue).
 pub(crate) fn batch_entry_error(code: Option<&str>, message: Option<&str>) -> Error {
-    let kind = kind_for(code, message, None, None);
+    let kind = kind_for(code, message, None);
     Error::new(
         kind.clone(),
         describe("BatchGetSecretValue", &kind, code, message),
@@ -96,13 +95,12 @@ where
         SdkError::ServiceError(ctx) => {
             let raw = ctx.raw();
             let e = ctx.err();
-            let kind = kind_for(
-                e.code(),
-                e.message(),
-                Some(raw.status().as_u16()),
-                retry_after(raw),
-            );
-            Error::new(kind.clone(), describe(op, &kind, e.code(), e.message()))
+            let kind = kind_for(e.code(), e.message(), Some(raw.status().as_u16()));
+            let error = Error::new(kind.clone(), describe(op, &kind, e.code(), e.message()));
+            match retry_after(raw) {
+                Some(wait) => error.with_retry_after(wait),
+                None => error,
+            }
         }
         SdkError::TimeoutError(_) => Error::new(
             ErrorKind::Timeout,
@@ -174,7 +172,7 @@ mod tests {
                 "ThrottlingException",
                 "Rate exceeded",
                 400,
-                ErrorKind::Throttled { retry_after: None },
+                ErrorKind::Throttled,
             ),
             (
                 "InvalidRequestException",
@@ -213,12 +211,7 @@ mod tests {
                 400,
                 ErrorKind::InvalidRef,
             ),
-            (
-                "SomethingNew",
-                "x",
-                429,
-                ErrorKind::Throttled { retry_after: None },
-            ),
+            ("SomethingNew", "x", 429, ErrorKind::Throttled),
             ("SomethingNew", "x", 503, ErrorKind::Unavailable),
             ("SomethingNew", "x", 400, ErrorKind::Backend),
         ];

@@ -206,13 +206,15 @@ impl AwsSource {
         loop {
             match self.get_value(id, &Pick::Stage(AWSCURRENT)).await {
                 Err(e)
-                    if matches!(e.kind(), ErrorKind::Throttled { .. })
+                    if matches!(e.kind(), ErrorKind::Throttled)
                         && attempt + 1 < self.tuning.fallback_attempts =>
                 {
-                    let wait = self
-                        .tuning
-                        .fallback_backoff
-                        .delay(attempt, &e, fastrand::f64());
+                    let wait = self.tuning.fallback_backoff.delay(
+                        attempt,
+                        &e,
+                        Duration::ZERO,
+                        fastrand::f64(),
+                    );
                     tracing::debug!(
                         secret = id,
                         attempt,
@@ -261,7 +263,7 @@ impl AwsSource {
                     let e =
                         batch_entry_error(error.error_code.as_deref(), error.message.as_deref());
                     // A throttled entry is read again below, like any entry left unanswered.
-                    if !matches!(e.kind(), ErrorKind::Throttled { .. }) {
+                    if !matches!(e.kind(), ErrorKind::Throttled) {
                         slots[i] = Some(Err(e));
                     }
                 }
@@ -271,7 +273,7 @@ impl AwsSource {
                 // allow GetSecretValue but not BatchGetSecretValue.
                 // Not found: some implementations (moto among them) fail the whole batch for
                 // one missing id instead of listing it in `Errors`.
-                ErrorKind::Throttled { .. } | ErrorKind::PermissionDenied | ErrorKind::NotFound => {
+                ErrorKind::Throttled | ErrorKind::PermissionDenied | ErrorKind::NotFound => {
                     tracing::debug!(error = %e, "BatchGetSecretValue failed; reading one by one");
                 }
                 _ => return vec![Err(e); ids.len()],
@@ -424,4 +426,7 @@ impl SecretSource for AwsSource {
     fn watch(&self, _r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
         None
     }
+
+    /// The SDK client keeps no task of its own running.
+    async fn shutdown(&self) {}
 }

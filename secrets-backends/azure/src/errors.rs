@@ -43,11 +43,7 @@ impl ServiceError {
 }
 
 /// The kind of a Key Vault answer from its status and error codes.
-pub(crate) fn kind_for(
-    status: u16,
-    service: &ServiceError,
-    retry_after: Option<Duration>,
-) -> ErrorKind {
+pub(crate) fn kind_for(status: u16, service: &ServiceError) -> ErrorKind {
     let inner = service.inner_code.as_deref().unwrap_or_default();
     let code = service.code.as_deref().unwrap_or_default();
     match status {
@@ -63,7 +59,7 @@ pub(crate) fn kind_for(
         // rust/purge_secret.json: 409 Conflict, innererror ObjectIsBeingDeleted, while a delete
         // is in progress.
         409 if inner == "ObjectIsBeingDeleted" => ErrorKind::Deleted,
-        429 => ErrorKind::Throttled { retry_after },
+        429 => ErrorKind::Throttled,
         400 if code == "BadParameter" => ErrorKind::InvalidRef,
         s if s >= 500 => ErrorKind::Unavailable,
         _ => ErrorKind::Backend,
@@ -141,8 +137,12 @@ pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
                 Some(raw) => (ServiceError::parse(raw.body()), retry_after(raw)),
                 None => (ServiceError::default(), None),
             };
-            let kind = kind_for(status, &service, wait);
-            Error::new(kind.clone(), describe(op, status, &service, &kind))
+            let kind = kind_for(status, &service);
+            let error = Error::new(kind.clone(), describe(op, status, &service, &kind));
+            match wait {
+                Some(wait) => error.with_retry_after(wait),
+                None => error,
+            }
         }
         AzureKind::Credential => credential_error(op, &err),
         AzureKind::Connection => Error::new(
@@ -185,10 +185,14 @@ impl std::error::Error for ScopeRefused {}
 /// A token could not be had. Entra ID's answers (error descriptions, AADSTS codes) and our chain's
 /// reasons carry no secret, so the message is kept; the kind says whether waiting may help.
 fn credential_error(op: &str, err: &azure_core::Error) -> Error {
-    Error::new(
+    let error = Error::new(
         token_error_kind(err),
         format!("Key Vault {op}: no token: {err}"),
-    )
+    );
+    match root_http(err).and_then(|(_, raw)| raw.and_then(retry_after)) {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
 }
 
 /// The kind of a failed token request, from the innermost HTTP answer in the error's chain
@@ -199,9 +203,7 @@ fn credential_error(op: &str, err: &azure_core::Error) -> Error {
 /// to connect is `Unavailable`, anything else `Unauthenticated`.
 pub(crate) fn token_error_kind(err: &azure_core::Error) -> ErrorKind {
     match root_http(err) {
-        Some((429, raw)) => ErrorKind::Throttled {
-            retry_after: raw.and_then(retry_after),
-        },
+        Some((429, _)) => ErrorKind::Throttled,
         Some((s, _)) if s >= 500 => ErrorKind::Unavailable,
         Some(_) => ErrorKind::Unauthenticated,
         None if has_kind(err, |k| matches!(k, AzureKind::Connection | AzureKind::Io)) => {

@@ -382,6 +382,9 @@ impl SecretSource for AzureSource {
     fn watch(&self, _r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
         None
     }
+
+    /// The SDK client keeps no task of its own running.
+    async fn shutdown(&self) {}
 }
 
 #[cfg(test)]

@@ -20,9 +20,7 @@ pub(crate) fn kind_for(status: &Status) -> ErrorKind {
         Code::NotFound => ErrorKind::NotFound,
         Code::PermissionDenied => ErrorKind::PermissionDenied,
         Code::Unauthenticated => ErrorKind::Unauthenticated,
-        Code::ResourceExhausted => ErrorKind::Throttled {
-            retry_after: retry_delay(status),
-        },
+        Code::ResourceExhausted => ErrorKind::Throttled,
         // AIP-194: INTERNAL may be retried, like UNAVAILABLE (and like a 5xx of the other
         // backends).
         Code::Unavailable | Code::Internal => ErrorKind::Unavailable,
@@ -70,7 +68,7 @@ fn kind_for_http(status: u16) -> ErrorKind {
         401 => ErrorKind::Unauthenticated,
         403 => ErrorKind::PermissionDenied,
         404 => ErrorKind::NotFound,
-        429 => ErrorKind::Throttled { retry_after: None },
+        429 => ErrorKind::Throttled,
         408 | 504 => ErrorKind::Timeout,
         s if s >= 500 => ErrorKind::Unavailable,
         _ => ErrorKind::Backend,
@@ -100,7 +98,11 @@ pub(crate) fn from_gax(op: &str, e: &google_cloud_gax::error::Error) -> Error {
             message.push_str(&status.message);
         }
         message.push_str(hint(&kind));
-        return Error::new(kind, message);
+        let error = Error::new(kind, message);
+        return match retry_delay(status) {
+            Some(wait) => error.with_retry_after(wait),
+            None => error,
+        };
     }
     if let Some(c) = credentials_error(e) {
         // A token exchange or metadata-server answer that failed: transient ones (5xx, 429,
@@ -187,7 +189,7 @@ mod tests {
             (
                 Code::ResourceExhausted,
                 "Quota exceeded",
-                ErrorKind::Throttled { retry_after: None },
+                ErrorKind::Throttled,
             ),
             (Code::Unavailable, "", ErrorKind::Unavailable),
             (Code::DeadlineExceeded, "", ErrorKind::Timeout),

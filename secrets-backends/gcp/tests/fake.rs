@@ -298,7 +298,7 @@ fn error_cases() -> Vec<(&'static str, u16, serde_json::Value, ErrorKind)> {
             "throttled",
             429,
             bodies["429_resource_exhausted"].clone(),
-            ErrorKind::Throttled { retry_after: None },
+            ErrorKind::Throttled,
         ),
         (
             "unauthenticated",
@@ -362,7 +362,7 @@ async fn each_error_status_maps_to_its_kind() {
             e.is_retryable(),
             matches!(
                 want,
-                ErrorKind::Throttled { .. } | ErrorKind::Unavailable | ErrorKind::Timeout
+                ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Timeout
             ),
             "{id}"
         );

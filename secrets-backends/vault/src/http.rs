@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
 use keyrack_core::{Error, ErrorKind, Result, SecretValue};
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
@@ -95,7 +95,7 @@ pub(crate) fn classify(status: StatusCode, errors: &str, retry_after: Option<Dur
             "operation not supported on this path",
         ),
         412 => (ErrorKind::Unavailable, "not yet consistent on this node"),
-        429 => (ErrorKind::Throttled { retry_after }, "rate limited"),
+        429 => (ErrorKind::Throttled, "rate limited"),
         473 => (ErrorKind::Unavailable, "performance standby"),
         503 if says("sealed") => (ErrorKind::Unavailable, "Vault is sealed"),
         503 => (ErrorKind::Unavailable, "Vault is unavailable or standby"),
@@ -107,7 +107,11 @@ pub(crate) fn classify(status: StatusCode, errors: &str, retry_after: Option<Dur
     } else {
         format!("{what} (HTTP {status}): {errors}")
     };
-    Error::new(kind, message)
+    let error = Error::new(kind, message);
+    match retry_after {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
 }
 
 fn transport_error(e: reqwest::Error) -> Error {

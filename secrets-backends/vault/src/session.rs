@@ -33,6 +33,8 @@ pub(crate) struct Session {
     login_lock: tokio::sync::Mutex<()>,
     generation: watch::Sender<u64>,
     keeper: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Shut down: the keeper is stopped and never started again.
+    closed: std::sync::atomic::AtomicBool,
     backoff: Backoff,
 }
 
@@ -54,6 +56,7 @@ impl Session {
             login_lock: tokio::sync::Mutex::new(()),
             generation: watch::Sender::new(0),
             keeper: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
             backoff: Backoff {
                 initial: Duration::from_millis(500),
                 max: Duration::from_secs(60),
@@ -145,9 +148,19 @@ impl Session {
         }
     }
 
+    /// Stop keeping the token alive, for good.
+    pub(crate) fn shutdown(&self) {
+        let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(task) = keeper.take() {
+            task.abort();
+        }
+    }
+
     fn ensure_keeper(self: &Arc<Self>) {
         let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
-        if keeper.is_none() {
+        if keeper.is_none() && !self.closed.load(std::sync::atomic::Ordering::Acquire) {
             let weak = Arc::downgrade(self);
             *keeper = Some(tokio::spawn(keep(weak)).abort_handle());
         }
@@ -199,7 +212,9 @@ fn next_wake(session: &Weak<Session>, failures: u32) -> Option<(Arc<dyn Clock>, 
     let now = s.clock.now();
     let wake = if failures > 0 {
         let e = Error::new(ErrorKind::Unavailable, "retry");
-        let delay = s.backoff.delay(failures - 1, &e, fastrand::f64());
+        let delay = s
+            .backoff
+            .delay(failures - 1, &e, Duration::ZERO, fastrand::f64());
         (now + delay).min(state.obtained + ttl)
     } else {
         state.obtained + schedule::lease_delay(ttl, state.grace)

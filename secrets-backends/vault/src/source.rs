@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use reqwest::{Method, StatusCode};
 use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
     SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each,
 };
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
@@ -447,5 +447,10 @@ impl SecretSource for VaultSource {
             })
             .boxed(),
         )
+    }
+
+    /// Stops the task that keeps the source's own token alive.
+    async fn shutdown(&self) {
+        self.inner.session.shutdown();
     }
 }

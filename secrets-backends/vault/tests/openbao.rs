@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use reqwest::Method;
 use keyrack_core::testkit::{Seeder, assert_conformance};
 use keyrack_core::{
     ErrorKind, Result, RotationEvent, Secret, SecretRef, SecretSource, StaticToken, Version,
     async_trait,
 };
 use keyrack_vault::Auth;
+use reqwest::Method;
 
 /// KV v2 under `secret/conformance/`. A JSON object is stored as the secret's map; anything else
 /// as `{"value": <text>}`, which `written` reads back.

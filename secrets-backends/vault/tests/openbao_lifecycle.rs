@@ -12,9 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reqwest::Method;
 use keyrack_core::{Backoff, RotationEvent, Secrets};
 use keyrack_vault::{Auth, VaultBuilder};
+use reqwest::Method;
 
 /// Renewal at about ⅔ of the TTL; a new credential before the 30 s max TTL while the old one
 /// still logs in; `Rotated`; the old lease revoked after the overlap; and for two minutes a login

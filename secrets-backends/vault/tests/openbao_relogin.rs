@@ -11,9 +11,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use reqwest::Method;
 use keyrack_core::RotationEvent;
 use keyrack_vault::Auth;
+use reqwest::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_is_replaced_by_a_new_login() {

@@ -1,17 +1,37 @@
-//! What every entry of one client shares: the clock, the settings, the global event feed and the
-//! random numbers for jitter.
+//! What every entry of one client shares: the clock, the settings, the global event feed, the
+//! queue of leases to revoke and the random numbers for jitter.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
 
 use super::events::RotationEvent;
+use super::revoker::Revoker;
+
+/// Longer than any process lives: what "never" becomes, so no deadline overflows an `Instant`.
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// No secret is looked at by schedule more than once per this, whatever the backend answers (a
+/// lease of TTL 0, the same lease re-issued, a value already expired), and forced refreshes
+/// within it share one call.
+pub(crate) const MIN_GAP: Duration = Duration::from_secs(1);
+
+/// The shortest routine check interval accepted.
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `t + d`, saturating at [`FOREVER`] from `t` rather than overflowing.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d.min(FOREVER)).unwrap_or(t)
+}
 
 /// Settings of a client (set through [`SecretsBuilder`](super::SecretsBuilder)).
 #[derive(Debug, Clone)]
@@ -27,6 +47,7 @@ pub(crate) struct Config {
     pub(crate) revoke_replaced_after: Option<Duration>,
     pub(crate) renew_increment: Option<Duration>,
     pub(crate) event_capacity: usize,
+    pub(crate) request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -43,6 +64,7 @@ impl Default for Config {
             revoke_replaced_after: None,
             renew_increment: None,
             event_capacity: 256,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -63,6 +85,9 @@ pub(crate) struct Ctx {
     pub(crate) epoch: std::time::Instant,
     pub(crate) config: Config,
     pub(crate) events: broadcast::Sender<RotationEvent>,
+    pub(crate) revoker: Arc<Revoker>,
+    /// The client was shut down: no entry starts a task any more.
+    closed: AtomicBool,
     rng: Mutex<fastrand::Rng>,
 }
 
@@ -75,15 +100,52 @@ impl Ctx {
         };
         Ctx {
             epoch: clock.now(),
+            revoker: Arc::new(Revoker::new(
+                clock.clone(),
+                config.backoff,
+                config.request_timeout,
+            )),
             clock,
             config,
             events,
+            closed: AtomicBool::new(false),
             rng: Mutex::new(rng),
         }
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Run one backend call, bounded by the request timeout on the client's clock: a backend that
+    /// accepts and never answers costs this long, not forever.
+    pub(crate) async fn bounded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        bounded(&*self.clock, self.config.request_timeout, call).await
     }
 
     /// A uniform random number in `[0, 1)` for jitter.
     pub(crate) fn unit(&self) -> f64 {
         self.rng.lock().unwrap_or_else(|p| p.into_inner()).f64()
+    }
+}
+
+/// `call`, or [`ErrorKind::Timeout`] once `timeout` has passed on `clock`.
+pub(crate) async fn bounded<T>(
+    clock: &dyn Clock,
+    timeout: Duration,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let deadline = later(clock.now(), timeout);
+    tokio::select! {
+        biased;
+        result = call => result,
+        () = clock.sleep_until(deadline) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!("no answer within {timeout:?}"),
+        )),
     }
 }

@@ -1,7 +1,8 @@
 //! [`Entry`]: one secret as the backend knows it (a reference without `#field`), the unit that is
-//! fetched once, checked, renewed, re-issued and published to its [`View`]s.
+//! fetched once, checked, renewed, re-issued and published to its [`View`]s. How it is maintained
+//! lives in `maintain.rs`; this file holds its state, its schedule and its views.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -10,13 +11,14 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
+use crate::schedule;
 use crate::secret::{Lease, Secret};
 use crate::source::{Capabilities, SecretSource};
 
-use super::context::Ctx;
+use super::context::{Ctx, later};
 use super::events::RotationEvent;
+use super::maintain::Maintenance;
 use super::view::View;
-use crate::schedule;
 
 /// Below this much time left before a value's expiry, no further check is scheduled for it.
 const MIN_EXPIRY_CHECK: Duration = Duration::from_secs(1);
@@ -28,40 +30,37 @@ pub(crate) struct Snapshot {
     pub(crate) next_check: Instant,
     /// After this the value must not be served as current (lease end, expiry, max staleness).
     pub(crate) hard_deadline: Option<Instant>,
-    /// When a replaced lease is due for revocation.
-    pub(crate) next_revoke: Option<Instant>,
 }
 
 impl Snapshot {
-    pub(crate) fn wake_at(&self) -> Instant {
-        match self.next_revoke {
-            Some(r) => r.min(self.next_check),
-            None => self.next_check,
-        }
-    }
-
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.hard_deadline.is_some_and(|h| now >= h)
     }
 }
 
-/// Bookkeeping of the maintenance state machine; only touched while its lock is held.
-struct Sched {
-    failures: u32,
-    last_ok: Instant,
+/// Bookkeeping of the maintenance state machine; only touched while its (synchronous) lock is
+/// held, never across a backend call.
+pub(crate) struct Sched {
+    /// Consecutive failed attempts (what events report).
+    pub(crate) failures: u32,
+    /// Consecutive failed scheduled attempts: the backoff's exponent. Forced refreshes that fail
+    /// do not grow it, so a caller's retries cannot push the next scheduled try further out.
+    pub(crate) streak: u32,
+    pub(crate) last_ok: Instant,
     /// When the current lease was received or last renewed.
-    received: Instant,
-    grace: Duration,
+    pub(crate) received: Instant,
+    pub(crate) grace: Duration,
     /// Renewal stopped extending (max TTL): re-issue at the next deadline.
-    capped: bool,
-    expired: bool,
-    deleted: bool,
+    pub(crate) capped: bool,
+    pub(crate) expired: bool,
+    pub(crate) deleted: bool,
     /// When to retry; meaningful while `failures > 0`.
-    retry_at: Instant,
-    /// Replaced leases waiting for revocation. Boxed: one pointer instead of a `Vec`'s three on
-    /// every cached secret, for a list that is almost always empty.
-    #[allow(clippy::box_collection)]
-    revokes: Option<Box<Vec<(Instant, Lease)>>>,
+    pub(crate) retry_at: Instant,
+    /// No call before this: [`MIN_GAP`](super::context::MIN_GAP) after the last answer, or
+    /// later when the backend asked for it (`Retry-After`).
+    pub(crate) not_before: Instant,
+    /// The version probe was refused (a policy without metadata access): checks read the value.
+    pub(crate) probe_refused: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,16 +92,22 @@ pub(crate) struct Entry {
     /// `min(next_check, hard deadline)` of the current snapshot, in nanoseconds after the
     /// client's epoch: the hit path's freshness test without loading the snapshot.
     fresh_until: AtomicU64,
-    sched: tokio::sync::Mutex<Option<Sched>>,
+    pub(crate) sched: Mutex<Option<Sched>>,
+    /// The maintenance under way, which later triggers join.
+    pub(crate) flight: Mutex<Option<Maintenance>>,
+    pub(crate) flight_ids: AtomicU64,
     views: Mutex<Vec<Weak<View>>>,
     driver: Mutex<DriverSlot>,
+    /// The current value carries a lease: it is kept alive in the background even without a
+    /// handle (renewed, re-issued after a re-login), as long as the entry is held at all.
+    leased: AtomicBool,
     /// Made on first subscription: most cached secrets never have a subscriber.
     events: OnceLock<broadcast::Sender<RotationEvent>>,
     /// Shut down: no more maintenance; `changed()` waiters are told.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -122,11 +127,14 @@ impl Entry {
             ctx,
             state: ArcSwapOption::empty(),
             fresh_until: AtomicU64::new(0),
-            sched: tokio::sync::Mutex::new(None),
+            sched: Mutex::new(None),
+            flight: Mutex::new(None),
+            flight_ids: AtomicU64::new(0),
             views: Mutex::new(Vec::new()),
             driver: Mutex::new(DriverSlot::default()),
+            leased: AtomicBool::new(false),
             events: OnceLock::new(),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -135,7 +143,7 @@ impl Entry {
         self.state.load_full()
     }
 
-    fn annotate(&self, e: Error) -> Error {
+    pub(crate) fn annotate(&self, e: Error) -> Error {
         let e = if e.reference().is_none() {
             e.with_ref(&self.key)
         } else {
@@ -153,42 +161,51 @@ impl Entry {
     }
 
     /// Fetch and install the first value (the client makes sure only one caller does).
-    pub(crate) async fn load(&self) -> Result<()> {
+    pub(crate) async fn load(self: &Arc<Self>) -> Result<()> {
         if self.is_loaded() {
             return Ok(());
         }
         let secret = self
-            .source
-            .fetch(&self.key)
+            .ctx
+            .bounded(self.source.fetch(&self.key))
             .await
             .map_err(|e| self.annotate(e))?;
-        self.install_first(secret).await;
+        self.install_first(secret);
         Ok(())
     }
 
     /// Install the first value (from a fetch or a batch); no-op if one is in place.
-    pub(crate) async fn install_first(&self, secret: Secret) {
+    pub(crate) fn install_first(self: &Arc<Self>, secret: Secret) {
         let now = self.ctx.clock.now();
-        let mut guard = self.sched.lock().await;
-        if guard.is_some() {
-            return;
+        let leased = secret.lease().is_some();
+        {
+            let mut guard = lock(&self.sched);
+            if guard.is_some() {
+                return;
+            }
+            let sched = guard.insert(Sched {
+                failures: 0,
+                streak: 0,
+                last_ok: now,
+                received: now,
+                grace: self.lease_grace(&secret),
+                capped: false,
+                expired: false,
+                deleted: false,
+                retry_at: now,
+                not_before: now,
+                probe_refused: false,
+            });
+            let snap = self.plan(secret, sched, now);
+            self.set_state(snap);
         }
-        let sched = guard.insert(Sched {
-            failures: 0,
-            last_ok: now,
-            received: now,
-            grace: self.lease_grace(&secret),
-            capped: false,
-            expired: false,
-            deleted: false,
-            retry_at: now,
-            revokes: None,
-        });
-        let snap = self.plan(secret, sched, now);
-        self.set_state(snap);
+        if leased {
+            self.leased.store(true, Ordering::Release);
+            self.ensure_driver();
+        }
     }
 
-    fn set_state(&self, snap: Snapshot) {
+    pub(crate) fn set_state(&self, snap: Snapshot) {
         let until = match snap.hard_deadline {
             Some(h) => h.min(snap.next_check),
             None => snap.next_check,
@@ -205,23 +222,25 @@ impl Entry {
         u64::try_from(nanos).is_ok_and(|n| n < self.fresh_until.load(Ordering::Acquire))
     }
 
-    fn lease_grace(&self, secret: &Secret) -> Duration {
+    pub(crate) fn lease_grace(&self, secret: &Secret) -> Duration {
         secret.lease().map_or(Duration::ZERO, |l| {
             schedule::grace(l.ttl, self.ctx.config.renew_increment, self.ctx.unit())
         })
     }
 
-    fn plan(&self, secret: Secret, sched: &Sched, now: Instant) -> Snapshot {
+    /// The schedule of `secret` as of `now`: when it is next due and when it stops being
+    /// servable. Nothing is due before `sched.not_before`.
+    pub(crate) fn plan(&self, secret: Secret, sched: &Sched, now: Instant) -> Snapshot {
         let clock = &self.ctx.clock;
         let config = &self.ctx.config;
         let meta = secret.metadata();
-        let mut hard = meta.lease.as_ref().map(|l| sched.received + l.ttl);
+        let mut hard = meta.lease.as_ref().map(|l| later(sched.received, l.ttl));
         if let Some(exp) = meta.expires_at {
             let d = clock.deadline_for(exp);
             hard = Some(hard.map_or(d, |h| h.min(d)));
         }
         if let Some(max) = config.max_staleness {
-            let d = sched.last_ok + max;
+            let d = later(sched.last_ok, max);
             hard = Some(hard.map_or(d, |h| h.min(d)));
         }
         let next_check = match sched.failures {
@@ -230,11 +249,11 @@ impl Entry {
                 let mut next = match &meta.lease {
                     // Less left than the grace: replace it now rather than after it ends.
                     Some(l) if sched.capped && l.ttl <= sched.grace => now,
-                    Some(l) => sched.received + schedule::lease_delay(l.ttl, sched.grace),
-                    None => {
-                        sched.last_ok
-                            + schedule::check_delay(interval, config.jitter, self.ctx.unit())
-                    }
+                    Some(l) => later(sched.received, schedule::lease_delay(l.ttl, sched.grace)),
+                    None => later(
+                        sched.last_ok,
+                        schedule::check_delay(interval, config.jitter, self.ctx.unit()),
+                    ),
                 };
                 if let Some(at) = self.replace_at(&secret, sched).filter(|at| *at > now) {
                     next = next.min(at);
@@ -243,7 +262,7 @@ impl Entry {
                     let at = clock.deadline_for(rotation);
                     if at > now {
                         let spread = interval.mul_f64(config.jitter).min(Duration::from_secs(60));
-                        next = next.min(at + spread.mul_f64(self.ctx.unit()));
+                        next = next.min(later(at, spread.mul_f64(self.ctx.unit())));
                     }
                 }
                 next
@@ -252,15 +271,20 @@ impl Entry {
         };
         Snapshot {
             secret,
-            next_check,
+            next_check: next_check.max(sched.not_before),
             hard_deadline: hard,
-            next_revoke: sched
-                .revokes
-                .iter()
-                .flat_map(|r| r.iter())
-                .map(|(at, _)| *at)
-                .min(),
         }
+    }
+
+    /// When a value with an expiry is due for a check: ⅔ of the way from the last successful
+    /// check (or its arrival) to the expiry (a certificate's not-after, Azure's `exp`). A check
+    /// that finds the same expiry moves the next one ⅔ through what is left, so an expiry the
+    /// backend extends late is still seen; under a second left, the value is let expire.
+    pub(crate) fn replace_at(&self, secret: &Secret, sched: &Sched) -> Option<Instant> {
+        let end = self.ctx.clock.deadline_for(secret.metadata().expires_at?);
+        let from = sched.last_ok.max(sched.received);
+        let left = end.saturating_duration_since(from);
+        (left >= MIN_EXPIRY_CHECK).then(|| from + schedule::expiry_delay(left))
     }
 
     /// Events of this secret.
@@ -270,7 +294,7 @@ impl Entry {
             .subscribe()
     }
 
-    fn emit(&self, ev: RotationEvent) {
+    pub(crate) fn emit(&self, ev: RotationEvent) {
         tracing::debug!(target: "keyrack_core::events", event = %ev, "secret event");
         if let Some(events) = self.events.get() {
             let _ = events.send(ev.clone());
@@ -278,239 +302,34 @@ impl Entry {
         let _ = self.ctx.events.send(ev);
     }
 
-    /// Check, renew or re-issue if due (or now, when forced). Returns the error of a failed
-    /// attempt; the last good value stays in place either way.
-    pub(crate) async fn maintain(&self, trigger: Trigger) -> Result<()> {
-        if self.is_closed() {
-            return Ok(());
-        }
-        let mut guard = self.sched.lock().await;
-        let Some(sched) = guard.as_mut() else {
-            return Ok(());
-        };
-        let Some(snap) = self.snapshot() else {
-            return Ok(());
-        };
+    /// The hard deadline of `snap` if it has not been reported as passed yet.
+    pub(crate) fn unreported_expiry(&self, snap: &Snapshot) -> Option<Instant> {
+        let hard = snap.hard_deadline?;
+        let guard = lock(&self.sched);
+        guard.as_ref().filter(|s| !s.expired).map(|_| hard)
+    }
+
+    /// Report `Expired` if the value has passed its hard deadline and nobody has said so yet (a
+    /// backend call may be hanging meanwhile: the deadline does not wait for its answer).
+    pub(crate) fn note_expiry(&self) {
         let now = self.ctx.clock.now();
-        self.revoke_due(sched, now).await;
-        let leased = snap.secret.lease().is_some();
-        if (trigger == Trigger::Due && now < snap.next_check)
-            || (trigger == Trigger::FeedOpened && leased)
-        {
-            self.store(snap.secret.clone(), sched, now);
-            return Ok(());
-        }
-        let result = match snap.secret.lease() {
-            Some(lease)
-                if self.caps.renew
-                    && lease.renewable
-                    && !sched.capped
-                    && trigger == Trigger::Due
-                    && !snap.is_expired(now) =>
-            {
-                match self.renew(&snap.secret, lease, sched, now).await {
-                    Err(e) if !e.is_retryable() => {
-                        // Revoked, expired or refused: a new lease is the only way forward.
-                        tracing::debug!(secret = %self.key, error = %e, "renewal refused; re-issuing");
-                        self.fetch(&snap.secret, sched, now, true).await
-                    }
-                    other => other,
-                }
-            }
-            Some(_) => self.fetch(&snap.secret, sched, now, true).await,
-            None => self.check(&snap.secret, sched, now).await,
+        let mut guard = lock(&self.sched);
+        let (Some(sched), Some(snap)) = (guard.as_mut(), self.snapshot()) else {
+            return;
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = self.annotate(e);
-                self.fail(&snap, sched, now, e.clone());
-                Err(e)
-            }
-        }
-    }
-
-    async fn renew(
-        &self,
-        secret: &Secret,
-        lease: &Lease,
-        sched: &mut Sched,
-        now: Instant,
-    ) -> Result<()> {
-        let increment = self.ctx.config.renew_increment;
-        let renewed = self.source.renew(lease, increment).await?;
-        // A renewal grants the increment asked for (or the previous TTL): less means max TTL.
-        let expected = increment.map_or(lease.ttl, |i| i.min(lease.ttl));
-        if schedule::stopped_extending(expected, renewed.ttl) || renewed.ttl <= sched.grace {
-            sched.capped = true;
-        } else {
-            sched.grace = schedule::grace(renewed.ttl, increment, self.ctx.unit());
-        }
-        sched.received = now;
-        let ttl = renewed.ttl;
-        let lease_id = renewed.id.clone();
-        self.publish(secret.with_lease(renewed), sched, now, false)?;
-        self.emit(RotationEvent::Renewed {
-            secret: self.key.clone(),
-            lease_id,
-            ttl,
-        });
-        Ok(())
-    }
-
-    /// When a value with its own expiry should be replaced: ⅔ of the way from its receipt to its
-    /// expiry (a certificate's not-after, Azure's `exp`).
-    /// When a value with an expiry is due for a check: ⅔ of the way from the last successful
-    /// check (or its arrival) to the expiry. A check that finds the same expiry moves the next one
-    /// ⅔ through what is left, so an expiry the backend extends late is still seen; under a second
-    /// left, the value is let expire.
-    fn replace_at(&self, secret: &Secret, sched: &Sched) -> Option<Instant> {
-        let end = self.ctx.clock.deadline_for(secret.metadata().expires_at?);
-        let from = sched.last_ok.max(sched.received);
-        let left = end.saturating_duration_since(from);
-        (left >= MIN_EXPIRY_CHECK).then(|| from + schedule::expiry_delay(left))
-    }
-
-    /// Routine check of an unleased secret: the cheap version probe first, a read only if it moved
-    /// — or a read straight away once a value with an expiry is due for replacement (an issuing
-    /// endpoint's probe reports the version it issued, which does not move by itself).
-    async fn check(&self, current: &Secret, sched: &mut Sched, now: Instant) -> Result<()> {
-        let replace = self.replace_at(current, sched).is_some_and(|at| now >= at);
-        if self.caps.version_probe
-            && !replace
-            && let Some(cur) = current.version()
-        {
-            let probed = self.source.version(&self.key).await?;
-            if probed.as_ref() == Some(cur) {
-                self.succeed(sched, now);
-                self.store(current.clone(), sched, now);
-                return Ok(());
-            }
-        }
-        self.fetch(current, sched, now, false).await
-    }
-
-    async fn fetch(
-        &self,
-        current: &Secret,
-        sched: &mut Sched,
-        now: Instant,
-        reissue: bool,
-    ) -> Result<()> {
-        let fresh = self.source.fetch(&self.key).await?;
-        let changed = match (current.version(), fresh.version()) {
-            (Some(a), Some(b)) if a != b => true,
-            _ if reissue => current.lease().map(|l| &l.id) != fresh.lease().map(|l| &l.id),
-            (Some(_), Some(_)) => false,
-            _ => !current.value().same_bytes(fresh.value()),
-        };
-        if !changed {
-            let moved = current.metadata().expires_at != fresh.metadata().expires_at
-                || current.metadata().next_rotation != fresh.metadata().next_rotation;
-            if moved {
-                // Same value, new schedule (an extended expiry, a rescheduled rotation): keep
-                // the schedule the backend gives now, quietly (no `Rotated`, no `changed()`).
-                return self.publish(fresh, sched, now, false);
-            }
-            self.succeed(sched, now);
-            self.store(current.clone(), sched, now);
-            return Ok(());
-        }
-        let (old, new) = (current.version().cloned(), fresh.version().cloned());
-        let replaced = current.lease().cloned();
-        let prior = (sched.received, sched.grace, sched.capped);
-        sched.received = now;
-        sched.grace = self.lease_grace(&fresh);
-        sched.capped = false;
-        if let Err(e) = self.publish(fresh, sched, now, true) {
-            (sched.received, sched.grace, sched.capped) = prior;
-            return Err(e);
-        }
-        if let (Some(lease), Some(after)) = (replaced, self.ctx.config.revoke_replaced_after)
-            && self.caps.revoke
-        {
-            sched
-                .revokes
-                .get_or_insert_default()
-                .push((now + after, lease));
-            self.store(self.current_secret(), sched, now);
-        }
-        self.emit(RotationEvent::Rotated {
-            secret: self.key.clone(),
-            old,
-            new,
-        });
-        Ok(())
-    }
-
-    fn current_secret(&self) -> Secret {
-        self.state
-            .load()
-            .as_ref()
-            .map(|s| s.secret.clone())
-            .unwrap_or_else(|| Secret::new(Vec::new()))
-    }
-
-    fn succeed(&self, sched: &mut Sched, now: Instant) {
-        sched.last_ok = now;
-        sched.expired = false;
-        sched.deleted = false;
-        if sched.failures > 0 {
-            let failures = std::mem::take(&mut sched.failures);
-            self.emit(RotationEvent::Recovered {
-                secret: self.key.clone(),
-                failures,
-            });
-        }
-    }
-
-    fn fail(&self, snap: &Snapshot, sched: &mut Sched, now: Instant, error: Error) {
-        sched.failures += 1;
-        let mut delay = self
-            .ctx
-            .config
-            .backoff
-            .delay(sched.failures - 1, &error, self.ctx.unit());
-        // Try once more right at the hard deadline rather than sleeping past it.
-        if let Some(hard) = snap.hard_deadline.filter(|h| *h > now) {
-            delay = delay.min(hard - now);
-        }
-        sched.retry_at = now + delay;
-        if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::Deleted) && !sched.deleted {
-            sched.deleted = true;
-            self.emit(RotationEvent::Deleted {
-                secret: self.key.clone(),
-                version: snap.secret.version().cloned(),
-            });
-        }
-        tracing::warn!(secret = %self.key, source = %self.source_name, error = %error,
-            attempt = sched.failures, retry_in = ?delay, "secret refresh failed");
-        self.emit(RotationEvent::RefreshFailed {
-            secret: self.key.clone(),
-            error,
-            attempt: sched.failures,
-            retry_in: delay,
-        });
-        let next = self.plan(snap.secret.clone(), sched, now);
-        if next.is_expired(now) && !sched.expired {
+        if snap.is_expired(now) && !sched.expired {
             sched.expired = true;
             self.emit(RotationEvent::Expired {
                 secret: self.key.clone(),
                 version: snap.secret.version().cloned(),
             });
         }
-        self.set_state(next);
     }
 
-    fn store(&self, secret: Secret, sched: &Sched, now: Instant) {
-        self.set_state(self.plan(secret, sched, now));
-    }
-
-    /// Install a new value in the entry and every view of it, and count the attempt a success.
-    /// Fails (changing nothing, counting nothing) if a view that a live handle depends on cannot
-    /// select its field from the new value. Views are written before the entry's snapshot, so a
-    /// hit never pairs new freshness with an old value.
-    fn publish(
+    /// Install a new value in the entry and every view of it. Fails (changing nothing) if a view
+    /// that a live handle depends on cannot select its field from the new value. Views are
+    /// written before the entry's snapshot, so a hit never pairs new freshness with an old value.
+    pub(crate) fn publish(
         &self,
         secret: Secret,
         sched: &mut Sched,
@@ -535,7 +354,10 @@ impl Entry {
             }
         }
         views.retain(|w| w.upgrade().is_some_and(|v| !v.is_detached()));
-        self.store(secret, sched, now);
+        drop(views);
+        self.leased
+            .store(secret.lease().is_some(), Ordering::Release);
+        self.set_state(self.plan(secret, sched, now));
         Ok(())
     }
 
@@ -571,51 +393,55 @@ impl Entry {
         Ok(view)
     }
 
-    async fn revoke_due(&self, sched: &mut Sched, now: Instant) {
-        let Some(revokes) = sched.revokes.take() else {
-            return;
-        };
-        let (due, later): (Vec<_>, Vec<_>) = (*revokes).into_iter().partition(|(at, _)| *at <= now);
-        if !later.is_empty() {
-            sched.revokes = Some(Box::new(later));
-        }
-        for (_, lease) in due {
-            self.revoke_lease(&lease).await;
-        }
-    }
-
-    async fn revoke_lease(&self, lease: &Lease) {
-        if let Err(e) = self.source.revoke(lease).await {
-            tracing::warn!(secret = %self.key, lease_id = %lease.id, error = %e, "lease revocation failed");
-        }
-    }
-
-    /// Stop the driver and, if asked, revoke the current and any replaced lease.
-    pub(crate) async fn shut_down(&self, revoke: bool) {
-        if let Some(task) = lock(&self.driver).task.take() {
-            task.abort();
-        }
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
+    pub(crate) fn notify_views(&self) {
         for view in lock(&self.views).iter().filter_map(Weak::upgrade) {
             view.changed.notify_waiters();
         }
+    }
+
+    /// Hand a lease nobody will use any more to the client's revoker, if the user asked for
+    /// replaced leases to be revoked (after the overlap they configured).
+    pub(crate) fn retire_lease(&self, lease: Lease, now: Instant) {
+        if let Some(after) = self.ctx.config.revoke_replaced_after
+            && self.caps.revoke
+        {
+            self.ctx.revoker.schedule(
+                later(now, after),
+                self.source.clone(),
+                self.source_name.clone(),
+                self.key.clone(),
+                lease,
+            );
+        }
+    }
+
+    /// Stop the driver and any maintenance under way and, if asked, revoke the current lease.
+    pub(crate) async fn shut_down(&self, revoke: bool) {
+        {
+            let mut slot = lock(&self.driver);
+            // Closed under the driver lock: a handle cloned concurrently sees it and starts no
+            // task.
+            self.closed.store(true, Ordering::Release);
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+            slot.replan = None;
+        }
+        self.stop_maintenance().await;
+        self.notify_views();
         if !(revoke && self.caps.revoke) {
             return;
         }
-        let mut guard = self.sched.lock().await;
-        if let Some(sched) = guard.as_mut() {
-            for (_, lease) in sched.revokes.take().into_iter().flat_map(|r| *r) {
-                self.revoke_lease(&lease).await;
-            }
-        }
-        if let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned()) {
-            self.revoke_lease(&lease).await;
+        if let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned())
+            && let Err(e) = self.ctx.bounded(self.source.revoke(&lease)).await
+        {
+            tracing::warn!(secret = %self.key, source = %self.source_name, lease_id = %lease.id,
+                error = %e, "lease revocation at shutdown failed");
         }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Acquire)
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Tell the driver (if any) that the deadlines moved.
@@ -629,31 +455,55 @@ impl Entry {
         lock(&self.driver).task.is_some()
     }
 
-    /// A handle starts watching: the first one starts the driver.
+    /// A handle starts watching: the first one starts the driver (unless a lease already did).
     pub(crate) fn acquire(self: &Arc<Self>) {
-        let mut slot = lock(&self.driver);
-        slot.handles += 1;
-        if slot.task.is_none() && !self.is_closed() {
-            // The feed is opened before the handle is returned, so a change made right after
-            // `handle()` returns is not missed while the task starts.
-            let feed = super::driver::open_feed(self);
-            let replan = Arc::new(Notify::new());
-            slot.replan = Some(replan.clone());
-            let entry = self.clone();
-            slot.task =
-                Some(tokio::spawn(super::driver::drive(entry, feed, replan)).abort_handle());
-        }
+        lock(&self.driver).handles += 1;
+        self.ensure_driver();
     }
 
-    /// A handle stopped watching: the last one stops the driver.
+    /// Start the driver if none runs and the entry is open. The feed is opened before this
+    /// returns, so a change made right after `handle()` returns is not missed while the task
+    /// starts.
+    fn ensure_driver(self: &Arc<Self>) {
+        let mut slot = lock(&self.driver);
+        if slot.task.is_some() || self.is_closed() || self.ctx.is_closed() {
+            return;
+        }
+        let feed = super::driver::open_feed(self);
+        let replan = Arc::new(Notify::new());
+        slot.replan = Some(replan.clone());
+        let entry = Arc::downgrade(self);
+        slot.task = Some(tokio::spawn(super::driver::drive(entry, feed, replan)).abort_handle());
+    }
+
+    /// A handle stopped watching: the last one stops the driver, unless a lease needs it.
     pub(crate) fn release(&self) {
         let mut slot = lock(&self.driver);
         slot.handles = slot.handles.saturating_sub(1);
         if slot.handles == 0
+            && !self.leased.load(Ordering::Acquire)
             && let Some(task) = slot.task.take()
         {
             task.abort();
             slot.replan = None;
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // The driver holds only a weak reference: nobody holds the secret any more.
+        if let Some(task) = lock(&self.driver).task.take() {
+            task.abort();
+        }
+        if let Some(m) = lock(&self.flight).take() {
+            m.abort();
+        }
+        if !self.is_closed()
+            && let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned())
+        {
+            // Let go by the cache with no handle on it: the lease is nobody's any more.
+            self.retire_lease(lease, self.ctx.clock.now());
         }
     }
 }

@@ -124,6 +124,14 @@ impl Front {
         }
     }
 
+    /// Number of references cached.
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
     pub(crate) fn clear(&self) {
         for shard in &self.shards {
             shard.write().unwrap_or_else(|p| p.into_inner()).clear();

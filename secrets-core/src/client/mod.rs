@@ -8,26 +8,28 @@ mod events;
 mod flight;
 mod front;
 mod handle;
+mod maintain;
+mod revoker;
 mod view;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use futures_util::future::join_all;
 use moka::notification::RemovalCause;
 
 use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorKind, Result};
-use crate::reference::SecretRef;
+use crate::reference::{SecretRef, Selector};
 use crate::secret::Secret;
 use crate::source::SecretSource;
 
-use context::{Config, Ctx};
+use context::{Config, Ctx, FOREVER, MIN_INTERVAL, later};
 use entry::{Entry, Trigger};
 use flight::Flights;
 use front::Front;
@@ -125,7 +127,6 @@ struct Shared {
     /// evicted finds the entry its handles keep alive instead of fetching (and leasing) again.
     entries: Mutex<HashMap<SecretRef, Weak<Entry>>>,
     negative: moka::sync::Cache<SecretRef, (Error, Instant)>,
-    shut_down: AtomicBool,
 }
 
 /// The cache is told of one hit in this many (per thread), enough for its frequency sketch to
@@ -161,22 +162,30 @@ impl Secrets {
 
     /// A fresh cached value, without parsing, allocating or waiting.
     fn hit(&self, text: &str) -> Option<Secret> {
-        let shard = self.inner.front.read(text);
-        let view = shard.get(text)?;
-        if view.is_detached() || self.inner.shut_down.load(Ordering::Relaxed) {
-            return None;
-        }
-        if !view.entry.is_fresh(self.inner.ctx.clock.now_coarse()) {
-            return None;
-        }
-        let secret = view.value();
-        if HITS.with(|h| {
-            let n = h.get().wrapping_add(1);
-            h.set(n);
-            n % HIT_SAMPLE == 0
-        }) {
-            let _ = self.inner.policy.get(&view.key);
-        }
+        let sampled = {
+            let shard = self.inner.front.read(text);
+            let view = shard.get(text)?;
+            if view.is_detached() || self.inner.ctx.is_closed() {
+                return None;
+            }
+            if !view.entry.is_fresh(self.inner.ctx.clock.now_coarse()) {
+                return None;
+            }
+            let secret = view.value();
+            let sample = HITS.with(|h| {
+                let n = h.get().wrapping_add(1);
+                h.set(n);
+                n % HIT_SAMPLE == 0
+            });
+            if !sample {
+                return Some(secret);
+            }
+            (secret, view.key.clone())
+        };
+        // Outside the shard's lock: moka may run its housekeeping in `get`, and its eviction
+        // listener takes that shard's write lock.
+        let (secret, key) = sampled;
+        let _ = self.inner.policy.get(&key);
         Some(secret)
     }
 
@@ -202,10 +211,11 @@ impl Secrets {
             .iter()
             .map(|r| r.to_secret_ref().map(Cow::into_owned))
             .collect();
-        // Bases to fetch, grouped by source; cached ones are skipped.
+        // Bases to fetch, grouped by source; cached ones and recent failures are skipped.
+        let now = self.inner.ctx.clock.now();
         let mut groups: HashMap<&str, Vec<SecretRef>> = HashMap::new();
         for r in parsed.iter().flatten() {
-            if self.inner.front.get(r.as_str()).is_some() {
+            if self.inner.front.get(r.as_str()).is_some() || self.refused(r, now).is_some() {
                 continue;
             }
             let base = r.without_field();
@@ -227,13 +237,21 @@ impl Secrets {
             let Ok((source_name, source)) = self.source_for(name) else {
                 return Vec::new();
             };
-            let results = source.fetch_many(&bases).await;
+            let results = match self
+                .inner
+                .ctx
+                .bounded(source.fetch_many(&bases).map(Ok::<_, Error>))
+                .await
+            {
+                Ok(results) => results,
+                Err(e) => bases.iter().map(|_| Err(e.clone())).collect(),
+            };
             let mut out = Vec::with_capacity(bases.len());
             for (base, result) in bases.into_iter().zip(results) {
                 match result {
                     Ok(secret) => {
                         let entry = self.entry_for(&base, &source_name, &source);
-                        entry.install_first(secret).await;
+                        entry.install_first(secret);
                         // Keep the entry alive in the cache until the views are made below.
                         out.push((base, Ok(entry)));
                     }
@@ -250,6 +268,7 @@ impl Secrets {
             match result {
                 Ok(entry) => keep.push(entry),
                 Err(e) => {
+                    self.remember_failure(&base, &e);
                     failed.insert(base, e);
                 }
             }
@@ -277,13 +296,26 @@ impl Secrets {
     /// ([`SecretsBuilder::revoke_on_shutdown`]), and refuse further reads. Handles keep their
     /// last value but are no longer refreshed.
     pub async fn shutdown(&self) {
-        self.inner.shut_down.store(true, Ordering::Release);
+        let ctx = &self.inner.ctx;
+        if ctx.is_closed() {
+            return;
+        }
+        ctx.close();
         let entries: Vec<Arc<Entry>> = lock(&self.inner.entries)
             .values()
             .filter_map(Weak::upgrade)
             .collect();
-        let revoke = self.inner.ctx.config.revoke_on_shutdown;
+        let revoke = ctx.config.revoke_on_shutdown;
         join_all(entries.iter().map(|e| e.shut_down(revoke))).await;
+        ctx.revoker.shutdown().await;
+        // Each source once, however many names it is registered under.
+        let mut sources: Vec<&Arc<dyn SecretSource>> = Vec::new();
+        for (_, source) in self.inner.sources.values() {
+            if !sources.iter().any(|s| Arc::ptr_eq(s, source)) {
+                sources.push(source);
+            }
+        }
+        join_all(sources.into_iter().map(|s| s.shutdown())).await;
         self.inner.policy.invalidate_all();
         self.inner.front.clear();
     }
@@ -301,7 +333,7 @@ impl Secrets {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.inner.shut_down.load(Ordering::Acquire) {
+        if self.inner.ctx.is_closed() {
             return Err(Error::new(ErrorKind::Shutdown, "the client was shut down"));
         }
         Ok(())
@@ -316,9 +348,7 @@ impl Secrets {
             self.inner.front.remove_if_same(r.as_str(), &v);
         }
         let now = self.inner.ctx.clock.now();
-        if let Some((e, until)) = self.inner.negative.get(r)
-            && now < until
-        {
+        if let Some(e) = self.refused(r, now) {
             return Err(e);
         }
         // Weak: a flight whose waiters all gave up must not keep the client alive.
@@ -336,17 +366,50 @@ impl Secrets {
             Ok(view)
         };
         let result = self.inner.flights.join(r.clone(), load).await;
-        if let Err(e) = &result
-            && e.kind() == &ErrorKind::NotFound
-        {
-            let until = now + self.inner.ctx.config.negative_ttl;
-            self.inner.negative.insert(r.clone(), (e.clone(), until));
+        if let Err(e) = &result {
+            self.remember_failure(r, e);
         }
         result
     }
 
+    /// The error `r` failed with moments ago, if it is still remembered.
+    fn refused(&self, r: &SecretRef, now: Instant) -> Option<Error> {
+        match self.inner.negative.get(r) {
+            Some((e, until)) if now < until => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Remember a failed first read so that repeating it does not reach the backend: a missing
+    /// secret, a refused permission, a wrong `#field` for [`negative_cache_ttl`]; an outage or
+    /// throttling until the backend's `Retry-After`, or a second.
+    ///
+    /// [`negative_cache_ttl`]: SecretsBuilder::negative_cache_ttl
+    fn remember_failure(&self, r: &SecretRef, e: &Error) {
+        let ttl = match e.kind() {
+            ErrorKind::Shutdown => return,
+            _ if e.is_retryable() => e.retry_after().unwrap_or(Duration::from_secs(1)),
+            _ => self.inner.ctx.config.negative_ttl,
+        };
+        let until = later(self.inner.ctx.clock.now(), ttl);
+        self.inner.negative.insert(r.clone(), (e.clone(), until));
+    }
+
     async fn load_view(&self, r: &SecretRef) -> Result<Arc<View>> {
         let (name, source) = self.source_for(r.source())?;
+        let caps = source.capabilities();
+        let unsupported = match r.selector() {
+            Some(Selector::Version(_)) if !caps.versions => Some("versions (`?version=`)"),
+            Some(Selector::Stage(_)) if !caps.stages => Some("stages (`?stage=`)"),
+            _ => None,
+        };
+        if let Some(what) = unsupported {
+            return Err(Error::new(
+                ErrorKind::InvalidRef,
+                format!("source `{name}` has no {what}"),
+            )
+            .with_ref(r));
+        }
         let base = r.without_field();
         let entry = self.entry_for(&base, &name, &source);
         if !entry.is_loaded() {
@@ -440,7 +503,7 @@ impl fmt::Debug for Secrets {
         names.sort_unstable();
         f.debug_struct("Secrets")
             .field("sources", &names)
-            .field("cached", &self.inner.policy.entry_count())
+            .field("cached", &self.inner.front.len())
             .finish()
     }
 }
@@ -598,12 +661,19 @@ impl SecretsBuilder {
                 problems.push(format!("source name `{name}` is registered twice"));
             }
         }
-        let c = &self.config;
-        if c.refresh_interval.is_zero() {
-            problems.push("refresh interval must be positive".into());
+        let mut config = self.config;
+        let c = &config;
+        if c.refresh_interval < MIN_INTERVAL {
+            problems.push(format!(
+                "refresh interval {:?} is shorter than the minimum of {MIN_INTERVAL:?}",
+                c.refresh_interval
+            ));
         }
-        if c.refresh_overrides.values().any(Duration::is_zero) {
-            problems.push("per-secret refresh intervals must be positive".into());
+        if let Some(short) = c.refresh_overrides.values().find(|d| **d < MIN_INTERVAL) {
+            problems.push(format!(
+                "a per-secret refresh interval of {short:?} is shorter than the minimum of \
+                 {MIN_INTERVAL:?}"
+            ));
         }
         if !(0.0..=1.0).contains(&c.jitter) {
             problems.push(format!("refresh jitter {} is not within 0..=1", c.jitter));
@@ -611,10 +681,27 @@ impl SecretsBuilder {
         if c.backoff.initial.is_zero() || c.backoff.max < c.backoff.initial {
             problems.push("backoff needs 0 < initial <= max".into());
         }
+        if c.capacity == 0 {
+            problems.push("cache capacity must be at least 1".into());
+        }
+        if c.request_timeout.is_zero() {
+            problems.push("request timeout must be positive".into());
+        }
         if !problems.is_empty() {
             return Err(Error::new(ErrorKind::Config, problems.join("; ")));
         }
-        let ctx = Arc::new(Ctx::new(self.clock, self.config, self.seed));
+        // Anything longer than a process lives means "never", and must not overflow a deadline.
+        let clamp = |d: &mut Duration| *d = (*d).min(FOREVER);
+        clamp(&mut config.refresh_interval);
+        config.refresh_overrides.values_mut().for_each(clamp);
+        clamp(&mut config.negative_ttl);
+        config.max_staleness.as_mut().map(clamp);
+        config.revoke_replaced_after.as_mut().map(clamp);
+        config.renew_increment.as_mut().map(clamp);
+        clamp(&mut config.request_timeout);
+        clamp(&mut config.backoff.initial);
+        clamp(&mut config.backoff.max);
+        let ctx = Arc::new(Ctx::new(self.clock, config, self.seed));
         let front = Arc::new(Front::default());
         let evicted = Arc::downgrade(&front);
         let policy = moka::sync::Cache::builder()
@@ -643,7 +730,6 @@ impl SecretsBuilder {
                 loads: Flights::default(),
                 entries: Mutex::new(HashMap::new()),
                 negative,
-                shut_down: AtomicBool::new(false),
             }),
         })
     }

@@ -111,6 +111,9 @@ impl SecretSource for EnvSource {
     fn watch(&self, _r: &SecretRef) -> Option<BoxStream<'static, Result<SourceEvent>>> {
         None
     }
+
+    /// Nothing runs in the background.
+    async fn shutdown(&self) {}
 }
 
 #[cfg(test)]

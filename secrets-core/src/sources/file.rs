@@ -305,6 +305,9 @@ impl SecretSource for FileSource {
         };
         Some(stream)
     }
+
+    /// Nothing runs in the background but the watches, which end when their feeds are dropped.
+    async fn shutdown(&self) {}
 }
 
 /// A watch on the directory holding a file.

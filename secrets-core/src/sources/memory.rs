@@ -35,6 +35,8 @@ struct Inner {
     state: Mutex<State>,
     calls: Calls,
     changes: broadcast::Sender<String>,
+    /// Wakes hanging calls at `recover()`.
+    answered: tokio::sync::Notify,
     watch: bool,
 }
 
@@ -69,6 +71,7 @@ struct State {
     leases: HashMap<String, Issued>,
     issued: u64,
     failure: Option<Failure>,
+    hanging: bool,
     latency: Duration,
 }
 
@@ -94,6 +97,7 @@ struct Issued {
 
 struct Failure {
     kind: ErrorKind,
+    retry_after: Option<Duration>,
     /// `None`: until `recover()`.
     remaining: Option<u32>,
 }
@@ -129,6 +133,7 @@ impl MemorySource {
                 state: Mutex::new(State::default()),
                 calls: Calls::default(),
                 changes,
+                answered: tokio::sync::Notify::new(),
                 watch,
             }),
         }
@@ -233,6 +238,7 @@ impl MemorySource {
     pub fn fail(&self, kind: ErrorKind) {
         self.state().failure = Some(Failure {
             kind,
+            retry_after: None,
             remaining: None,
         });
     }
@@ -241,18 +247,39 @@ impl MemorySource {
     pub fn fail_next(&self, n: u32, kind: ErrorKind) {
         self.state().failure = Some(Failure {
             kind,
+            retry_after: None,
             remaining: Some(n),
         });
     }
 
     /// Every call is throttled (with this Retry-After hint) until [`recover`](Self::recover).
     pub fn throttle(&self, retry_after: Option<Duration>) {
-        self.fail(ErrorKind::Throttled { retry_after });
+        self.fail_with(ErrorKind::Throttled, retry_after);
     }
 
-    /// Stop failing and throttling.
+    /// Every call fails with `kind` and this `Retry-After` hint (a 503 that says when to come
+    /// back) until [`recover`](Self::recover).
+    pub fn fail_with(&self, kind: ErrorKind, retry_after: Option<Duration>) {
+        self.state().failure = Some(Failure {
+            kind,
+            retry_after,
+            remaining: None,
+        });
+    }
+
+    /// Every call is accepted and never answered (a backend that hangs) until
+    /// [`recover`](Self::recover); the client's request timeout ends each one.
+    pub fn hang(&self) {
+        self.state().hanging = true;
+    }
+
+    /// Stop failing, throttling and hanging (calls hanging now answer).
     pub fn recover(&self) {
-        self.state().failure = None;
+        let mut st = self.state();
+        st.failure = None;
+        st.hanging = false;
+        drop(st);
+        self.inner.answered.notify_waiters();
     }
 
     /// Every call takes `latency` (slept on the source's clock) before answering.
@@ -280,18 +307,31 @@ impl MemorySource {
             let clock = &self.inner.clock;
             clock.sleep_until(clock.now() + latency).await;
         }
+        loop {
+            let answered = self.inner.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if !self.state().hanging {
+                break;
+            }
+            answered.await;
+        }
         let mut st = self.state();
         let Some(failure) = st.failure.as_mut() else {
             return Ok(());
         };
-        let kind = failure.kind.clone();
+        let e = Error::new(failure.kind.clone(), "injected failure");
+        let e = match failure.retry_after {
+            Some(d) => e.with_retry_after(d),
+            None => e,
+        };
         if let Some(n) = failure.remaining.as_mut() {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 st.failure = None;
             }
         }
-        Err(Error::new(kind, "injected failure"))
+        Err(e)
     }
 
     fn read(&self, r: &SecretRef) -> Result<Secret> {
@@ -468,4 +508,6 @@ impl SecretSource for MemorySource {
         });
         Some(stream.boxed())
     }
+
+    async fn shutdown(&self) {}
 }

@@ -1,5 +1,6 @@
 //! Test helpers for sources (feature `testkit`): the conformance suite every
-//! [`SecretSource`](crate::SecretSource) must pass.
+//! [`SecretSource`](crate::SecretSource) must pass, and [`Scripted`], a wrapper that makes any
+//! source fail, hang or misbehave on cue.
 //!
 //! A backend supplies a [`Seeder`] — how to name and write test secrets in that backend — and
 //! calls [`assert_conformance`] from its tests. The checks are gated by the source's declared
@@ -8,10 +9,12 @@
 
 mod conformance;
 mod logs;
+mod scripted;
 
 pub use crate::clock::settle;
 pub use conformance::{Seeder, assert_conformance, conformance};
 pub use logs::LogCapture;
+pub use scripted::{Call, Fault, Op, Scripted};
 
 use crate::client::{RotationEvent, RotationEvents};
 

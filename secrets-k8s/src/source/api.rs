@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use keyrack_core::{Error, ErrorKind, IdentityToken, Result};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
-use keyrack_core::{Error, ErrorKind, IdentityToken, Result};
 use serde::Deserialize;
 use url::Url;
 
@@ -229,7 +229,7 @@ pub(super) fn classify(
             format!("no Secret `{}` in namespace `{}`", t.name, t.namespace),
         ),
         429 => (
-            ErrorKind::Throttled { retry_after },
+            ErrorKind::Throttled,
             "the API server is rate limiting (API priority and fairness)".to_owned(),
         ),
         s if s >= 500 => (
@@ -248,5 +248,9 @@ pub(super) fn classify(
         message.push_str(": ");
         message.push_str(&body.message);
     }
-    Error::new(kind, message)
+    let error = Error::new(kind, message);
+    match retry_after {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
 }

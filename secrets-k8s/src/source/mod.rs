@@ -510,4 +510,7 @@ impl SecretSource for KubernetesSecrets {
             self.watch_backoff,
         ))
     }
+
+    /// Watches end when their feeds are dropped, which the client does before this.
+    async fn shutdown(&self) {}
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use reqwest::Response;
 use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SourceEvent, Version};
+use reqwest::Response;
 use serde::Deserialize;
 
 use super::Target;
@@ -419,7 +419,7 @@ impl Watch {
     }
 
     async fn pause(&mut self, e: &Error) {
-        let delay = self.backoff.delay(self.failures, e, unit());
+        let delay = self.backoff.delay(self.failures, e, Duration::ZERO, unit());
         self.failures = self.failures.saturating_add(1);
         tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, error = %e, ?delay, "watch interrupted; retrying");
         self.clock.sleep_until(self.clock.now() + delay).await;

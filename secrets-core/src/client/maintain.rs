@@ -1,0 +1,497 @@
+//! How an [`Entry`] is kept fresh: check, renew, re-issue and retry, one maintenance at a time.
+//!
+//! A maintenance is a task of its own that later triggers join (N callers of `refresh_now` make
+//! one call). It decides what to do under the entry's schedule lock, asks the backend with no
+//! lock held (each call bounded by the request timeout), and applies the answer under the lock
+//! again, on the clock read when the answer arrived: a hanging backend delays nobody but the
+//! maintenance itself, and deadlines computed after it are not computed for a moment in the past.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+
+use crate::backoff::MAX_RETRY_AFTER;
+use crate::error::{Error, ErrorKind, Result};
+use crate::schedule;
+use crate::secret::{Lease, Secret, Version};
+
+use super::context::{MIN_GAP, later};
+use super::entry::{Entry, Sched, Snapshot, Trigger, lock};
+use super::events::RotationEvent;
+
+/// However long an outage lasted, a value that is past its hard deadline (or missing) is retried
+/// within this, jittered down to the source's retry floor.
+const RECOVERY_RETRY: Duration = Duration::from_secs(5);
+
+/// A maintenance under way.
+pub(crate) struct Maintenance {
+    trigger: Trigger,
+    id: u64,
+    result: Shared<BoxFuture<'static, Result<()>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Maintenance {
+    pub(crate) fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// What a maintenance asks the backend.
+enum Action {
+    /// Extend the current lease.
+    Renew(Lease),
+    /// Obtain a new lease (the current one is capped, refused, expired or unwanted).
+    Reissue,
+    /// Look whether the value changed: the version probe first (when there is a version to
+    /// compare and the probe is allowed), a read if it moved.
+    Check { probe: Option<Version> },
+}
+
+/// What the backend answered.
+enum Answer {
+    Renewed(Lease),
+    /// A new read; `reissue` when it was meant to replace the lease.
+    Fetched {
+        secret: Secret,
+        reissue: bool,
+    },
+    /// The probe found the version already held.
+    Same,
+}
+
+/// Clears the entry's maintenance slot when the maintenance ends, however it ends.
+struct Landing {
+    entry: Arc<Entry>,
+    id: u64,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        let mut slot = lock(&self.entry.flight);
+        if slot.as_ref().is_some_and(|m| m.id == self.id) {
+            *slot = None;
+        }
+    }
+}
+
+impl Entry {
+    /// Check, renew or re-issue if due (or now, when forced), joining a maintenance under way.
+    /// Returns the error of a failed attempt; the last good value stays in place either way.
+    pub(crate) async fn maintain(self: &Arc<Self>, trigger: Trigger) -> Result<()> {
+        loop {
+            if self.is_closed() {
+                return match trigger {
+                    Trigger::Forced => Err(shut_down()),
+                    _ => Ok(()),
+                };
+            }
+            let (result, ours) = {
+                let mut slot = lock(&self.flight);
+                match slot.as_ref() {
+                    // A forced refresh must not settle for a check that began before it was
+                    // asked for (it may have read the value the caller just found stale).
+                    Some(m) if trigger == Trigger::Forced && m.trigger != Trigger::Forced => {
+                        (m.result.clone(), false)
+                    }
+                    Some(m) => (m.result.clone(), true),
+                    None => {
+                        let m = self.start(trigger);
+                        let result = m.result.clone();
+                        *slot = Some(m);
+                        (result, true)
+                    }
+                }
+            };
+            let result = result.await;
+            if ours {
+                return result;
+            }
+        }
+    }
+
+    /// [`maintain`](Self::maintain), reporting `Expired` at the hard deadline if the maintenance
+    /// is still waiting for the backend then.
+    pub(crate) async fn maintain_watching_expiry(self: &Arc<Self>, trigger: Trigger) -> Result<()> {
+        let maintenance = self.maintain(trigger);
+        tokio::pin!(maintenance);
+        loop {
+            let expiry = self.snapshot().and_then(|s| self.unreported_expiry(&s));
+            let Some(at) = expiry else {
+                return maintenance.await;
+            };
+            tokio::select! {
+                result = &mut maintenance => return result,
+                () = self.ctx.clock.sleep_until(at) => self.note_expiry(),
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>, trigger: Trigger) -> Maintenance {
+        let id = self
+            .flight_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let landing = Landing {
+            entry: self.clone(),
+            id,
+        };
+        let task = tokio::spawn(async move {
+            let landing = landing;
+            landing.entry.run(trigger).await
+        });
+        let abort = task.abort_handle();
+        let result = async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) if e.is_cancelled() => Err(shut_down()),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Backend,
+                    "the source panicked during a refresh",
+                )),
+            }
+        }
+        .boxed()
+        .shared();
+        Maintenance {
+            trigger,
+            id,
+            result,
+            task: abort,
+        }
+    }
+
+    /// Stop the maintenance under way (at shutdown) and wait until it has stopped, so nothing
+    /// it obtained is applied afterwards.
+    pub(crate) async fn stop_maintenance(&self) {
+        let running = lock(&self.flight).as_ref().map(|m| {
+            m.abort();
+            m.result.clone()
+        });
+        if let Some(result) = running {
+            let _ = result.await;
+        }
+    }
+
+    async fn run(self: &Arc<Self>, trigger: Trigger) -> Result<()> {
+        let clock = self.ctx.clock.clone();
+        let now = clock.now();
+        let (snap, action, wait) = {
+            let mut guard = lock(&self.sched);
+            let (Some(sched), Some(snap)) = (guard.as_mut(), self.snapshot()) else {
+                return Ok(());
+            };
+            let leased = snap.secret.lease().is_some();
+            if (trigger == Trigger::Due && now < snap.next_check)
+                || (trigger == Trigger::FeedOpened && leased)
+            {
+                return Ok(());
+            }
+            let mut wait = None;
+            if trigger == Trigger::Forced && now < sched.not_before {
+                if sched.not_before - now > MIN_GAP {
+                    // The backend asked for quiet (Retry-After): a caller's refresh waits too.
+                    return Err(self.annotate(Error::throttled(
+                        Some(sched.not_before - now),
+                        "the backend asked to wait before the next call",
+                    )));
+                }
+                // Forced refreshes within a second of the last call share the next one.
+                wait = Some(sched.not_before);
+            }
+            let action = self.decide(sched, &snap, now, trigger);
+            (snap, action, wait)
+        };
+        if let Some(at) = wait {
+            clock.sleep_until(at).await;
+        }
+        let (answer, probe_refused) = self.ask(&action).await;
+        let at = clock.now();
+        let mut guard = lock(&self.sched);
+        let Some(sched) = guard.as_mut() else {
+            return Ok(());
+        };
+        if self.is_closed() {
+            // Shut down while the backend answered: nobody will use a new lease.
+            if let Ok(Answer::Fetched { secret, .. }) = &answer
+                && let Some(lease) = secret.lease()
+            {
+                self.retire_lease(lease.clone(), at);
+            }
+            return Err(shut_down());
+        }
+        sched.not_before = later(at, MIN_GAP).max(sched.not_before);
+        if probe_refused && !sched.probe_refused {
+            sched.probe_refused = true;
+            tracing::warn!(secret = %self.key, source = %self.source_name,
+                "the version probe was refused (the credentials may read the value but not its \
+                 metadata): checks read the value instead; grant metadata access to make them cheaper");
+        }
+        let scheduled = trigger != Trigger::Forced;
+        let result = match answer {
+            Ok(Answer::Renewed(lease)) => self.apply_renewal(&snap.secret, lease, sched, at),
+            Ok(Answer::Fetched { secret, reissue }) => {
+                self.apply_fetch(&snap.secret, secret, sched, at, reissue)
+            }
+            Ok(Answer::Same) => {
+                self.succeed(sched, at);
+                self.set_state(self.plan(snap.secret.clone(), sched, at));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| {
+            let e = self.annotate(e);
+            self.fail(&snap, sched, at, e.clone(), scheduled);
+            e
+        })
+    }
+
+    fn decide(&self, sched: &Sched, snap: &Snapshot, now: Instant, trigger: Trigger) -> Action {
+        match snap.secret.lease() {
+            Some(lease)
+                if self.caps.renew
+                    && lease.renewable
+                    && !sched.capped
+                    && trigger == Trigger::Due
+                    && !snap.is_expired(now) =>
+            {
+                Action::Renew(lease.clone())
+            }
+            Some(_) => Action::Reissue,
+            None => {
+                let replace = self
+                    .replace_at(&snap.secret, sched)
+                    .is_some_and(|at| now >= at);
+                // An issuing endpoint's probe reports the version it issued, which does not move
+                // by itself: a value due for replacement is read straight away.
+                let probe = (self.caps.version_probe && !sched.probe_refused && !replace)
+                    .then(|| snap.secret.version().cloned())
+                    .flatten();
+                Action::Check { probe }
+            }
+        }
+    }
+
+    /// Ask the backend, with no lock held. The flag says the version probe was refused.
+    async fn ask(&self, action: &Action) -> (Result<Answer>, bool) {
+        let fetch = |reissue: bool| async move {
+            self.ctx
+                .bounded(self.source.fetch(&self.key))
+                .await
+                .map(|secret| Answer::Fetched { secret, reissue })
+        };
+        match action {
+            Action::Renew(lease) => {
+                let increment = self.ctx.config.renew_increment;
+                match self.ctx.bounded(self.source.renew(lease, increment)).await {
+                    Ok(renewed) => (Ok(Answer::Renewed(renewed)), false),
+                    Err(e) if !e.is_retryable() => {
+                        // Revoked, expired or refused: a new lease is the only way forward.
+                        tracing::debug!(secret = %self.key, error = %e, "renewal refused; re-issuing");
+                        (fetch(true).await, false)
+                    }
+                    Err(e) => (Err(e), false),
+                }
+            }
+            Action::Reissue => (fetch(true).await, false),
+            Action::Check { probe: None } => (fetch(false).await, false),
+            Action::Check {
+                probe: Some(current),
+            } => match self.ctx.bounded(self.source.version(&self.key)).await {
+                Ok(Some(v)) if v == *current => (Ok(Answer::Same), false),
+                Ok(_) => (fetch(false).await, false),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::PermissionDenied | ErrorKind::Unsupported
+                    ) =>
+                {
+                    (fetch(false).await, true)
+                }
+                Err(e) => (Err(e), false),
+            },
+        }
+    }
+
+    fn apply_renewal(
+        &self,
+        secret: &Secret,
+        renewed: Lease,
+        sched: &mut Sched,
+        now: Instant,
+    ) -> Result<()> {
+        let current = secret.lease().map_or(Duration::ZERO, |l| l.ttl);
+        let increment = self.ctx.config.renew_increment;
+        // A renewal grants the increment asked for (or the previous TTL): less means max TTL.
+        let expected = increment.map_or(current, |i| i.min(current));
+        if schedule::stopped_extending(expected, renewed.ttl) || renewed.ttl <= sched.grace {
+            sched.capped = true;
+            // The re-issue this calls for may follow at once: renew -> re-issue is progress,
+            // not a loop (the re-issue itself waits its turn).
+            sched.not_before = now;
+        } else {
+            sched.grace = schedule::grace(renewed.ttl, increment, self.ctx.unit());
+        }
+        sched.received = now;
+        let (ttl, lease_id) = (renewed.ttl, renewed.id.clone());
+        self.publish(secret.clone().leased(renewed), sched, now, false)?;
+        self.emit(RotationEvent::Renewed {
+            secret: self.key.clone(),
+            lease_id,
+            ttl,
+        });
+        Ok(())
+    }
+
+    fn apply_fetch(
+        &self,
+        current: &Secret,
+        fresh: Secret,
+        sched: &mut Sched,
+        now: Instant,
+        reissue: bool,
+    ) -> Result<()> {
+        if let Some(lease) = fresh.lease() {
+            if reissue && current.lease().is_some_and(|l| l.id == lease.id) {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    "the backend answered a re-issue with the lease it was to replace",
+                ));
+            }
+            if lease.ttl < MIN_GAP {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "the backend issued a lease of {:?}, too short to use",
+                        lease.ttl
+                    ),
+                ));
+            }
+        }
+        let changed = match (current.version(), fresh.version()) {
+            (Some(a), Some(b)) if a != b => true,
+            _ if reissue => current.lease().map(|l| &l.id) != fresh.lease().map(|l| &l.id),
+            (Some(_), Some(_)) => false,
+            _ => !current.value().same_bytes(fresh.value()),
+        };
+        if !changed {
+            let moved = current.metadata().expires_at != fresh.metadata().expires_at
+                || current.metadata().next_rotation != fresh.metadata().next_rotation;
+            if moved {
+                // Same value, new schedule (an extended expiry, a rescheduled rotation): keep
+                // the schedule the backend gives now, quietly (no `Rotated`, no `changed()`).
+                return self.publish(fresh, sched, now, false);
+            }
+            self.succeed(sched, now);
+            self.set_state(self.plan(current.clone(), sched, now));
+            return Ok(());
+        }
+        let (old, new) = (current.version().cloned(), fresh.version().cloned());
+        let replaced = current.lease().cloned();
+        let prior = (sched.received, sched.grace, sched.capped);
+        sched.received = now;
+        sched.grace = self.lease_grace(&fresh);
+        sched.capped = false;
+        if let Err(e) = self.publish(fresh, sched, now, true) {
+            (sched.received, sched.grace, sched.capped) = prior;
+            return Err(e);
+        }
+        if let Some(lease) = replaced {
+            self.retire_lease(lease, now);
+        }
+        self.emit(RotationEvent::Rotated {
+            secret: self.key.clone(),
+            old,
+            new,
+        });
+        Ok(())
+    }
+
+    pub(crate) fn succeed(&self, sched: &mut Sched, now: Instant) {
+        sched.last_ok = now;
+        sched.expired = false;
+        sched.deleted = false;
+        sched.streak = 0;
+        if sched.failures > 0 {
+            let failures = std::mem::take(&mut sched.failures);
+            self.emit(RotationEvent::Recovered {
+                secret: self.key.clone(),
+                failures,
+            });
+        }
+    }
+
+    fn fail(
+        &self,
+        snap: &Snapshot,
+        sched: &mut Sched,
+        now: Instant,
+        error: Error,
+        scheduled: bool,
+    ) {
+        sched.failures += 1;
+        let attempt = sched.streak;
+        if scheduled {
+            sched.streak = sched.streak.saturating_add(1);
+        }
+        let config = &self.ctx.config;
+        let floor = self.caps.retry_floor;
+        let mut delay = config
+            .backoff
+            .delay(attempt, &error, floor, self.ctx.unit());
+        match snap.hard_deadline {
+            // Still valid: close in on the deadline rather than sleep past it.
+            Some(hard) if hard > now => delay = delay.min((hard - now) / 2).max(floor),
+            // Past it, and the backend is only unreachable for now: try again soon, however
+            // long the outage has lasted.
+            Some(_) if error.is_retryable() => {
+                let soon = floor.max(RECOVERY_RETRY.mul_f64(self.ctx.unit()));
+                delay = delay.min(soon);
+            }
+            _ => {}
+        }
+        if let Some(hint) = error.retry_after() {
+            let hint = hint.min(config.backoff.max.max(floor).max(MAX_RETRY_AFTER));
+            delay = delay.max(hint);
+            sched.not_before = later(now, hint).max(sched.not_before);
+        }
+        // A forced refresh that fails leaves a scheduled retry where it was, if that is sooner.
+        let retry_at = later(now, delay);
+        sched.retry_at = if !scheduled && sched.failures > 1 {
+            sched.retry_at.min(retry_at).max(sched.not_before)
+        } else {
+            retry_at
+        };
+        if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::Deleted) && !sched.deleted {
+            sched.deleted = true;
+            self.emit(RotationEvent::Deleted {
+                secret: self.key.clone(),
+                version: snap.secret.version().cloned(),
+            });
+        }
+        let retry_in = sched.retry_at.saturating_duration_since(now);
+        tracing::warn!(secret = %self.key, source = %self.source_name, error = %error,
+            attempt = sched.failures, ?retry_in, "secret refresh failed");
+        self.emit(RotationEvent::RefreshFailed {
+            secret: self.key.clone(),
+            error,
+            attempt: sched.failures,
+            retry_in,
+        });
+        let next = self.plan(snap.secret.clone(), sched, now);
+        if next.is_expired(now) && !sched.expired {
+            sched.expired = true;
+            self.emit(RotationEvent::Expired {
+                secret: self.key.clone(),
+                version: snap.secret.version().cloned(),
+            });
+        }
+        self.set_state(next);
+    }
+}
+
+fn shut_down() -> Error {
+    Error::new(ErrorKind::Shutdown, "the client was shut down")
+}
