@@ -93,9 +93,11 @@ impl SecretValue {
             .get(name)
             .ok_or_else(|| Error::invalid_value(format!("field `{name}` is not in the value")))?;
         let text = raw.get();
-        if text.starts_with('"') {
-            let unescaped: String = serde_json::from_str(text).map_err(scrub_json_error)?;
-            Ok(SecretValue::from_string(unescaped))
+        if let Some(quoted) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            // Unescaped here rather than by serde_json, whose scratch buffer for escapes is
+            // freed without being wiped.
+            let unescaped = unescape(quoted)?;
+            Ok(SecretValue::copy_from_slice(&unescaped))
         } else {
             Ok(SecretValue::copy_from_slice(text.as_bytes()))
         }
@@ -114,6 +116,58 @@ impl SecretValue {
     pub fn shares_allocation_with(&self, other: &SecretValue) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// The text of a JSON string (between its quotes, already validated by the parser), unescaped
+/// into a buffer that is wiped when dropped and never grows (so no copy is left behind).
+fn unescape(quoted: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let bad = || Error::invalid_value("the selected field is not a valid JSON string");
+    let mut out = Zeroizing::new(Vec::with_capacity(quoted.len()));
+    let mut bytes = quoted.bytes();
+    let hex4 = |bytes: &mut std::str::Bytes<'_>| -> Option<u32> {
+        let mut n = 0;
+        for _ in 0..4 {
+            n = n * 16 + char::from(bytes.next()?).to_digit(16)?;
+        }
+        Some(n)
+    };
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let c = match bytes.next().ok_or_else(bad)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(&mut bytes).ok_or_else(bad)?;
+                let code = if (0xD800..0xDC00).contains(&hi) {
+                    // A surrogate pair: `\uD83D\uDE00`.
+                    if bytes.next() != Some(b'\\') || bytes.next() != Some(b'u') {
+                        return Err(bad());
+                    }
+                    let lo = hex4(&mut bytes).ok_or_else(bad)?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return Err(bad());
+                    }
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else {
+                    hi
+                };
+                char::from_u32(code).ok_or_else(bad)?
+            }
+            _ => return Err(bad()),
+        };
+        let mut utf8 = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+    }
+    Ok(out)
 }
 
 fn scrub_json_error(e: serde_json::Error) -> Error {
@@ -235,6 +289,24 @@ mod tests {
         assert!(e.to_string().contains("`missing`"));
         let e = SecretValue::from("s3cr3t").field("x").unwrap_err();
         assert!(!e.to_string().contains("s3cr3t"));
+        let v = SecretValue::from(r#"{"k":"a\u00e9\ud83d\ude00\n\t\/\\b"}"#);
+        assert_eq!(v.field("k").unwrap().expose_str().unwrap(), "aé😀\n\t/\\b");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn field_unescapes_as_serde_json_does(text in proptest::prelude::any::<String>()) {
+            let object = serde_json::json!({ "k": text }).to_string();
+            let field = SecretValue::from(object.as_str()).field("k").unwrap();
+            proptest::prop_assert_eq!(field.expose_str().unwrap(), text.as_str());
+            // Escaping every non-ASCII character as \uXXXX (pairs above the BMP) too.
+            let escaped: String = text
+                .encode_utf16()
+                .map(|u| format!("\\u{u:04x}"))
+                .collect();
+            let field = SecretValue::from(format!(r#"{{"k":"{escaped}"}}"#)).field("k").unwrap();
+            proptest::prop_assert_eq!(field.expose_str().unwrap(), text.as_str());
+        }
     }
 
     #[test]
