@@ -165,17 +165,19 @@ impl Entry {
         if self.is_loaded() {
             return Ok(());
         }
+        let sent = self.ctx.clock.now();
         let secret = self
             .ctx
             .bounded(self.source.fetch(&self.key))
             .await
             .map_err(|e| self.annotate(e))?;
-        self.install_first(secret);
+        self.install_first(secret, sent);
         Ok(())
     }
 
-    /// Install the first value (from a fetch or a batch); no-op if one is in place.
-    pub(crate) fn install_first(self: &Arc<Self>, secret: Secret) {
+    /// Install the first value (from a fetch or a batch sent at `sent`); no-op if one is in
+    /// place.
+    pub(crate) fn install_first(self: &Arc<Self>, secret: Secret, sent: Instant) {
         let now = self.ctx.clock.now();
         let leased = secret.lease().is_some();
         {
@@ -187,7 +189,7 @@ impl Entry {
                 failures: 0,
                 streak: 0,
                 last_ok: now,
-                received: now,
+                received: sent,
                 grace: self.lease_grace(&secret),
                 capped: false,
                 expired: false,

@@ -206,6 +206,9 @@ impl Entry {
         if let Some(at) = wait {
             clock.sleep_until(at).await;
         }
+        // A lease is counted from the request, not the answer: the backend may have issued it
+        // at any moment in between, so its end is never placed later than it can be.
+        let sent = clock.now();
         let (answer, probe_refused) = self.ask(&action).await;
         let at = clock.now();
         let mut guard = lock(&self.sched);
@@ -230,9 +233,9 @@ impl Entry {
         }
         let scheduled = trigger != Trigger::Forced;
         let result = match answer {
-            Ok(Answer::Renewed(lease)) => self.apply_renewal(&snap.secret, lease, sched, at),
+            Ok(Answer::Renewed(lease)) => self.apply_renewal(&snap.secret, lease, sched, sent, at),
             Ok(Answer::Fetched { secret, reissue }) => {
-                self.apply_fetch(&snap.secret, secret, sched, at, reissue)
+                self.apply_fetch(&snap.secret, secret, sched, sent, at, reissue)
             }
             Ok(Answer::Same) => {
                 self.succeed(sched, at);
@@ -320,6 +323,7 @@ impl Entry {
         secret: &Secret,
         renewed: Lease,
         sched: &mut Sched,
+        sent: Instant,
         now: Instant,
     ) -> Result<()> {
         let current = secret.lease().map_or(Duration::ZERO, |l| l.ttl);
@@ -334,7 +338,7 @@ impl Entry {
         } else {
             sched.grace = schedule::grace(renewed.ttl, increment, self.ctx.unit());
         }
-        sched.received = now;
+        sched.received = sent;
         let (ttl, lease_id) = (renewed.ttl, renewed.id.clone());
         self.publish(secret.clone().leased(renewed), sched, now, false)?;
         self.emit(RotationEvent::Renewed {
@@ -350,6 +354,7 @@ impl Entry {
         current: &Secret,
         fresh: Secret,
         sched: &mut Sched,
+        sent: Instant,
         now: Instant,
         reissue: bool,
     ) -> Result<()> {
@@ -391,7 +396,7 @@ impl Entry {
         let (old, new) = (current.version().cloned(), fresh.version().cloned());
         let replaced = current.lease().cloned();
         let prior = (sched.received, sched.grace, sched.capped);
-        sched.received = now;
+        sched.received = sent;
         sched.grace = self.lease_grace(&fresh);
         sched.capped = false;
         if let Err(e) = self.publish(fresh, sched, now, true) {

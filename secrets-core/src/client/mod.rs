@@ -237,6 +237,7 @@ impl Secrets {
             let Ok((source_name, source)) = self.source_for(name) else {
                 return Vec::new();
             };
+            let sent = self.inner.ctx.clock.now();
             let results = match self
                 .inner
                 .ctx
@@ -251,7 +252,7 @@ impl Secrets {
                 match result {
                     Ok(secret) => {
                         let entry = self.entry_for(&base, &source_name, &source);
-                        entry.install_first(secret);
+                        entry.install_first(secret, sent);
                         // Keep the entry alive in the cache until the views are made below.
                         out.push((base, Ok(entry)));
                     }
