@@ -236,7 +236,12 @@ impl Entry {
         let clock = &self.ctx.clock;
         let config = &self.ctx.config;
         let meta = secret.metadata();
-        let mut hard = meta.lease.as_ref().map(|l| later(sched.received, l.ttl));
+        // A lease ends `ttl` after it was asked for, and never later than the end it states (a
+        // caching proxy may answer with a lease issued long ago).
+        let mut hard = meta
+            .lease
+            .as_ref()
+            .map(|l| later(sched.received, l.ttl).min(clock.deadline_for(l.expires_at())));
         if let Some(exp) = meta.expires_at {
             let d = clock.deadline_for(exp);
             hard = Some(hard.map_or(d, |h| h.min(d)));

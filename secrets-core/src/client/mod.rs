@@ -638,6 +638,15 @@ impl SecretsBuilder {
         self
     }
 
+    /// How long one backend call may take before it counts as failed with
+    /// [`ErrorKind::Timeout`] (default 30 s), on the client's clock. A backend that accepts and
+    /// never answers costs this long, never more; `Expired` is reported at a value's hard
+    /// expiry even while a call is waiting.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
     /// Seed the jitter's random numbers, for repeatable tests.
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
