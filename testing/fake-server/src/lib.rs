@@ -9,6 +9,8 @@
 //! endpoints.
 #![allow(clippy::unwrap_used)] // test support: a broken fake should fail the test loudly
 
+pub mod proxy;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
