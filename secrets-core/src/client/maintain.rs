@@ -244,11 +244,27 @@ impl Entry {
             }
             Err(e) => Err(e),
         };
-        result.map_err(|e| {
-            let e = self.annotate(e);
-            self.fail(&snap, sched, at, e.clone(), scheduled);
-            e
-        })
+        match result {
+            Ok(()) => {
+                // A value can arrive already past its end (an answer slower than the lease):
+                // say so now, not when the driver next wakes.
+                if let Some(now) = self.snapshot().filter(|s| s.is_expired(at))
+                    && !sched.expired
+                {
+                    sched.expired = true;
+                    self.emit(RotationEvent::Expired {
+                        secret: self.key.clone(),
+                        version: now.secret.version().cloned(),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let e = self.annotate(e);
+                self.fail(&snap, sched, at, e.clone(), scheduled);
+                Err(e)
+            }
+        }
     }
 
     fn decide(&self, sched: &Sched, snap: &Snapshot, now: Instant, trigger: Trigger) -> Action {
