@@ -204,6 +204,9 @@ impl Backend {
 
     fn answered(&self, path: &str) {
         let now = self.clock.now();
+        if std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!("  {:?} backend answered for {path}", self.clock.elapsed());
+        }
         self.st().last_success.insert(path.to_owned(), now);
     }
 
@@ -492,11 +495,16 @@ impl Sim {
                 self.user_ops.push((self.clock.now(), path));
                 let r = client_ref(path, *field);
                 let secrets = self.secrets.clone();
-                let got = self
-                    .complete("get_secret", async move { secrets.get_secret(r).await })
+                let clock = self.clock.clone();
+                // Judged at the moment it was returned, not when the step ends.
+                let (got, at) = self
+                    .complete("get_secret", async move {
+                        let got = secrets.get_secret(r).await;
+                        (got, clock.now())
+                    })
                     .await?;
                 if let Ok(secret) = got {
-                    self.served_ok(path, &secret, "get_secret")?;
+                    self.served_ok(path, &secret, at, "get_secret")?;
                 }
             }
             Step::Handle(path) => {
@@ -570,10 +578,21 @@ impl Sim {
     }
 
     /// A value served now must not be past what the backend honours.
-    fn served_ok(&self, path: &str, secret: &Secret, how: &str) -> Verdict {
-        let now = self.clock.now();
+    fn served_ok(&self, path: &str, secret: &Secret, now: Instant, how: &str) -> Verdict {
+        let honoured = |id: &str| {
+            if now == self.clock.now() {
+                self.backend.memory.lease_valid(id)
+            } else {
+                // Judged earlier: only its end can be known (a revocation since is fine).
+                let wall = self.clock.wall() - (self.clock.now() - now);
+                self.backend
+                    .memory
+                    .lease_end(id)
+                    .is_none_or(|end| wall < end)
+            }
+        };
         if let Some(lease) = secret.lease()
-            && !self.backend.memory.lease_valid(&lease.id)
+            && !honoured(&lease.id)
         {
             // Revoked by the engine itself as replaced is fine only if it was replaced: a handle
             // still showing it is not.
@@ -620,7 +639,7 @@ impl Sim {
         }
         for held in &self.held {
             match held.handle.try_current() {
-                Ok(secret) => self.served_ok(held.path, &secret, "a handle")?,
+                Ok(secret) => self.served_ok(held.path, &secret, now, "a handle")?,
                 Err(e) if e.kind() == &ErrorKind::Expired => {
                     if !held.told_expired {
                         return Err(format!("{} expired without an Expired event", held.path));

@@ -220,6 +220,15 @@ impl MemorySource {
             .is_some_and(|l| !l.revoked && now < l.expires_at)
     }
 
+    /// When lease `id` ends (or ended), unless it was revoked or never issued.
+    pub fn lease_end(&self, id: &str) -> Option<SystemTime> {
+        self.state()
+            .leases
+            .get(id)
+            .filter(|l| !l.revoked)
+            .map(|l| l.expires_at)
+    }
+
     /// Ids of leases currently valid.
     pub fn valid_leases(&self) -> Vec<String> {
         let now = self.inner.clock.wall();
