@@ -1,6 +1,5 @@
 //! Requests to the API server and the mapping of its answers to [`ErrorKind`]s.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::Target;
+use super::data::Data;
 
 /// Authenticated GETs against one API server.
 #[derive(Clone)]
@@ -49,14 +49,31 @@ pub(super) struct ObjectMeta {
     pub(super) resource_version: Option<String>,
 }
 
-/// A core/v1 Secret. `data` holds base64 text; it is decoded by the caller, straight into
-/// zeroizing buffers.
+/// A core/v1 Secret, borrowed from the answer's body. `data` holds base64 text; it is decoded by
+/// the caller, straight into zeroizing buffers.
 #[derive(Deserialize)]
-pub(super) struct SecretObject {
+pub(super) struct SecretObject<'a> {
     #[serde(default)]
     pub(super) metadata: ObjectMeta,
-    #[serde(default)]
-    pub(super) data: Option<BTreeMap<String, String>>,
+    #[serde(default, borrow)]
+    pub(super) data: Option<Data<'a>>,
+}
+
+impl<'a> SecretObject<'a> {
+    /// Parse a GET's body. serde's messages can quote the input (here: base64 of the value), so
+    /// only the position is kept.
+    pub(super) fn parse(body: &'a [u8]) -> Result<Self> {
+        serde_json::from_slice(body).map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the API server answered with a body that is not a Secret (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
+    }
 }
 
 /// What opening a watch gave.
@@ -84,25 +101,13 @@ impl Api {
         Ok(url)
     }
 
-    /// `GET /api/v1/namespaces/{ns}/secrets/{name}`.
-    pub(super) async fn get_secret(&self, t: &Target) -> Result<SecretObject> {
+    /// `GET /api/v1/namespaces/{ns}/secrets/{name}`: the body, for [`SecretObject::parse`].
+    pub(super) async fn get_secret(&self, t: &Target) -> Result<Bytes> {
         let response = self.send(self.url(t, true)?, false).await?;
         if !response.status().is_success() {
             return Err(failure(response, t).await);
         }
-        let body = response.bytes().await.map_err(transport_error)?;
-        // serde's messages can quote the input (here: base64 of the value), so only the
-        // position is kept.
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::new(
-                ErrorKind::Backend,
-                format!(
-                    "the API server answered with a body that is not a Secret (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })
+        response.bytes().await.map_err(transport_error)
     }
 
     /// A watch of the one named Secret, from `resource_version` (from now, with the current

@@ -12,9 +12,14 @@
 //! key, and that key is read alone, byte for byte, with the parameter `?key=<key>`
 //! (`k8s://apps/tls-store?key=keystore.jks`).
 //!
-//! The version is the object's `metadata.resourceVersion`. Kubernetes keeps no older versions, so
-//! `?version=` and `?stage=` are refused as unsupported; there is no cheaper probe than the GET
-//! itself, so the source declares no version probe and the client's routine check is a read.
+//! The version follows the data the reference reads, not the object's `resourceVersion`: a
+//! label, an annotation or `kubectl apply`'s last-applied annotation gives the object a new
+//! resourceVersion without changing a byte of the value, and must not rotate it. It is a digest
+//! of the data (every key, or the one of `?key=`) keyed with random keys made for the source, so
+//! it reveals nothing of a short value; it means nothing outside the process. Kubernetes keeps no
+//! older versions, so `?version=` and `?stage=` are refused as unsupported; there is no cheaper
+//! probe than the GET itself, so the source declares no version probe and the client's routine
+//! check is a read.
 //!
 //! # Watching
 //!
@@ -25,9 +30,9 @@
 //! `ADDED` to show it), so a change or a deletion between the read and the watch is reported
 //! rather than lost. (Resuming from the read's own resourceVersion would not
 //! do: it is the revision of the object's last write, usually older than the history the server
-//! keeps, and would be answered 410 every time.) `ADDED`/`MODIFIED` with a new resourceVersion
-//! make the client re-read (and fire `Rotated`), `DELETED` reports the deletion, `BOOKMARK` only
-//! moves the resume point. A stream the server ends (`timeoutSeconds`, 5–10 min at random, as
+//! keeps, and would be answered 410 every time.) `ADDED`/`MODIFIED` with new data make the client
+//! re-read (and fire `Rotated`); with the same data (a metadata-only update) they only move the
+//! resume point, as `BOOKMARK` does; `DELETED` reports the deletion. A stream the server ends (`timeoutSeconds`, 5–10 min at random, as
 //! client-go does) is re-opened from the last change or bookmark it delivered; when the server
 //! has compacted past that point (`ERROR` 410 `Expired`/`Gone` in the stream, or HTTP 410) the
 //! watch starts at the most recent state again (with the check above). Failures back off (1 s
@@ -70,6 +75,7 @@
 //! error: server messages kept in errors describe the request, never the data.
 
 mod api;
+mod data;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -88,6 +94,7 @@ use keyrack_core::{
 use url::Url;
 
 use api::{Api, SecretObject};
+use data::{Data, Fingerprint};
 
 /// Concurrent GETs in `fetch_many` (the API server has no batch read of named objects).
 const FETCH_CONCURRENCY: usize = 8;
@@ -120,9 +127,11 @@ pub struct KubernetesSecrets {
     api: Api,
     clock: Arc<dyn Clock>,
     watch_backoff: Backoff,
-    /// The resourceVersion of the last read of each `namespace/name`: what a new watch compares
+    /// Makes versions from data.
+    fingerprint: Fingerprint,
+    /// The version of the last read of each target ([`Target::id`]): what a new watch compares
     /// the object's current state with.
-    last_read: Arc<Mutex<HashMap<String, String>>>,
+    last_read: Arc<Mutex<HashMap<String, Version>>>,
 }
 
 impl fmt::Debug for KubernetesSecrets {
@@ -140,9 +149,9 @@ impl KubernetesSecrets {
         KubernetesSecretsBuilder::default()
     }
 
-    fn remember(&self, t: &Target, resource_version: &str) {
+    fn remember(&self, t: &Target, version: &Version) {
         let mut seen = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
-        seen.insert(t.key(), resource_version.to_owned());
+        seen.insert(t.id(), version.clone());
     }
 }
 
@@ -276,6 +285,7 @@ impl KubernetesSecretsBuilder {
             },
             clock: self.clock,
             watch_backoff: self.watch_backoff,
+            fingerprint: Fingerprint::new(),
             last_read: Arc::default(),
         })
     }
@@ -344,6 +354,14 @@ impl Target {
     fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// What the reference reads: the object, and the key when one is selected.
+    fn id(&self) -> String {
+        match &self.key {
+            Some(k) => format!("{}/{}?{KEY_PARAM}={k}", self.namespace, self.name),
+            None => self.key(),
+        }
+    }
 }
 
 /// RFC 1123 label: what namespace names must be.
@@ -383,18 +401,18 @@ fn decode(key: &str, b64: &str) -> Result<SecretValue> {
 }
 
 /// The value a reference reads: one key's bytes, or every key as a JSON object of strings.
-fn value_of(object: &SecretObject, t: &Target) -> Result<SecretValue> {
-    let empty = BTreeMap::new();
+fn value_of(object: &SecretObject<'_>, t: &Target) -> Result<SecretValue> {
+    let empty = Data::new();
     let data = object.data.as_ref().unwrap_or(&empty);
     if let Some(key) = &t.key {
-        let b64 = data.get(key).ok_or_else(|| {
+        let b64 = data.get(key.as_str()).ok_or_else(|| {
             Error::invalid_value(format!("key `{key}` is not in Secret `{}`", t.key()))
         })?;
         return decode(key, b64);
     }
     let mut decoded = BTreeMap::new();
     for (key, b64) in data {
-        decoded.insert(key.as_str(), decode(key, b64)?);
+        decoded.insert(key.as_ref(), decode(key, b64)?);
     }
     let mut texts = BTreeMap::new();
     for (key, value) in &decoded {
@@ -453,14 +471,16 @@ impl SecretSource for KubernetesSecrets {
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
         let annotate = |e: Error| e.with_ref(r);
         let t = Target::parse(r).map_err(annotate)?;
-        let object = self.api.get_secret(&t).await.map_err(annotate)?;
+        let body = self.api.get_secret(&t).await.map_err(annotate)?;
+        let object = SecretObject::parse(&body).map_err(annotate)?;
         let value = value_of(&object, &t).map_err(annotate)?;
+        let version = self
+            .fingerprint
+            .version(object.data.as_ref(), t.key.as_deref());
+        self.remember(&t, &version);
         let mut meta = Metadata::default();
-        if let Some(rv) = &object.metadata.resource_version {
-            self.remember(&t, rv);
-            meta.version = Some(Version::new(rv));
-        }
-        tracing::debug!(secret = %r, version = ?meta.version, "read Secret");
+        meta.version = Some(version);
+        tracing::debug!(secret = %r, version = ?meta.version, resource_version = ?object.metadata.resource_version, "read Secret");
         let secret = Secret::with_metadata(value, meta);
         // The client strips `#key` and selects it itself; a direct caller gets the same result.
         match r.field() {
@@ -500,12 +520,13 @@ impl SecretSource for KubernetesSecrets {
         let last_read = self.last_read.clone();
         let resume = move |t: &Target| {
             let seen = last_read.lock().unwrap_or_else(|p| p.into_inner());
-            seen.get(&t.key()).cloned()
+            seen.get(&t.id()).cloned()
         };
         Some(watch::watch(
             self.api.clone(),
             t,
             Box::new(resume),
+            self.fingerprint.clone(),
             self.clock.clone(),
             self.watch_backoff,
         ))

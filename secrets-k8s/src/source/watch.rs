@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::Target;
 use super::api::{Api, ObjectMeta, Opened, Status};
+use super::data::{Data, Fingerprint};
 
 /// Longest event line kept while waiting for its end: a Secret is at most 1 MiB, about 1.4 MiB in
 /// base64; anything far longer is not a watch stream.
@@ -23,13 +24,14 @@ const MAX_LINE: usize = 8 << 20;
 /// half-open connection otherwise waits forever).
 const IDLE_GRACE: Duration = Duration::from_secs(60);
 
-/// Looks up the resourceVersion of the target's last read: what the first watch compares with.
-pub(super) type Resume = Box<dyn Fn(&Target) -> Option<String> + Send + Sync>;
+/// Looks up the version of the target's last read: what the first watch compares with.
+pub(super) type Resume = Box<dyn Fn(&Target) -> Option<Version> + Send + Sync>;
 
 pub(super) fn watch(
     api: Api,
     target: Target,
     resume: Resume,
+    fingerprint: Fingerprint,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
 ) -> BoxStream<'static, Result<SourceEvent>> {
@@ -37,6 +39,7 @@ pub(super) fn watch(
         api,
         target,
         resume: Some(resume),
+        fingerprint,
         clock,
         backoff,
         rv: None,
@@ -67,6 +70,7 @@ struct Watch {
     target: Target,
     /// Taken at the first connection.
     resume: Option<Resume>,
+    fingerprint: Fingerprint,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
     /// Where the next watch resumes: the resourceVersion of the last change or bookmark the
@@ -74,8 +78,9 @@ struct Watch {
     /// from a read: that is the revision of its last write, usually older than what the server
     /// keeps, and would be answered 410 again and again.
     rv: Option<String>,
-    /// The object's resourceVersion as last read or reported: what a change is compared with.
-    known: Option<String>,
+    /// The version of the object's data as last read or reported: what a change is compared
+    /// with (a new resourceVersion with the same data, a label changed, is no change).
+    known: Option<Version>,
     /// The open stream started at the most recent state: its first `ADDED` is the synthetic
     /// initial event, whose (old) resourceVersion is not a resume point.
     from_now: bool,
@@ -103,21 +108,23 @@ struct Watch {
     done: bool,
 }
 
-/// One line of the stream (`metav1.WatchEvent`). Only metadata is read: `data` is skipped by the
-/// parser and never held.
+/// One line of the stream (`metav1.WatchEvent`), borrowed from the line buffer: `data` is read
+/// in place for its version and never copied.
 #[derive(Deserialize)]
-struct Event {
+struct Event<'a> {
     #[serde(rename = "type")]
     kind: String,
-    #[serde(default)]
-    object: EventObject,
+    #[serde(default, borrow)]
+    object: EventObject<'a>,
 }
 
-/// The event's object: a Secret (only its metadata) or, for `ERROR`, a `metav1.Status`.
+/// The event's object: a Secret or, for `ERROR`, a `metav1.Status`.
 #[derive(Deserialize, Default)]
-struct EventObject {
+struct EventObject<'a> {
     #[serde(default)]
     metadata: ObjectMeta,
+    #[serde(default, borrow)]
+    data: Option<Data<'a>>,
     #[serde(default)]
     code: u16,
     #[serde(default)]
@@ -126,22 +133,43 @@ struct EventObject {
     message: String,
 }
 
+/// What a line of the stream says, without the data it carried.
+struct Line {
+    kind: String,
+    resource_version: Option<String>,
+    /// The version of the data the target reads, for ADDED, MODIFIED and DELETED.
+    version: Version,
+    code: u16,
+    reason: String,
+    message: String,
+}
+
 /// A line of the stream, parsed.
 enum Parsed {
     Blank,
-    Event(Event),
+    Event(Line),
     /// Not a watch event; where the parser gave up.
     Malformed {
         column: usize,
     },
 }
 
-fn parse(line: &[u8]) -> Parsed {
+fn parse(line: &[u8], fingerprint: &Fingerprint, target: &Target) -> Parsed {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Parsed::Blank;
     }
-    match serde_json::from_slice(line) {
-        Ok(event) => Parsed::Event(event),
+    match serde_json::from_slice::<Event<'_>>(line) {
+        Ok(event) => {
+            let o = event.object;
+            Parsed::Event(Line {
+                version: fingerprint.version(o.data.as_ref(), target.key.as_deref()),
+                kind: event.kind,
+                resource_version: o.metadata.resource_version,
+                code: o.code,
+                reason: o.reason,
+                message: o.message,
+            })
+        }
         Err(e) => Parsed::Malformed { column: e.column() },
     }
 }
@@ -209,7 +237,7 @@ impl Watch {
     async fn verify(&mut self) {
         self.verify = false;
         match self.api.get_secret(&self.target).await {
-            Ok(object) => drop(object.data),
+            Ok(body) => drop(body),
             Err(e) if e.kind() == &ErrorKind::NotFound => {
                 if self.exists != Some(false) {
                     self.pending.push_back(SourceEvent::Deleted);
@@ -300,7 +328,7 @@ impl Watch {
         while let Some(at) = self.buf[from..].iter().position(|&b| b == b'\n') {
             let end = from + at;
             // Parsed in place: the line holds the Secret's data, and is not copied anywhere.
-            let parsed = parse(&self.buf[..end]);
+            let parsed = parse(&self.buf[..end], &self.fingerprint, &self.target);
             self.buf.drain(..=end);
             from = 0;
             match self.on_line(parsed) {
@@ -331,8 +359,8 @@ impl Watch {
                 return Next::Relist;
             }
         };
-        let rv = event.object.metadata.resource_version;
-        tracing::trace!(namespace = %self.target.namespace, name = %self.target.name, event = %event.kind, resource_version = ?rv, "watch event");
+        let rv = event.resource_version;
+        tracing::trace!(namespace = %self.target.namespace, name = %self.target.name, event = %event.kind, resource_version = ?rv, version = %event.version, "watch event");
         match event.kind.as_str() {
             "ADDED" | "MODIFIED" => {
                 // The initial ADDED of a watch from the most recent state carries the object's
@@ -342,18 +370,17 @@ impl Watch {
                 if !initial {
                     self.progress();
                 }
-                if rv.is_some() && rv != self.known {
+                // A new resourceVersion with the same data (a label, an annotation) is no change.
+                if self.known.as_ref() != Some(&event.version) {
                     self.pending.push_back(SourceEvent::Changed {
-                        version: rv.as_deref().map(Version::new),
+                        version: Some(event.version.clone()),
                     });
                 }
                 self.exists = Some(true);
-                if rv.is_some() {
-                    if !initial {
-                        self.rv.clone_from(&rv);
-                        self.advanced = true;
-                    }
-                    self.known = rv;
+                self.known = Some(event.version);
+                if rv.is_some() && !initial {
+                    self.rv = rv;
+                    self.advanced = true;
                 }
             }
             "DELETED" => {
@@ -376,15 +403,15 @@ impl Watch {
                     self.advanced = true;
                 }
             }
-            "ERROR" if event.object.code == 410 => {
-                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, reason = %event.object.reason, "watch resume point expired (410); re-reading the Secret");
+            "ERROR" if event.code == 410 => {
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, reason = %event.reason, "watch resume point expired (410); re-reading the Secret");
                 return Next::Relist;
             }
             "ERROR" => {
                 let status = Status {
-                    message: event.object.message,
-                    reason: event.object.reason,
-                    code: event.object.code,
+                    message: event.message,
+                    reason: event.reason,
+                    code: event.code,
                     ..Status::default()
                 };
                 let code = reqwest::StatusCode::from_u16(status.code)

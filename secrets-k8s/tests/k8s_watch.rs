@@ -1,0 +1,125 @@
+//! The watch of the Kubernetes Secrets source: what counts as a change, what it costs in
+//! requests, and how it waits when the API server asks it to. Against the loopback fake of the
+//! API server (`fixtures/k8s/fake_api.rs`); every answer is shaped after a fixture in
+//! `fixtures/k8s/`, named at each test.
+#![allow(clippy::unwrap_used)] // helpers of tests: a failure should fail the test loudly
+
+mod k8s_support;
+
+use std::time::Duration;
+
+use k8s_support::*;
+use keyrack_core::{Clock, RotationEvent, SecretSource, Secrets, SourceEvent, SystemClock};
+
+/// Waits for the next `Rotated` of `events`, skipping other events.
+async fn rotated(events: &mut keyrack_core::RotationEvents) -> RotationEvent {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(ev @ RotationEvent::Rotated { .. }) => return ev,
+                Some(_) => continue,
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("no Rotated event")
+}
+
+/// Issue #13: a label, an annotation or `kubectl apply`'s last-applied annotation gives the
+/// Secret a new resourceVersion and a MODIFIED event but no new data: a handle neither rotates
+/// nor wakes `changed()`; the data change after it does, once.
+/// Fixtures: `secret_watch_stream.assembled.jsonl` line 3 (MODIFIED) carrying the stored object,
+/// `secret_get_200_assembled`'s metadata with a label and the last-applied annotation added.
+#[tokio::test]
+async fn a_metadata_only_update_is_not_a_rotation() {
+    let (_server, api, k8s) = start().await;
+    api.put(
+        "apps",
+        "db-creds",
+        &[("username", USER), ("password", PASSWORD)],
+    );
+    let secrets = Secrets::builder()
+        .source("k8s", k8s)
+        .refresh_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut handle = secrets
+        .handle("k8s://apps/db-creds#password")
+        .await
+        .unwrap();
+    let mut events = handle.subscribe();
+    api.wait_for_watches(1).await;
+    let before = handle.current().version().cloned();
+
+    api.update_metadata(
+        "apps",
+        "db-creds",
+        &[("team", "payments")],
+        &[(
+            "kubectl.kubernetes.io/last-applied-configuration",
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db-creds"}}"#,
+        )],
+    );
+    // The engine reads at most once a second after its last answer: a pause lets a read for the
+    // metadata update (if one is made) happen before the data change, instead of both sharing it.
+    SystemClock
+        .sleep_until(SystemClock.now() + Duration::from_millis(1500))
+        .await;
+    // A data change after it: the first change the handle sees must be this one.
+    api.put(
+        "apps",
+        "db-creds",
+        &[("username", USER), ("password", b"n3w-s3cr3t")],
+    );
+    let woke = tokio::time::timeout(Duration::from_secs(10), handle.changed())
+        .await
+        .expect("changed() did not wake")
+        .unwrap();
+    assert_eq!(
+        woke.expose_bytes(),
+        b"n3w-s3cr3t",
+        "changed() woke for a metadata-only update"
+    );
+    let RotationEvent::Rotated { old, new, .. } = rotated(&mut events).await else {
+        unreachable!()
+    };
+    assert_eq!(old, before, "a Rotated for the metadata-only update");
+    assert_ne!(new, before);
+    assert_eq!(new.as_ref(), handle.current().version());
+    secrets.shutdown().await;
+}
+
+/// Issue #13, the feed itself: a metadata-only MODIFIED is no change; the data change after it is
+/// reported with the version a read then gives.
+/// Fixtures: `secret_watch_stream.assembled.jsonl` line 3 (MODIFIED), as above.
+#[tokio::test]
+async fn the_feed_reports_data_changes_only() {
+    let (_server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    let first = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+    api.update_metadata("apps", "db-creds", &[("team", "payments")], &[]);
+    api.update_metadata(
+        "apps",
+        "db-creds",
+        &[],
+        &[("kubectl.kubernetes.io/last-applied-configuration", "{}")],
+    );
+    api.put("apps", "db-creds", &[("password", b"two")]);
+    let event = next(&mut feed).await.unwrap();
+    let now = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    assert_ne!(now.version(), first.version());
+    assert_eq!(
+        event,
+        SourceEvent::Changed {
+            version: now.version().cloned()
+        },
+        "the first event is not the data change"
+    );
+    // Same data, same version, whatever the resourceVersion.
+    api.update_metadata("apps", "db-creds", &[("team", "billing")], &[]);
+    let again = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    assert_eq!(again.version(), now.version());
+}
