@@ -9,7 +9,13 @@ mod k8s_support;
 use std::time::Duration;
 
 use k8s_support::*;
-use keyrack_core::{Clock, RotationEvent, SecretSource, Secrets, SourceEvent, SystemClock};
+use std::sync::Arc;
+
+use keyrack_core::{
+    Backoff, Clock, ManualClock, RotationEvent, SecretSource, Secrets, SourceEvent, StaticToken,
+    SystemClock,
+};
+use keyrack_k8s::source::KubernetesSecrets;
 
 /// Waits for the next `Rotated` of `events`, skipping other events.
 async fn rotated(events: &mut keyrack_core::RotationEvents) -> RotationEvent {
@@ -122,4 +128,61 @@ async fn the_feed_reports_data_changes_only() {
     api.update_metadata("apps", "db-creds", &[("team", "billing")], &[]);
     let again = k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
     assert_eq!(again.version(), now.version());
+}
+
+/// A source on `clock` whose watch backoff is at most a second: a longer wait can only come from
+/// the server.
+fn on_clock(server: &keyrack_fake_server::FakeServer, clock: &ManualClock) -> KubernetesSecrets {
+    KubernetesSecrets::builder()
+        .api_server(server.url())
+        .ca_pem(server.ca_pem().unwrap())
+        .token(Arc::new(StaticToken::new(TOKEN)))
+        .clock(clock.clone())
+        .watch_backoff(Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+        })
+        .build()
+        .unwrap()
+}
+
+/// Issue #13: an ERROR event whose Status carries `details.retryAfterSeconds` (the API server's
+/// throttling answer) is waited out before the watch is opened again.
+/// Fixtures: `secret_watch_stream.assembled.jsonl` line 6 (the ERROR Status) with code 429,
+/// reason `TooManyRequests` and `details.retryAfterSeconds`, a field of `meta.v1.StatusDetails`
+/// ("the time in seconds before the operation should be retried", json-schema-v1.37.0
+/// `_definitions.json` in the shared fixtures).
+#[tokio::test]
+async fn an_error_event_retry_after_seconds_is_honoured() {
+    let (server, api) = FakeApi::start(&[TOKEN]).await;
+    let clock = ManualClock::new();
+    let k8s = on_clock(&server, &clock);
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+    let opened = api.watches_opened();
+    // The open stream waits on the clock too (its idle limit): the wait before the next watch
+    // is one sleeper more.
+    let reading = clock.sleepers();
+
+    api.push_raw(&api.error_line(429, "TooManyRequests", Some(30)));
+    until(|| clock.sleepers() > reading).await;
+    clock.advance(Duration::from_secs(29)).await;
+    // Time for a reconnection to show, if one were (wrongly) made.
+    SystemClock
+        .sleep_until(SystemClock.now() + Duration::from_millis(200))
+        .await;
+    assert_eq!(
+        api.watches_opened(),
+        opened,
+        "watched again before retryAfterSeconds"
+    );
+    clock.advance(Duration::from_secs(2)).await;
+    api.wait_for_watches_opened(opened + 1).await;
+    api.put("apps", "db-creds", &[("password", b"after")]);
+    assert!(matches!(
+        next(&mut feed).await.unwrap(),
+        SourceEvent::Changed { .. }
+    ));
 }

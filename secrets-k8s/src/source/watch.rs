@@ -14,7 +14,7 @@ use reqwest::Response;
 use serde::Deserialize;
 
 use super::Target;
-use super::api::{Api, ObjectMeta, Opened, Status};
+use super::api::{Api, ObjectMeta, Opened, Status, StatusDetails};
 use super::data::{Data, Fingerprint};
 
 /// Longest event line kept while waiting for its end: a Secret is at most 1 MiB, about 1.4 MiB in
@@ -131,6 +131,9 @@ struct EventObject<'a> {
     reason: String,
     #[serde(default)]
     message: String,
+    /// An ERROR's `details` (`retryAfterSeconds`: how long the server asks the client to wait).
+    #[serde(default)]
+    details: Option<StatusDetails>,
 }
 
 /// What a line of the stream says, without the data it carried.
@@ -142,6 +145,7 @@ struct Line {
     code: u16,
     reason: String,
     message: String,
+    details: Option<StatusDetails>,
 }
 
 /// A line of the stream, parsed.
@@ -168,6 +172,7 @@ fn parse(line: &[u8], fingerprint: &Fingerprint, target: &Target) -> Parsed {
                 code: o.code,
                 reason: o.reason,
                 message: o.message,
+                details: o.details,
             })
         }
         Err(e) => Parsed::Malformed { column: e.column() },
@@ -408,11 +413,13 @@ impl Watch {
                 return Next::Relist;
             }
             "ERROR" => {
+                // The Status may carry `details.retryAfterSeconds` (the server's throttling): the
+                // error keeps it, and the pause before the next watch honours it.
                 let status = Status {
                     message: event.message,
                     reason: event.reason,
                     code: event.code,
-                    ..Status::default()
+                    details: event.details,
                 };
                 let code = reqwest::StatusCode::from_u16(status.code)
                     .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR);
