@@ -241,9 +241,10 @@ async fn watch_reports_changes_deletion_and_follows_bookmarks() {
     assert_eq!(next(&mut feed).await.unwrap(), SourceEvent::Deleted);
     api.put("apps", "db-creds", &[("password", b"three")]);
     changed(next(&mut feed).await.unwrap());
-    // Nothing but the events: the read, and the one check after the first watch opened at the
-    // most recent state (later watches resumed from the bookmark).
-    assert_eq!(gets_reach(&server, "apps", "db-creds", 2).await, 2);
+    // Nothing but the events: the one read (the watch from the most recent state is a streaming
+    // list, which shows the object's state itself; later watches resumed from the bookmark).
+    quiet().await;
+    assert_eq!(gets_of(&server, "apps", "db-creds"), 1);
 }
 
 /// Fixtures: `secret_watch_stream.assembled.jsonl` line 6 (ERROR 410 `Expired`) inside the
@@ -264,8 +265,9 @@ async fn an_expired_resource_version_relists_and_rewatches() {
     // Watched again from the most recent state, not from the object's own (old) version.
     let watches = watch_requests(&server);
     assert_eq!(watches.last().unwrap().query_param("resourceVersion"), None);
-    // The read, and one check after each watch opened at the most recent state.
-    assert_eq!(gets_reach(&server, "apps", "db-creds", 3).await, 3);
+    // The read only: a watch from the most recent state is a streaming list.
+    quiet().await;
+    assert_eq!(gets_of(&server, "apps", "db-creds"), 1);
     // Changes keep arriving on the new watch.
     api.put("apps", "db-creds", &[("password", b"later")]);
     changed(next(&mut feed).await.unwrap());
@@ -308,14 +310,14 @@ async fn a_secret_older_than_the_watch_history_does_not_make_the_watch_spin() {
         gets_of(&server, "apps", "db-creds"),
         watch_requests(&server).len(),
     );
-    // The read, the check after the watch opened, one watch.
+    // The read and one watch (a streaming list shows the object's state without a read).
     assert_eq!(
         (gets, watches),
-        (2, 1),
+        (1, 1),
         "{gets} GETs and {watches} watches for a quiet Secret"
     );
 
-    // A compaction ending the open watch (ERROR 410) costs one new watch and its opening check.
+    // A compaction ending the open watch (ERROR 410) costs one new watch.
     api.bookmark(500);
     api.expire_watches();
     api.wait_for_watches(1).await;
@@ -328,7 +330,7 @@ async fn a_secret_older_than_the_watch_history_does_not_make_the_watch_spin() {
         gets_of(&server, "apps", "db-creds"),
         watch_requests(&server).len(),
     );
-    assert_eq!((gets, watches), (3, 2));
+    assert_eq!((gets, watches), (1, 2));
     // And changes still arrive.
     api.put("apps", "db-creds", &[("password", b"later")]);
     changed(next(&mut feed).await.unwrap());
@@ -375,8 +377,9 @@ async fn events_split_across_chunks_are_reassembled() {
     let a = changed(next(&mut feed).await.unwrap());
     let b = changed(next(&mut feed).await.unwrap());
     assert_ne!(a, b);
-    // Parsed, not recovered by a re-read: no GET after the read and the watch's opening check.
-    assert_eq!(gets_reach(&server, "apps", "db-creds", 2).await, 2);
+    // Parsed, not recovered by a re-read: no GET after the read.
+    quiet().await;
+    assert_eq!(gets_of(&server, "apps", "db-creds"), 1);
     assert_eq!(watch_requests(&server).len(), 1);
 }
 

@@ -164,6 +164,7 @@ async fn an_error_event_retry_after_seconds_is_honoured() {
     let opened = api.watches_opened();
     // The open stream waits on the clock too (its idle limit): the wait before the next watch
     // is one sleeper more.
+    until(|| clock.sleepers() >= 1).await;
     let reading = clock.sleepers();
 
     api.push_raw(&api.error_line(429, "TooManyRequests", Some(30)));
@@ -185,4 +186,95 @@ async fn an_error_event_retry_after_seconds_is_honoured() {
         next(&mut feed).await.unwrap(),
         SourceEvent::Changed { .. }
     ));
+}
+
+fn streaming(q: &keyrack_fake_server::Request) -> bool {
+    q.query_param("sendInitialEvents").as_deref() == Some("true")
+        && q.query_param("resourceVersionMatch").as_deref() == Some("NotOlderThan")
+}
+
+/// Issue #13: when the resume point is gone (410), the watch starts again at the most recent
+/// state as a streaming list, whose initial events show the object, or its absence, without a
+/// GET; a change made while no watch could see it is still reported.
+/// Fixtures: `secret_watch_stream.assembled.jsonl` lines 1 (ADDED), 2 (BOOKMARK
+/// `k8s.io/initial-events-end`), 6 (ERROR 410), and `secret_api.samples.json`
+/// `endpoints.watch_list_streaming` for the request.
+#[tokio::test]
+async fn a_410_costs_no_read() {
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+    quiet().await;
+    assert_eq!(
+        gets_of(&server, "apps", "db-creds"),
+        1,
+        "the first watch read"
+    );
+    assert!(streaming(&watch_requests(&server)[0]));
+
+    // A change the watch never hears of, then the history behind it is compacted away.
+    api.put_quietly("apps", "db-creds", &[("password", b"hidden")]);
+    api.expire_watches();
+    assert!(matches!(
+        next(&mut feed).await.unwrap(),
+        SourceEvent::Changed { .. }
+    ));
+    // An expiry with no change in between: nothing to report, nothing to read.
+    api.wait_for_watches(1).await;
+    api.expire_watches();
+    api.wait_for_watches_opened(3).await;
+    quiet().await;
+    assert_eq!(gets_of(&server, "apps", "db-creds"), 1, "a 410 made reads");
+    let watches = watch_requests(&server);
+    assert_eq!(watches.len(), 3);
+    assert!(watches.iter().all(streaming));
+    api.put("apps", "db-creds", &[("password", b"later")]);
+    assert!(matches!(
+        next(&mut feed).await.unwrap(),
+        SourceEvent::Changed { .. }
+    ));
+}
+
+/// Issue #13: a server without streaming lists (no `WatchList` feature: 422 `Invalid`) is asked
+/// once; the source then watches the plain way, reading the object once after each watch from
+/// the most recent state (the only way to see a deletion such a watch cannot show).
+/// Fixtures: the 422 Status of `fake_api.rs` (`watch_list_refused`), lines 1 (ADDED) and 6
+/// (ERROR 410) of the stream.
+#[tokio::test]
+async fn without_streaming_lists_the_watch_falls_back_once() {
+    let (server, api, k8s) = start().await;
+    api.refuse_streaming();
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+    assert_eq!(gets_reach(&server, "apps", "db-creds", 2).await, 2);
+    api.delete("apps", "db-creds");
+    assert_eq!(next(&mut feed).await.unwrap(), SourceEvent::Deleted);
+    api.put("apps", "db-creds", &[("password", b"again")]);
+    assert!(matches!(
+        next(&mut feed).await.unwrap(),
+        SourceEvent::Changed { .. }
+    ));
+    api.expire_watches();
+    api.wait_for_watches(1).await;
+    assert_eq!(gets_reach(&server, "apps", "db-creds", 3).await, 3);
+    quiet().await;
+    let watches = watch_requests(&server);
+    // The refused streaming list, then plain watches only.
+    assert_eq!(
+        watches.len(),
+        3,
+        "{:?}",
+        watches.iter().map(|w| &w.query).collect::<Vec<_>>()
+    );
+    assert!(streaming(&watches[0]));
+    assert!(
+        !watches[1..]
+            .iter()
+            .any(|w| w.query_param("sendInitialEvents").is_some())
+    );
+    assert_eq!(gets_of(&server, "apps", "db-creds"), 3);
 }

@@ -47,7 +47,54 @@ pub(super) struct StatusDetails {
 pub(super) struct ObjectMeta {
     #[serde(default, rename = "resourceVersion")]
     pub(super) resource_version: Option<String>,
+    /// Whether the annotation `k8s.io/initial-events-end` is `"true"`: the BOOKMARK that ends a
+    /// streaming list's initial events.
+    #[serde(default, rename = "annotations")]
+    pub(super) initial_events_end: InitialEventsEnd,
 }
+
+/// Reads the one annotation this source needs and skips the others unread: `kubectl apply`'s
+/// last-applied annotation holds the whole manifest, the Secret's data included.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct InitialEventsEnd(pub(super) bool);
+
+impl<'de> Deserialize<'de> for InitialEventsEnd {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Annotations;
+
+        impl<'de> serde::de::Visitor<'de> for Annotations {
+            type Value = InitialEventsEnd;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of annotations")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<InitialEventsEnd, E> {
+                Ok(InitialEventsEnd(false))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<InitialEventsEnd, A::Error> {
+                let mut end = false;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == INITIAL_EVENTS_END {
+                        end = map.next_value::<std::borrow::Cow<'de, str>>()? == "true";
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(InitialEventsEnd(end))
+            }
+        }
+
+        deserializer.deserialize_any(Annotations)
+    }
+}
+
+/// The annotation of the BOOKMARK that ends a streaming list's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 /// A core/v1 Secret, borrowed from the answer's body. `data` holds base64 text; it is decoded by
 /// the caller, straight into zeroizing buffers.
@@ -82,6 +129,9 @@ pub(super) enum Opened {
     Stream(Response),
     /// HTTP 410: the resourceVersion is older than the server keeps.
     Gone,
+    /// A streaming list was asked for and refused (HTTP 422 `Invalid` or 400): the server lacks
+    /// the `WatchList` feature.
+    StreamingRefused,
 }
 
 impl Api {
@@ -111,13 +161,17 @@ impl Api {
     }
 
     /// A watch of the one named Secret, from `resource_version` (from now, with the current
-    /// object as a synthetic `ADDED`, when `None`).
+    /// object as a synthetic `ADDED`, when `None`). From now and `streaming`, a streaming list:
+    /// the initial events end with a BOOKMARK annotated `k8s.io/initial-events-end`, so the
+    /// absence of the object shows too.
     pub(super) async fn watch(
         &self,
         t: &Target,
         resource_version: Option<&str>,
         timeout_seconds: u64,
+        streaming: bool,
     ) -> Result<Opened> {
+        let streaming = streaming && resource_version.is_none();
         let mut url = self.url(t, false)?;
         {
             let mut q = url.query_pairs_mut();
@@ -128,6 +182,13 @@ impl Api {
             if let Some(rv) = resource_version {
                 q.append_pair("resourceVersion", rv);
             }
+            if streaming {
+                // Kubernetes' streaming lists (KEP-3157; the `WatchList` feature, beta and on by
+                // default since 1.32): "data at least as new as" the request's start, then the
+                // end-of-initial-events BOOKMARK.
+                q.append_pair("sendInitialEvents", "true")
+                    .append_pair("resourceVersionMatch", "NotOlderThan");
+            }
             q.append_pair("allowWatchBookmarks", "true")
                 .append_pair("timeoutSeconds", &timeout_seconds.to_string());
         }
@@ -135,6 +196,9 @@ impl Api {
         match response.status() {
             s if s.is_success() => Ok(Opened::Stream(response)),
             StatusCode::GONE => Ok(Opened::Gone),
+            StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST if streaming => {
+                Ok(Opened::StreamingRefused)
+            }
             _ => Err(failure(response, t).await),
         }
     }

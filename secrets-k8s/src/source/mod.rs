@@ -25,19 +25,28 @@
 //!
 //! A handle on a `k8s://` secret is kept current by a watch of that one object
 //! (`GET …/secrets?fieldSelector=metadata.name%3D<name>&watch=1&allowWatchBookmarks=true`). A
-//! watch without a resume point starts at the most recent state: its synthetic `ADDED` is compared
-//! with the last read, and once it is open the object is read once for a deletion (which has no
-//! `ADDED` to show it), so a change or a deletion between the read and the watch is reported
-//! rather than lost. (Resuming from the read's own resourceVersion would not
+//! watch without a resume point starts at the most recent state as a *streaming list*
+//! (`sendInitialEvents=true&resourceVersionMatch=NotOlderThan`, Kubernetes' `WatchList`
+//! feature, beta and on by default since 1.32): its initial `ADDED` is compared with the last
+//! read, and the `BOOKMARK` annotated `k8s.io/initial-events-end` that ends the initial events
+//! shows a deletion too (the object is not among them), so a change or a deletion between the
+//! read and the watch is reported rather than lost, without a read. A server without streaming
+//! lists refuses them (422 `Invalid`); the source then watches the plain way and reads the
+//! object once after each watch from the most recent state, for the deletion such a watch
+//! cannot show; it asks once per source. (Resuming from the read's own resourceVersion would not
 //! do: it is the revision of the object's last write, usually older than the history the server
 //! keeps, and would be answered 410 every time.) `ADDED`/`MODIFIED` with new data make the client
 //! re-read (and fire `Rotated`); with the same data (a metadata-only update) they only move the
-//! resume point, as `BOOKMARK` does; `DELETED` reports the deletion. A stream the server ends (`timeoutSeconds`, 5–10 min at random, as
-//! client-go does) is re-opened from the last change or bookmark it delivered; when the server
-//! has compacted past that point (`ERROR` 410 `Expired`/`Gone` in the stream, or HTTP 410) the
-//! watch starts at the most recent state again (with the check above). Failures back off (1 s
-//! doubling to 60 s, full jitter, honouring Retry-After), and so do repeated 410s and streams that
-//! end without delivering anything.
+//! resume point, as `BOOKMARK` does; `DELETED` reports the deletion. A stream the server ends
+//! (`timeoutSeconds`, 5–10 min at random, as client-go does) is re-opened from the last change or
+//! bookmark it delivered; when the server has compacted past that point (`ERROR` 410
+//! `Expired`/`Gone` in the stream, or HTTP 410) the watch starts at the most recent state again,
+//! as above. Failures back off (1 s doubling to 60 s, full jitter, honouring Retry-After and an
+//! `ERROR` event's `retryAfterSeconds`), and so do repeated 410s and streams that end without
+//! delivering anything.
+//!
+//! What that costs: no read for a 410 (one on a server without streaming lists); one read per
+//! change, made by the client when the watch reports it.
 
 //! # Least privilege
 //!
@@ -81,6 +90,7 @@ mod watch;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -129,6 +139,8 @@ pub struct KubernetesSecrets {
     watch_backoff: Backoff,
     /// Makes versions from data.
     fingerprint: Fingerprint,
+    /// Whether the API server serves streaming lists (cleared at its first refusal).
+    streaming: Arc<AtomicBool>,
     /// The version of the last read of each target ([`Target::id`]): what a new watch compares
     /// the object's current state with.
     last_read: Arc<Mutex<HashMap<String, Version>>>,
@@ -286,6 +298,7 @@ impl KubernetesSecretsBuilder {
             clock: self.clock,
             watch_backoff: self.watch_backoff,
             fingerprint: Fingerprint::new(),
+            streaming: Arc::new(AtomicBool::new(true)),
             last_read: Arc::default(),
         })
     }
@@ -527,6 +540,7 @@ impl SecretSource for KubernetesSecrets {
             t,
             Box::new(resume),
             self.fingerprint.clone(),
+            self.streaming.clone(),
             self.clock.clone(),
             self.watch_backoff,
         ))

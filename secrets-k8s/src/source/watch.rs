@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -32,6 +33,7 @@ pub(super) fn watch(
     target: Target,
     resume: Resume,
     fingerprint: Fingerprint,
+    streaming: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
 ) -> BoxStream<'static, Result<SourceEvent>> {
@@ -40,6 +42,9 @@ pub(super) fn watch(
         target,
         resume: Some(resume),
         fingerprint,
+        streaming,
+        syncing: false,
+        initial_added: false,
         clock,
         backoff,
         rv: None,
@@ -71,6 +76,13 @@ struct Watch {
     /// Taken at the first connection.
     resume: Option<Resume>,
     fingerprint: Fingerprint,
+    /// Whether the server serves streaming lists (shared by the source's watches: cleared at the
+    /// first refusal, so the others do not ask again).
+    streaming: Arc<AtomicBool>,
+    /// The open stream is a streaming list whose initial events have not ended yet.
+    syncing: bool,
+    /// The open streaming list's initial events included the object.
+    initial_added: bool,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
     /// Where the next watch resumes: the resourceVersion of the last change or bookmark the
@@ -97,8 +109,9 @@ struct Watch {
     body: Option<Response>,
     /// Bytes of an event line not yet ended by `\n`.
     buf: Vec<u8>,
-    /// The open stream started at the most recent state: read the object once, to catch what
-    /// happened since the last look (a deletion has no synthetic ADDED to show it).
+    /// The open stream started at the most recent state without a streaming list: read the
+    /// object once, to catch what happened since the last look (a deletion has no synthetic
+    /// ADDED to show it).
     verify: bool,
     pending: VecDeque<SourceEvent>,
     /// Failed attempts in a row, for backoff.
@@ -140,6 +153,8 @@ struct EventObject<'a> {
 struct Line {
     kind: String,
     resource_version: Option<String>,
+    /// A BOOKMARK that ends a streaming list's initial events.
+    initial_events_end: bool,
     /// The version of the data the target reads, for ADDED, MODIFIED and DELETED.
     version: Version,
     code: u16,
@@ -169,6 +184,7 @@ fn parse(line: &[u8], fingerprint: &Fingerprint, target: &Target) -> Parsed {
                 version: fingerprint.version(o.data.as_ref(), target.key.as_deref()),
                 kind: event.kind,
                 resource_version: o.metadata.resource_version,
+                initial_events_end: o.metadata.initial_events_end.0,
                 code: o.code,
                 reason: o.reason,
                 message: o.message,
@@ -266,23 +282,37 @@ impl Watch {
         // 5-10 min at random, as client-go does, so a fleet's watches do not end together.
         let timeout = 300 + (unit() * 300.0) as u64;
         self.timeout = Duration::from_secs(timeout);
+        let streaming = self.rv.is_none() && self.streaming.load(Ordering::Relaxed);
         let opened = self
             .api
-            .watch(&self.target, self.rv.as_deref(), timeout)
+            .watch(&self.target, self.rv.as_deref(), timeout, streaming)
             .await;
         match opened {
             Ok(Opened::Stream(body)) => {
-                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, resource_version = ?self.rv, "watching the Secret");
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, resource_version = ?self.rv, streaming, "watching the Secret");
                 self.body = Some(body);
                 self.buf.clear();
                 self.from_now = self.rv.is_none();
-                self.verify = self.from_now;
+                self.syncing = streaming;
+                self.initial_added = false;
+                // A streaming list shows a missing object (its initial events end without it);
+                // a plain watch from now does not, and is followed by one read.
+                self.verify = self.from_now && !streaming;
                 self.advanced = false;
                 self.opened_at = Some(self.clock.now());
                 Ok(())
             }
             Ok(Opened::Gone) => {
                 self.relist = true;
+                Ok(())
+            }
+            Ok(Opened::StreamingRefused) => {
+                // Asked again at once, the plain way; the source's other watches will not ask.
+                if self.streaming.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        "the Kubernetes API server does not serve streaming lists (the WatchList feature): watches from the most recent state are followed by one read of the Secret"
+                    );
+                }
                 Ok(())
             }
             Err(e) if e.is_retryable() => {
@@ -375,6 +405,9 @@ impl Watch {
                 if !initial {
                     self.progress();
                 }
+                if self.syncing {
+                    self.initial_added = true;
+                }
                 // A new resourceVersion with the same data (a label, an annotation) is no change.
                 if self.known.as_ref() != Some(&event.version) {
                     self.pending.push_back(SourceEvent::Changed {
@@ -399,6 +432,23 @@ impl Watch {
                 if rv.is_some() {
                     self.rv = rv;
                     self.advanced = true;
+                }
+            }
+            "BOOKMARK" if self.syncing && event.initial_events_end => {
+                // The streaming list's initial events are over: without the object among them,
+                // it is gone (deleted since the last look). The bookmark is a position in the
+                // server's history to resume from, but, like the initial ADDED, no sign that the
+                // stream works.
+                self.syncing = false;
+                if !self.initial_added {
+                    if self.exists != Some(false) {
+                        self.pending.push_back(SourceEvent::Deleted);
+                    }
+                    self.exists = Some(false);
+                    self.known = None;
+                }
+                if rv.is_some() {
+                    self.rv = rv;
                 }
             }
             "BOOKMARK" => {

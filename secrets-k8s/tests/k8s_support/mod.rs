@@ -106,3 +106,11 @@ pub async fn until(done: impl Fn() -> bool) {
     .await
     .expect("condition not reached");
 }
+
+/// Lets requests that would follow (a read after a watch opened, say) reach the fake before the
+/// test counts.
+pub async fn quiet() {
+    SystemClock
+        .sleep_until(SystemClock.now() + Duration::from_millis(300))
+        .await;
+}
