@@ -495,8 +495,6 @@ async fn failures_are_typed() {
         let e = k8s.fetch(&r(unsupported)).await.unwrap_err();
         assert_eq!(e.kind(), &ErrorKind::Unsupported, "{unsupported}");
     }
-    let e = k8s.version(&r("k8s://apps/db-creds")).await.unwrap_err();
-    assert_eq!(e.kind(), &ErrorKind::Unsupported);
     assert_eq!(
         server.requests().len(),
         before,

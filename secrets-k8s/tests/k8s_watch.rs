@@ -278,3 +278,108 @@ async fn without_streaming_lists_the_watch_falls_back_once() {
     );
     assert_eq!(gets_of(&server, "apps", "db-creds"), 3);
 }
+
+/// Issue #13: a handle costs what client-go's list and watch cost: the read and one watch. The
+/// client's look after the feed opens is answered by the source without a request (the watch
+/// compares the object's state with the read); a change then costs one read.
+/// Fixtures: `secret_api.samples.json` `secret_get_200_assembled` for the read; lines 1 (ADDED),
+/// 2 (BOOKMARK `k8s.io/initial-events-end`) and 3 (MODIFIED) of the stream.
+#[tokio::test]
+async fn a_handle_costs_one_read_and_one_watch() {
+    let (server, api, k8s) = start().await;
+    api.put(
+        "apps",
+        "db-creds",
+        &[("username", USER), ("password", PASSWORD)],
+    );
+    let secrets = Secrets::builder()
+        .source("k8s", k8s)
+        .refresh_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let handle = secrets
+        .handle("k8s://apps/db-creds#password")
+        .await
+        .unwrap();
+    let mut events = handle.subscribe();
+    api.wait_for_watches(1).await;
+    quiet().await;
+    let cost = (
+        gets_of(&server, "apps", "db-creds"),
+        watch_requests(&server).len(),
+    );
+    assert_eq!(cost, (1, 1), "(GETs, watches) of a handle");
+
+    api.put(
+        "apps",
+        "db-creds",
+        &[("username", USER), ("password", b"n3w-s3cr3t")],
+    );
+    rotated(&mut events).await;
+    assert_eq!(handle.current().expose_bytes(), b"n3w-s3cr3t");
+    quiet().await;
+    let cost = (
+        gets_of(&server, "apps", "db-creds"),
+        watch_requests(&server).len(),
+    );
+    assert_eq!(cost, (2, 1), "(GETs, watches) after a change");
+    secrets.shutdown().await;
+}
+
+/// Issue #13: once the watch has reported a deletion, the client's retries are answered by the
+/// source from what the open watch knows, without reading the deleted Secret again; the watch
+/// reports its re-creation, which the client then reads.
+/// Fixtures: lines 5 (DELETED), 1 (ADDED) of the stream; `status_404_assembled` had a read been
+/// made.
+#[tokio::test]
+async fn after_a_deletion_the_client_relies_on_the_watch() {
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    let clock = ManualClock::new();
+    let secrets = Secrets::builder()
+        .source("k8s", k8s)
+        .clock(clock.clone())
+        .refresh_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let handle = secrets
+        .handle("k8s://apps/db-creds#password")
+        .await
+        .unwrap();
+    let mut events = handle.subscribe();
+    api.wait_for_watches(1).await;
+
+    api.delete("apps", "db-creds");
+    // The client checks at most once a second after its last answer: past that on its clock,
+    // the feed's report is acted on at once.
+    clock.advance(Duration::from_secs(2)).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(RotationEvent::Deleted { .. }) => return,
+                Some(_) => continue,
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("no Deleted event");
+    let gets = gets_of(&server, "apps", "db-creds");
+    // Ten minutes of the client's retries.
+    for _ in 0..20 {
+        clock.advance(Duration::from_secs(30)).await;
+    }
+    quiet().await;
+    assert_eq!(
+        gets_of(&server, "apps", "db-creds"),
+        gets,
+        "the deleted Secret was read again while its watch was open"
+    );
+
+    api.put("apps", "db-creds", &[("password", b"again")]);
+    clock.advance(Duration::from_secs(2)).await;
+    rotated(&mut events).await;
+    assert_eq!(handle.current().expose_bytes(), b"again");
+    assert_eq!(gets_of(&server, "apps", "db-creds"), gets + 1);
+    secrets.shutdown().await;
+}

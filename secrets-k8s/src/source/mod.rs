@@ -17,9 +17,10 @@
 //! resourceVersion without changing a byte of the value, and must not rotate it. It is a digest
 //! of the data (every key, or the one of `?key=`) keyed with random keys made for the source, so
 //! it reveals nothing of a short value; it means nothing outside the process. Kubernetes keeps no
-//! older versions, so `?version=` and `?stage=` are refused as unsupported; there is no cheaper
-//! probe than the GET itself, so the source declares no version probe and the client's routine
-//! check is a read.
+//! older versions, so `?version=` and `?stage=` are refused as unsupported. The version probe
+//! needs no request while a watch can answer (see `version` on [`KubernetesSecrets`]) and otherwise
+//! reads the Secret (there is no cheaper way to learn its data's version), keeping what it read
+//! for the client's read that follows a changed version: a routine check is one GET.
 //!
 //! # Watching
 //!
@@ -45,8 +46,11 @@
 //! `ERROR` event's `retryAfterSeconds`), and so do repeated 410s and streams that end without
 //! delivering anything.
 //!
-//! What that costs: no read for a 410 (one on a server without streaming lists); one read per
-//! change, made by the client when the watch reports it.
+//! What that costs, as client-go's list and watch: a handle, one read and one watch (the
+//! client's look right after it opens the feed is answered by the watch's first connection);
+//! a 410, no read (one on a server without streaming lists); a change the watch reports, one
+//! read; a deletion, none (the client's retries are answered from the open watch, which reports
+//! a re-creation).
 
 //! # Least privilege
 //!
@@ -85,6 +89,7 @@
 
 mod api;
 mod data;
+mod tracked;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -92,7 +97,7 @@ use std::fmt;
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -105,6 +110,7 @@ use url::Url;
 
 use api::{Api, SecretObject};
 use data::{Data, Fingerprint};
+use tracked::{ReadStart, Tracked};
 
 /// Concurrent GETs in `fetch_many` (the API server has no batch read of named objects).
 const FETCH_CONCURRENCY: usize = 8;
@@ -141,9 +147,29 @@ pub struct KubernetesSecrets {
     fingerprint: Fingerprint,
     /// Whether the API server serves streaming lists (cleared at its first refusal).
     streaming: Arc<AtomicBool>,
-    /// The version of the last read of each target ([`Target::id`]): what a new watch compares
-    /// the object's current state with.
-    last_read: Arc<Mutex<HashMap<String, Version>>>,
+    /// What reads and watches saw of each target, and the watches of each.
+    tracked: Tracked,
+    /// What the version probe read, by target, for the read that follows it.
+    probed: Arc<Mutex<HashMap<String, Probed>>>,
+}
+
+/// A read made by the version probe.
+struct Probed {
+    at: Instant,
+    /// The target's watch reports when it was read: one since makes it stale.
+    epoch: ReadStart,
+    secret: Secret,
+}
+
+/// How long the version probe's read is kept for the client's read after it (made at once when
+/// the version moved).
+const PROBED_FOR: Duration = Duration::from_secs(1);
+
+fn deleted(t: &Target) -> Error {
+    Error::not_found(format!(
+        "Secret `{}` was deleted (its open watch reports it if it is created again)",
+        t.key()
+    ))
 }
 
 impl fmt::Debug for KubernetesSecrets {
@@ -161,9 +187,57 @@ impl KubernetesSecrets {
         KubernetesSecretsBuilder::default()
     }
 
-    fn remember(&self, t: &Target, version: &Version) {
-        let mut seen = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
-        seen.insert(t.id(), version.clone());
+    /// GET the Secret and make what `t` reads of it, noting its state for watches and the
+    /// version probe.
+    async fn read(&self, t: &Target) -> Result<Secret> {
+        let id = t.id();
+        let start = self.tracked.read_starts(&id);
+        let body = match self.api.get_secret(t).await {
+            Ok(body) => body,
+            Err(e) => {
+                if e.kind() == &ErrorKind::NotFound {
+                    self.tracked.read(&id, start, None);
+                }
+                return Err(e);
+            }
+        };
+        let object = SecretObject::parse(&body)?;
+        let value = value_of(&object, t)?;
+        let version = self
+            .fingerprint
+            .version(object.data.as_ref(), t.key.as_deref());
+        tracing::trace!(namespace = %t.namespace, name = %t.name, %version, resource_version = ?object.metadata.resource_version, "GET of the Secret");
+        self.tracked.read(&id, start, Some(version.clone()));
+        let mut meta = Metadata::default();
+        meta.version = Some(version);
+        Ok(Secret::with_metadata(value, meta))
+    }
+
+    /// Keep what the version probe read, for the read the client makes right after it when the
+    /// version moved.
+    fn keep_probed(&self, t: &Target, secret: Secret) {
+        let mut probed = self.probed.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        probed.retain(|_, p| now.saturating_duration_since(p.at) <= PROBED_FOR);
+        let epoch = self.tracked.read_starts(&t.id());
+        probed.insert(
+            t.id(),
+            Probed {
+                at: now,
+                epoch,
+                secret,
+            },
+        );
+    }
+
+    /// What the version probe read for `t` within the last second, unless a watch reported a
+    /// change since.
+    fn take_probed(&self, t: &Target) -> Option<Secret> {
+        let mut probed = self.probed.lock().unwrap_or_else(|p| p.into_inner());
+        let p = probed.remove(&t.id())?;
+        let fresh = self.clock.now().saturating_duration_since(p.at) <= PROBED_FOR
+            && self.tracked.read_starts(&t.id()) == p.epoch;
+        fresh.then_some(p.secret)
     }
 }
 
@@ -299,7 +373,8 @@ impl KubernetesSecretsBuilder {
             watch_backoff: self.watch_backoff,
             fingerprint: Fingerprint::new(),
             streaming: Arc::new(AtomicBool::new(true)),
-            last_read: Arc::default(),
+            tracked: Tracked::default(),
+            probed: Arc::default(),
         })
     }
 }
@@ -476,6 +551,9 @@ impl SecretSource for KubernetesSecrets {
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::NONE;
         caps.watch = true;
+        // Answered from an open watch, without a request (see `version`): the client's look
+        // after its feed opens, and its checks while the watch reports, cost nothing.
+        caps.version_probe = true;
         // `binary` stays off: the unit a reference reads is the key map, JSON text. Binary keys
         // are readable with `?key=`, but a source must not declare what its plain form refuses.
         caps
@@ -484,17 +562,11 @@ impl SecretSource for KubernetesSecrets {
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
         let annotate = |e: Error| e.with_ref(r);
         let t = Target::parse(r).map_err(annotate)?;
-        let body = self.api.get_secret(&t).await.map_err(annotate)?;
-        let object = SecretObject::parse(&body).map_err(annotate)?;
-        let value = value_of(&object, &t).map_err(annotate)?;
-        let version = self
-            .fingerprint
-            .version(object.data.as_ref(), t.key.as_deref());
-        self.remember(&t, &version);
-        let mut meta = Metadata::default();
-        meta.version = Some(version);
-        tracing::debug!(secret = %r, version = ?meta.version, resource_version = ?object.metadata.resource_version, "read Secret");
-        let secret = Secret::with_metadata(value, meta);
+        let secret = match self.take_probed(&t) {
+            Some(secret) => secret,
+            None => self.read(&t).await.map_err(annotate)?,
+        };
+        tracing::debug!(secret = %r, version = ?secret.version(), "read Secret");
         // The client strips `#key` and selects it itself; a direct caller gets the same result.
         match r.field() {
             Some(f) => secret.field(f).map_err(annotate),
@@ -506,10 +578,37 @@ impl SecretSource for KubernetesSecrets {
         fetch_each(self, refs, FETCH_CONCURRENCY).await
     }
 
-    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
-        Err(Error::unsupported(
-            "no cheaper probe than a read: a GET of a Secret returns its data too",
-        ))
+    /// Needs no request of its own in two cases. Right after a feed of the secret was made and
+    /// before it connected (the client looks once when it opens a feed), the probe makes the
+    /// watch's first connection and answers with the state its initial events show, which is at
+    /// least as new as the call: the look costs the watch the handle needed anyway. And once an
+    /// open watch has reported the Secret deleted, the probe answers `NotFound` from that (the
+    /// watch reports a re-creation; the client's retries do not read a Secret that is gone).
+    /// Otherwise it reads the Secret (there is no cheaper way to learn its data's version) and
+    /// keeps the result a second for the read that follows a changed version.
+    async fn version(&self, r: &SecretRef) -> Result<Option<Version>> {
+        let annotate = |e: Error| e.with_ref(r);
+        let t = Target::parse(r).map_err(annotate)?;
+        let id = t.id();
+        for watch in self.tracked.watches(&id) {
+            // Locked: its feed is being polled, so it is connecting or connected already.
+            let Ok(mut watch) = watch.try_lock() else {
+                continue;
+            };
+            if watch.unconnected() && watch.look().await {
+                return match self.tracked.latest(&id) {
+                    Some(Some(version)) => Ok(Some(version)),
+                    _ => Err(annotate(deleted(&t))),
+                };
+            }
+        }
+        if let Some(None) = self.tracked.vouched(&id) {
+            return Err(annotate(deleted(&t)));
+        }
+        let secret = self.read(&t).await.map_err(annotate)?;
+        let version = secret.version().cloned();
+        self.keep_probed(&t, secret);
+        Ok(version)
     }
 
     async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
@@ -528,17 +627,10 @@ impl SecretSource for KubernetesSecrets {
                 return Some(Box::pin(futures_util::stream::once(async move { Err(e) })));
             }
         };
-        // The resume point is looked up when the stream is first polled, not now: the client
-        // reads the secret once more between opening the feed and polling it.
-        let last_read = self.last_read.clone();
-        let resume = move |t: &Target| {
-            let seen = last_read.lock().unwrap_or_else(|p| p.into_inner());
-            seen.get(&t.id()).cloned()
-        };
         Some(watch::watch(
             self.api.clone(),
             t,
-            Box::new(resume),
+            self.tracked.clone(),
             self.fingerprint.clone(),
             self.streaming.clone(),
             self.clock.clone(),

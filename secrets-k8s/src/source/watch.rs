@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::Target;
 use super::api::{Api, ObjectMeta, Opened, Status, StatusDetails};
 use super::data::{Data, Fingerprint};
+use super::tracked::{Tracked, Vouch};
 
 /// Longest event line kept while waiting for its end: a Secret is at most 1 MiB, about 1.4 MiB in
 /// base64; anything far longer is not a watch stream.
@@ -25,22 +26,28 @@ const MAX_LINE: usize = 8 << 20;
 /// half-open connection otherwise waits forever).
 const IDLE_GRACE: Duration = Duration::from_secs(60);
 
-/// Looks up the version of the target's last read: what the first watch compares with.
-pub(super) type Resume = Box<dyn Fn(&Target) -> Option<Version> + Send + Sync>;
+/// A watch, shared by its feed (which drives it) and the source's version probe (which may make
+/// its first connection, see [`Watch::look`]).
+pub(super) type Shared = Arc<tokio::sync::Mutex<Watch>>;
 
 pub(super) fn watch(
     api: Api,
     target: Target,
-    resume: Resume,
+    tracked: Tracked,
     fingerprint: Fingerprint,
     streaming: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
 ) -> BoxStream<'static, Result<SourceEvent>> {
+    let id = target.id();
     let state = Watch {
         api,
         target,
-        resume: Some(resume),
+        id: id.clone(),
+        tracked: tracked.clone(),
+        vouch: None,
+        first: true,
+        looking: false,
         fingerprint,
         streaming,
         syncing: false,
@@ -63,18 +70,31 @@ pub(super) fn watch(
         timeout: Duration::ZERO,
         done: false,
     };
-    futures_util::stream::unfold(state, |mut w| async move {
-        let item = w.next().await?;
+    let shared: Shared = Arc::new(tokio::sync::Mutex::new(state));
+    tracked.register(&id, &shared);
+    futures_util::stream::unfold(shared, |w| async move {
+        let item = w.lock().await.next().await?;
         Some((item, w))
     })
     .boxed()
 }
 
-struct Watch {
+pub(super) struct Watch {
     api: Api,
     target: Target,
-    /// Taken at the first connection.
-    resume: Option<Resume>,
+    /// The target's [`Target::id`], its key in `tracked`.
+    id: String,
+    /// What the source knows of its targets: the latest state the first connection compares
+    /// with, and where this watch reports what it sees.
+    tracked: Tracked,
+    /// Held while the watch vouches for the target's latest state: a stream is open (or being
+    /// re-opened at once), not waiting after a failure.
+    vouch: Option<Vouch>,
+    /// No connection was made yet.
+    first: bool,
+    /// The version probe is making the first connection: a failure is left for the feed to wait
+    /// out, not waited out there.
+    looking: bool,
     fingerprint: Fingerprint,
     /// Whether the server serves streaming lists (shared by the source's watches: cleared at the
     /// first refusal, so the others do not ask again).
@@ -206,6 +226,8 @@ enum Next {
 
 impl Watch {
     async fn next(&mut self) -> Option<Result<SourceEvent>> {
+        // A look the probe gave up on (its call timed out) leaves the flag set.
+        self.looking = false;
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Some(Ok(event));
@@ -227,9 +249,60 @@ impl Watch {
             if let Err(e) = step {
                 tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, error = %e, "watch of the Secret failed");
                 self.done = true;
+                self.vouch = None;
                 return Some(Err(e));
             }
         }
+    }
+
+    /// For the version probe, when no connection was made yet: make the first connection now
+    /// and read until the object's state is known (the end of a streaming list's initial
+    /// events, or the read after a plain watch opened). That state is at least as new as this
+    /// call, so the probe can answer from it truthfully, and the client's look right after it
+    /// opened the feed costs the watch it needed anyway rather than another read. The events
+    /// this produces are dropped: the probe's answer tells the client the same. Returns whether
+    /// the state is known; if not, the feed carries on as usual when polled.
+    pub(super) async fn look(&mut self) -> bool {
+        if !self.first || self.done {
+            return false;
+        }
+        self.looking = true;
+        let synced = self.first_state().await;
+        self.looking = false;
+        if synced {
+            self.pending.clear();
+        }
+        synced
+    }
+
+    async fn first_state(&mut self) -> bool {
+        // At most two openings: a refused streaming list, then the plain watch.
+        for _ in 0..2 {
+            if self.body.is_some() {
+                break;
+            }
+            if self.open().await.is_err() {
+                return false;
+            }
+        }
+        loop {
+            if self.body.is_none() || self.relist || self.done {
+                return false;
+            }
+            if self.verify {
+                self.verify().await;
+                return self.exists.is_some();
+            }
+            if !self.syncing {
+                return true;
+            }
+            self.read().await;
+        }
+    }
+
+    /// Whether no connection was made yet.
+    pub(super) fn unconnected(&self) -> bool {
+        self.first
     }
 
     /// The resume point was lost (410, a malformed line): the next watch starts at the most
@@ -258,13 +331,18 @@ impl Watch {
     async fn verify(&mut self) {
         self.verify = false;
         match self.api.get_secret(&self.target).await {
-            Ok(body) => drop(body),
-            Err(e) if e.kind() == &ErrorKind::NotFound => {
-                if self.exists != Some(false) {
-                    self.pending.push_back(SourceEvent::Deleted);
+            Ok(body) => {
+                // Its version, for the version probe; a change is reported here, and the
+                // synthetic ADDED of the same state is then no change.
+                if let Ok(object) = super::api::SecretObject::parse(&body) {
+                    let version = self
+                        .fingerprint
+                        .version(object.data.as_ref(), self.target.key.as_deref());
+                    self.present(version);
                 }
-                self.known = None;
-                self.exists = Some(false);
+            }
+            Err(e) if e.kind() == &ErrorKind::NotFound => {
+                self.gone();
             }
             Err(e) => {
                 tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, error = %e, "could not read the Secret after opening its watch");
@@ -273,11 +351,12 @@ impl Watch {
     }
 
     async fn open(&mut self) -> Result<()> {
-        if let Some(resume) = self.resume.take() {
-            // The first watch starts at the most recent state; the read the client made (its
-            // version) is what the synthetic ADDED is compared with, so a change between the
-            // read and the watch is still reported.
-            self.known = resume(&self.target);
+        if std::mem::take(&mut self.first) {
+            // The first watch starts at the most recent state; the latest state a read saw (the
+            // client's read, usually) is what the initial events are compared with, so a change
+            // or a deletion between the read and the watch is still reported. Looked up now, not
+            // when the feed was made: the client may read once more in between.
+            self.known = self.tracked.latest(&self.id).flatten();
         }
         // 5-10 min at random, as client-go does, so a fleet's watches do not end together.
         let timeout = 300 + (unit() * 300.0) as u64;
@@ -300,6 +379,9 @@ impl Watch {
                 self.verify = self.from_now && !streaming;
                 self.advanced = false;
                 self.opened_at = Some(self.clock.now());
+                if self.vouch.is_none() {
+                    self.vouch = Some(self.tracked.vouch(&self.id));
+                }
                 Ok(())
             }
             Ok(Opened::Gone) => {
@@ -408,14 +490,7 @@ impl Watch {
                 if self.syncing {
                     self.initial_added = true;
                 }
-                // A new resourceVersion with the same data (a label, an annotation) is no change.
-                if self.known.as_ref() != Some(&event.version) {
-                    self.pending.push_back(SourceEvent::Changed {
-                        version: Some(event.version.clone()),
-                    });
-                }
-                self.exists = Some(true);
-                self.known = Some(event.version);
+                self.present(event.version);
                 if rv.is_some() && !initial {
                     self.rv = rv;
                     self.advanced = true;
@@ -423,12 +498,7 @@ impl Watch {
             }
             "DELETED" => {
                 self.progress();
-                // Already reported by the read after the watch opened.
-                if self.exists != Some(false) {
-                    self.pending.push_back(SourceEvent::Deleted);
-                }
-                self.exists = Some(false);
-                self.known = None;
+                self.gone();
                 if rv.is_some() {
                     self.rv = rv;
                     self.advanced = true;
@@ -441,11 +511,7 @@ impl Watch {
                 // stream works.
                 self.syncing = false;
                 if !self.initial_added {
-                    if self.exists != Some(false) {
-                        self.pending.push_back(SourceEvent::Deleted);
-                    }
-                    self.exists = Some(false);
-                    self.known = None;
+                    self.gone();
                 }
                 if rv.is_some() {
                     self.rv = rv;
@@ -482,6 +548,30 @@ impl Watch {
         Next::Continue
     }
 
+    /// The object is there at `version`: a change unless that is the version known (a new
+    /// resourceVersion with the same data, a label or an annotation changed, is none).
+    fn present(&mut self, version: Version) {
+        if self.known.as_ref() != Some(&version) {
+            self.pending.push_back(SourceEvent::Changed {
+                version: Some(version.clone()),
+            });
+        }
+        self.tracked.reported(&self.id, Some(version.clone()));
+        self.exists = Some(true);
+        self.known = Some(version);
+    }
+
+    /// The object is gone: reported once (the read after a plain watch opened may have seen it
+    /// first), and the source's version probe answers `NotFound` while this watch is open.
+    fn gone(&mut self) {
+        if self.exists != Some(false) {
+            self.pending.push_back(SourceEvent::Deleted);
+        }
+        self.tracked.reported(&self.id, None);
+        self.exists = Some(false);
+        self.known = None;
+    }
+
     /// The stream works: failures and re-reads in a row start over.
     fn progress(&mut self) {
         self.failures = 0;
@@ -503,6 +593,14 @@ impl Watch {
     }
 
     async fn pause(&mut self, e: &Error) {
+        // Waiting after a failure, the watch sees nothing: the client's checks read again until
+        // a stream is open.
+        self.vouch = None;
+        if self.looking {
+            // The version probe's attempt: the feed, when next polled, tries again (at once,
+            // then backing off as usual).
+            return;
+        }
         let delay = self.backoff.delay(self.failures, e, Duration::ZERO, unit());
         self.failures = self.failures.saturating_add(1);
         tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, error = %e, ?delay, "watch interrupted; retrying");
