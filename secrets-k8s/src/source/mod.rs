@@ -8,9 +8,9 @@
 //! `{"password":"s3cr3t","username":"admin"}`. `#password` then selects one key the way every
 //! source's `#field` does (through [`Secret::field`], by the client), so a missing key is the same
 //! [`ErrorKind::InvalidValue`] as a missing JSON field anywhere else. A key whose bytes are not
-//! UTF-8 cannot be a JSON string: reading the whole map then fails with `InvalidValue` naming the
-//! key, and that key is read alone, byte for byte, with the parameter `?key=<key>`
-//! (`k8s://apps/tls-store?key=keystore.jks`).
+//! UTF-8 cannot be a JSON string, so it is left out of the map (the text keys stay readable
+//! whatever the others hold, and the version still follows it); it is read alone, byte for
+//! byte, with the parameter `?key=<key>` (`k8s://apps/tls-store?key=keystore.jks`).
 //!
 //! The version follows the data the reference reads, not the object's `resourceVersion`: a
 //! label, an annotation or `kubectl apply`'s last-applied annotation gives the object a new
@@ -503,15 +503,20 @@ fn value_of(object: &SecretObject<'_>, t: &Target) -> Result<SecretValue> {
         decoded.insert(key.as_ref(), decode(key, b64)?);
     }
     let mut texts = BTreeMap::new();
+    let mut binary = Vec::new();
     for (key, value) in &decoded {
-        let text = std::str::from_utf8(value.expose_bytes()).map_err(|_| {
-            Error::invalid_value(format!(
-                "key `{key}` of Secret `{}` is binary and cannot be part of the JSON map: \
-                 read it alone with `?{KEY_PARAM}={key}`",
-                t.key()
-            ))
-        })?;
-        texts.insert(*key, text);
+        // A JSON string cannot hold bytes that are not UTF-8: such a key is left out, so the
+        // text keys stay readable (`#note` must not fail because of a keystore next to it).
+        match std::str::from_utf8(value.expose_bytes()) {
+            Ok(text) => {
+                texts.insert(*key, text);
+            }
+            Err(_) => binary.push(*key),
+        }
+    }
+    if !binary.is_empty() {
+        tracing::debug!(namespace = %t.namespace, name = %t.name, keys = ?binary,
+            "binary keys left out of the Secret's JSON map: read each with `?{KEY_PARAM}=<key>`");
     }
     // Measured first, so the buffer is allocated once and never leaves a copy of the value in
     // memory freed by a reallocation.
