@@ -383,3 +383,71 @@ async fn after_a_deletion_the_client_relies_on_the_watch() {
     assert_eq!(gets_of(&server, "apps", "db-creds"), gets + 1);
     secrets.shutdown().await;
 }
+
+/// Issue #8: `Retry-After` is kept whatever the status (a 503 as well as a 429), from the API
+/// server or a proxy in front of it, and in both its forms: seconds and an HTTP-date (read
+/// against the source's clock's wall time). The source's retry floor is a second.
+/// Fixtures: the `metav1.Status` shape (`status_404_assembled`) with codes 503 and 429; a
+/// proxy's HTML page (no fixture: a load balancer's answer, not the API server's); the
+/// `Retry-After` forms of RFC 9110, 10.2.3.
+#[tokio::test]
+async fn retry_after_is_kept_on_any_status_and_as_a_date() {
+    let (server, api) = FakeApi::start(&[TOKEN]).await;
+    let clock = ManualClock::new(); // its wall clock reads Fri, 15 Jan 2027 08:00:00 GMT
+    let k8s = on_clock(&server, &clock);
+    assert_eq!(k8s.capabilities().retry_floor, Duration::from_secs(1));
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    let db = r("k8s://apps/db-creds");
+
+    api.fail_next_get(503, Some(7));
+    let e = k8s.fetch(&db).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.retry_after()),
+        (
+            &keyrack_core::ErrorKind::Unavailable,
+            Some(Duration::from_secs(7))
+        )
+    );
+    api.fail_next_get_with(503, "Fri, 15 Jan 2027 08:00:20 GMT", false);
+    let e = k8s.fetch(&db).await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(20)), "{e}");
+    api.fail_next_get_with(429, "Fri, 15 Jan 2027 08:00:45 GMT", false);
+    let e = k8s.fetch(&db).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.retry_after()),
+        (
+            &keyrack_core::ErrorKind::Throttled,
+            Some(Duration::from_secs(45))
+        )
+    );
+    api.fail_next_get_with(503, "Fri, 15 Jan 2027 08:00:20 GMT", true);
+    let e = k8s.fetch(&db).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.retry_after()),
+        (
+            &keyrack_core::ErrorKind::Unavailable,
+            Some(Duration::from_secs(20))
+        )
+    );
+    assert!(!e.to_string().contains("<html"), "{e}");
+
+    // A watch answered 503 with a date waits until then.
+    k8s.fetch(&db).await.unwrap();
+    api.fail_next_watch_with(503, "Fri, 15 Jan 2027 08:00:30 GMT");
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    until(|| watch_requests(&server).len() == 1 && clock.sleepers() == 1).await;
+    clock.advance(Duration::from_secs(29)).await;
+    quiet().await;
+    assert_eq!(
+        watch_requests(&server).len(),
+        1,
+        "watched again before the date"
+    );
+    clock.advance(Duration::from_secs(2)).await;
+    api.wait_for_watches(1).await;
+    api.put("apps", "db-creds", &[("password", b"after")]);
+    assert!(matches!(
+        next(&mut feed).await.unwrap(),
+        SourceEvent::Changed { .. }
+    ));
+}

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keyrack_core::{Error, ErrorKind, IdentityToken, Result};
+use keyrack_core::backoff::parse_retry_after;
+use keyrack_core::{Clock, Error, ErrorKind, IdentityToken, Result};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
@@ -21,6 +22,8 @@ pub(super) struct Api {
     pub(super) token: Arc<dyn IdentityToken>,
     /// Bound on a whole GET; watches are bounded by `timeoutSeconds` and an idle limit instead.
     pub(super) timeout: Duration,
+    /// Its wall time reads a `Retry-After` given as an HTTP-date.
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 /// `metav1.Status`: the body of every failed answer and of a watch `ERROR` event.
@@ -155,7 +158,7 @@ impl Api {
     pub(super) async fn get_secret(&self, t: &Target) -> Result<Bytes> {
         let response = self.send(self.url(t, true)?, false).await?;
         if !response.status().is_success() {
-            return Err(failure(response, t).await);
+            return Err(failure(response, t, self.clock.wall()).await);
         }
         response.bytes().await.map_err(transport_error)
     }
@@ -199,7 +202,7 @@ impl Api {
             StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST if streaming => {
                 Ok(Opened::StreamingRefused)
             }
-            _ => Err(failure(response, t).await),
+            _ => Err(failure(response, t, self.clock.wall()).await),
         }
     }
 
@@ -252,14 +255,16 @@ fn transport_error(e: reqwest::Error) -> Error {
     Error::new(kind, "could not reach the Kubernetes API server").with_cause(e.without_url())
 }
 
-/// The error for a failed answer, from its status and `metav1.Status` body.
-async fn failure(response: Response, t: &Target) -> Error {
+/// The error for a failed answer, from its status and `metav1.Status` body. `Retry-After` is
+/// kept whatever the status (an API server or a proxy in front of it may send it with a 503
+/// too), in seconds or as an HTTP-date counted from `now_wall`.
+async fn failure(response: Response, t: &Target, now_wall: std::time::SystemTime) -> Error {
     let status = response.status();
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(|v| parse_retry_after(v, now_wall));
     let body: Status = match response.bytes().await {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
         Err(_) => Status::default(),
@@ -272,12 +277,14 @@ async fn failure(response: Response, t: &Target) -> Error {
 pub(super) fn classify(
     status: StatusCode,
     body: &Status,
-    retry_after: Option<u64>,
+    retry_after: Option<Duration>,
     t: &Target,
 ) -> Error {
-    let retry_after = retry_after
-        .or(body.details.as_ref().and_then(|d| d.retry_after_seconds))
-        .map(Duration::from_secs);
+    let retry_after = retry_after.or(body
+        .details
+        .as_ref()
+        .and_then(|d| d.retry_after_seconds)
+        .map(Duration::from_secs));
     let (kind, what) = match status.as_u16() {
         401 => (
             ErrorKind::Unauthenticated,

@@ -308,7 +308,8 @@ impl KubernetesSecretsBuilder {
         self
     }
 
-    /// The clock watches wait on between reconnections (the system clock by default).
+    /// The clock watches wait on between reconnections, and whose wall time reads a
+    /// `Retry-After` given as an HTTP-date (the system clock by default).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -368,6 +369,7 @@ impl KubernetesSecretsBuilder {
                 base,
                 token,
                 timeout: self.request_timeout,
+                clock: self.clock.clone(),
             },
             clock: self.clock,
             watch_backoff: self.watch_backoff,
@@ -556,6 +558,10 @@ impl SecretSource for KubernetesSecrets {
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::NONE;
         caps.watch = true;
+        // The API server's own guidance: API Priority and Fairness rejects with 429 and
+        // `Retry-After: 1` (kubernetes/kubernetes#117734), and client-go's reflector backs off
+        // from 800 ms; so no retry sooner than a second.
+        caps.retry_floor = Duration::from_secs(1);
         // Answered from an open watch, without a request (see `version`): the client's look
         // after its feed opens, and its checks while the watch reports, cost nothing.
         caps.version_probe = true;
