@@ -558,6 +558,47 @@ async fn failures_are_typed() {
     assert_eq!(bad_ca.kind(), &ErrorKind::Config);
 }
 
+/// Issue #12: references are checked before any request, against Kubernetes' own limits
+/// (namespace: a DNS label, at most 63 characters; Secret name: a DNS subdomain, at most 253;
+/// data key: at most 253 of letters, digits, `-`, `_`, `.`), and only `?key=` is a parameter
+/// (a near miss is named). The errors say what is wrong and never quote the part they refuse:
+/// a reference that does not check out may be a value pasted in the wrong place.
+/// No fixture: nothing is sent.
+#[tokio::test]
+async fn references_are_checked_against_kubernetes_limits_without_quoting_them() {
+    let (server, _api, k8s) = start().await;
+    let long_name = format!("s3cr3t-{}", "n".repeat(247));
+    let long_ns = format!("s3cr3t-{}", "n".repeat(57));
+    let long_key = format!("s3cr3t-{}", "k".repeat(247));
+    for (bad, says) in [
+        (format!("k8s://apps/{long_name}"), "253"),
+        (format!("k8s://{long_ns}/db-creds"), "63"),
+        (format!("k8s://apps/db-creds?key={long_key}"), "253"),
+        ("k8s://apps/S3CRET_name".to_owned(), "Secret name"),
+        ("k8s://S3CRET_ns/db-creds".to_owned(), "namespace"),
+        ("k8s://apps/db-creds?key=s3cr3t/x".to_owned(), "key"),
+    ] {
+        let e = k8s.fetch(&r(&bad)).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}");
+        let shown = format!("{} {:?}", e.message(), e.message());
+        assert!(shown.contains(says), "{bad}: {shown}");
+        assert!(
+            !shown.to_ascii_lowercase().contains("s3cr3t"),
+            "the input was quoted: {shown}"
+        );
+    }
+    for (bad, hint) in [
+        ("k8s://apps/db-creds?Key=password", "did you mean `key`?"),
+        ("k8s://apps/db-creds?keys=password", "did you mean `key`?"),
+        ("k8s://apps/db-creds?other=1", "this source takes: key"),
+    ] {
+        let e = k8s.fetch(&r(bad)).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}");
+        assert!(e.to_string().contains(hint), "{bad}: {e}");
+    }
+    assert!(server.requests().is_empty(), "refused before any request");
+}
+
 /// Fixtures: the `metav1.Status` shape (`status_404_assembled`) answering the watch request
 /// with 503, then 429 with Retry-After; then the stream's MODIFIED line (line 3).
 #[tokio::test]

@@ -404,40 +404,24 @@ impl Target {
             }
             None => {}
         }
-        let invalid = |m: String| Error::new(ErrorKind::InvalidRef, m);
-        let mut key = None;
-        for (k, v) in r.params() {
-            if k != KEY_PARAM {
-                return Err(invalid(format!(
-                    "unknown parameter `{k}` (a k8s:// reference takes only `?key=`)"
-                )));
-            }
-            if !is_data_key(v) {
-                return Err(invalid(format!(
-                    "`{v}` is not a Secret key (letters, digits, `-`, `_`, `.`; at most 253)"
-                )));
-            }
-            key = Some(v.clone());
+        // A misspelt `?key=` must not read the whole map.
+        r.expect_params(&[KEY_PARAM])?;
+        let key = r.param(KEY_PARAM);
+        if let Some(key) = key {
+            Part::Key.check(key)?;
         }
         let (namespace, name) = r.path().split_once('/').ok_or_else(|| {
-            invalid("a k8s:// reference is `k8s://<namespace>/<name>[#<key>]`".to_owned())
+            Error::new(
+                ErrorKind::InvalidRef,
+                "a k8s:// reference is `k8s://<namespace>/<name>[#<key>]`",
+            )
         })?;
-        if !is_dns_label(namespace) {
-            return Err(invalid(format!(
-                "`{namespace}` is not a namespace name (lowercase letters, digits and `-`, \
-                 at most 63)"
-            )));
-        }
-        if !is_dns_subdomain(name) {
-            return Err(invalid(format!(
-                "`{name}` is not a Secret name (lowercase letters, digits, `-` and `.`, \
-                 at most 253)"
-            )));
-        }
+        Part::Namespace.check(namespace)?;
+        Part::Name.check(name)?;
         Ok(Target {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            key,
+            key: key.map(str::to_owned),
         })
     }
 
@@ -454,7 +438,83 @@ impl Target {
     }
 }
 
-/// RFC 1123 label: what namespace names must be.
+/// A part of a reference, checked against Kubernetes' own rules before any request. Errors say
+/// which part and which rule, never the part itself: a reference that does not check out may be
+/// a value pasted in the wrong place.
+#[derive(Clone, Copy)]
+enum Part {
+    /// A namespace name: an RFC 1123 label (at most 63 characters).
+    Namespace,
+    /// A Secret name: an RFC 1123 subdomain (at most 253 characters).
+    Name,
+    /// A key of `data` (`?key=`): at most 253 letters, digits, `-`, `_`, `.`.
+    Key,
+}
+
+impl Part {
+    fn what(self) -> &'static str {
+        match self {
+            Part::Namespace => "namespace",
+            Part::Name => "Secret name",
+            Part::Key => "`?key=` value",
+        }
+    }
+
+    /// The longest the part may be (Kubernetes' validation: `IsDNS1123Label`,
+    /// `IsDNS1123Subdomain`, `IsConfigMapKey`).
+    fn max(self) -> usize {
+        match self {
+            Part::Namespace => 63,
+            Part::Name | Part::Key => 253,
+        }
+    }
+
+    fn rule(self) -> &'static str {
+        match self {
+            Part::Namespace => {
+                "lowercase letters, digits and `-`, starting and ending with a letter or digit"
+            }
+            Part::Name => {
+                "lowercase letters, digits, `-` and `.`, each dot-separated part starting and \
+                 ending with a letter or digit"
+            }
+            Part::Key => "letters, digits, `-`, `_` and `.`",
+        }
+    }
+
+    fn valid(self, s: &str) -> bool {
+        match self {
+            Part::Namespace => is_dns_label(s),
+            Part::Name => s.split('.').all(is_dns_label),
+            Part::Key => s
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')),
+        }
+    }
+
+    fn check(self, s: &str) -> Result<()> {
+        let invalid = |m: String| Err(Error::new(ErrorKind::InvalidRef, m));
+        let (what, max) = (self.what(), self.max());
+        let len = s.chars().count();
+        if len > max {
+            return invalid(format!(
+                "the {what} is {len} characters long; Kubernetes allows at most {max}"
+            ));
+        }
+        if s.is_empty() {
+            return invalid(format!("the {what} is empty"));
+        }
+        if !self.valid(s) {
+            return invalid(format!(
+                "the {what} is not one Kubernetes accepts ({}, at most {max})",
+                self.rule()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An RFC 1123 label: at most 63 lowercase letters, digits and `-`, not at either end.
 fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
@@ -463,19 +523,6 @@ fn is_dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
-}
-
-/// RFC 1123 subdomain: what Secret names must be.
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// What the API server accepts as a key of `data`.
-fn is_data_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Decode one `data` value into a zeroizing buffer (sized up front, so it never reallocates and
