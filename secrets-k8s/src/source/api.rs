@@ -13,6 +13,11 @@ use url::Url;
 
 use super::Target;
 use super::data::Data;
+use super::wiping::{WipingBuf, wipe_chunk};
+
+/// The largest answer to a GET of one Secret read: a Secret holds at most 1 MiB (about 1.4 MiB
+/// in base64), and `kubectl apply`'s last-applied annotation may hold it once more.
+const MAX_BODY: usize = 8 << 20;
 
 /// Authenticated GETs against one API server.
 #[derive(Clone)]
@@ -154,13 +159,28 @@ impl Api {
         Ok(url)
     }
 
-    /// `GET /api/v1/namespaces/{ns}/secrets/{name}`: the body, for [`SecretObject::parse`].
-    pub(super) async fn get_secret(&self, t: &Target) -> Result<Bytes> {
-        let response = self.send(self.url(t, true)?, false).await?;
+    /// `GET /api/v1/namespaces/{ns}/secrets/{name}`: the body, for [`SecretObject::parse`], read
+    /// into a buffer that wipes itself (it holds the data in base64).
+    pub(super) async fn get_secret(&self, t: &Target) -> Result<WipingBuf> {
+        let mut response = self.send(self.url(t, true)?, false).await?;
         if !response.status().is_success() {
             return Err(failure(response, t, self.clock.wall()).await);
         }
-        response.bytes().await.map_err(transport_error)
+        let expected = response.content_length().unwrap_or(0);
+        let mut body =
+            WipingBuf::with_capacity(usize::try_from(expected).unwrap_or(0).min(MAX_BODY));
+        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                wipe_chunk(chunk);
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    "the API server's answer is larger than any Secret can be",
+                ));
+            }
+            body.push(&chunk);
+            wipe_chunk(chunk);
+        }
+        Ok(body)
     }
 
     /// A watch of the one named Secret, from `resource_version` (from now, with the current

@@ -83,14 +83,25 @@
 //!
 //! The token is asked of the [`IdentityToken`] at every request, never kept; after a 401 it is
 //! invalidated and the request retried once with a fresh token (the kubelet may have rotated it).
-//! Values are decoded straight into zeroize-on-drop buffers; the base64 text still passes through
-//! the HTTP client's buffers, which are not zeroized. No value or token is logged or put into an
-//! error: server messages kept in errors describe the request, never the data.
+//! No value or token is logged or put into an error: server messages kept in errors describe the
+//! request, never the data.
+//!
+//! Wiped when let go of: the body of a GET and the watch stream's lines, which hold the data in
+//! base64 (and, in `kubectl apply`'s last-applied annotation, the whole manifest again), in
+//! buffers that wipe what they release, move or outgrow; each chunk the HTTP client hands over,
+//! once copied, when this crate holds its only reference; the data parsed from them, borrowed in
+//! place (a zeroizing string only if the JSON escaped a character); the decoded values and the
+//! JSON map made of them, in zeroize-on-drop [`SecretValue`]s sized up front. Not wiped: the HTTP
+//! client's, hyper's and rustls's own buffers (TLS records, the connection's read buffer, a chunk
+//! that shares it), which this crate cannot reach; serde_json's scratch buffer, used only for a
+//! string with escapes (never base64 as the API server writes it); and the `Authorization`
+//! header, which reqwest copies into its request.
 
 mod api;
 mod data;
 mod tracked;
 mod watch;
+mod wiping;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

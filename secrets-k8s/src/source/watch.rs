@@ -18,6 +18,7 @@ use super::Target;
 use super::api::{Api, ObjectMeta, Opened, Status, StatusDetails};
 use super::data::{Data, Fingerprint};
 use super::tracked::{Tracked, Vouch};
+use super::wiping::{Lines, wipe_chunk};
 
 /// Longest event line kept while waiting for its end: a Secret is at most 1 MiB, about 1.4 MiB in
 /// base64; anything far longer is not a watch stream.
@@ -63,7 +64,7 @@ pub(super) fn watch(
         exists: None,
         relist: false,
         body: None,
-        buf: Vec::new(),
+        lines: Lines::new(),
         verify: false,
         pending: VecDeque::new(),
         failures: 0,
@@ -128,7 +129,7 @@ pub(super) struct Watch {
     relist: bool,
     body: Option<Response>,
     /// Bytes of an event line not yet ended by `\n`.
-    buf: Vec<u8>,
+    lines: Lines,
     /// The open stream started at the most recent state without a streaming list: read the
     /// object once, to catch what happened since the last look (a deletion has no synthetic
     /// ADDED to show it).
@@ -319,7 +320,7 @@ impl Watch {
         }
         self.rv = None;
         self.body = None;
-        self.buf.clear();
+        self.lines.clear();
         self.relist = false;
         Ok(())
     }
@@ -370,7 +371,7 @@ impl Watch {
             Ok(Opened::Stream(body)) => {
                 tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, resource_version = ?self.rv, streaming, "watching the Secret");
                 self.body = Some(body);
-                self.buf.clear();
+                self.lines.clear();
                 self.from_now = self.rv.is_none();
                 self.syncing = streaming;
                 self.initial_added = false;
@@ -438,16 +439,17 @@ impl Watch {
                 return self.reconnect(e).await;
             }
         };
-        // Only the new bytes can end a line: the rest was searched when it arrived.
-        let mut from = self.buf.len();
-        self.buf.extend_from_slice(&chunk);
-        drop(chunk);
-        while let Some(at) = self.buf[from..].iter().position(|&b| b == b'\n') {
-            let end = from + at;
+        self.lines.push(&chunk);
+        wipe_chunk(chunk);
+        loop {
             // Parsed in place: the line holds the Secret's data, and is not copied anywhere.
-            let parsed = parse(&self.buf[..end], &self.fingerprint, &self.target);
-            self.buf.drain(..=end);
-            from = 0;
+            let (fingerprint, target) = (&self.fingerprint, &self.target);
+            let Some(parsed) = self
+                .lines
+                .next_line(|line| parse(line, fingerprint, target))
+            else {
+                break;
+            };
             match self.on_line(parsed) {
                 Next::Continue => {}
                 Next::Relist => {
@@ -457,9 +459,9 @@ impl Watch {
                 Next::Reconnect(e) => return self.reconnect(e).await,
             }
         }
-        if self.buf.len() > MAX_LINE {
+        if self.lines.len() > MAX_LINE {
             tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, "watch event line too long; re-reading the Secret");
-            self.buf.clear();
+            self.lines.clear();
             self.relist = true;
             return;
         }
@@ -588,7 +590,7 @@ impl Watch {
     /// Drop the connection and wait before the next one.
     async fn reconnect(&mut self, e: Error) {
         self.body = None;
-        self.buf.clear();
+        self.lines.clear();
         self.pause(&e).await;
     }
 
