@@ -451,3 +451,28 @@ async fn retry_after_is_kept_on_any_status_and_as_a_date() {
         SourceEvent::Changed { .. }
     ));
 }
+
+/// `shutdown` stops the source's own work: an open watch ends (its connection is let go, even
+/// if its feed is still held), and a feed asked for afterwards ends at once without a request.
+/// Fixtures: lines 1 (ADDED) and 2 (BOOKMARK `k8s.io/initial-events-end`) of the stream.
+#[tokio::test]
+async fn shutdown_ends_the_watches() {
+    let (server, api, k8s) = start().await;
+    api.put("apps", "db-creds", &[("password", PASSWORD)]);
+    k8s.fetch(&r("k8s://apps/db-creds")).await.unwrap();
+    let mut feed = follow(&k8s, "k8s://apps/db-creds");
+    api.wait_for_watches(1).await;
+
+    k8s.shutdown().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+        .await
+        .expect("the feed did not end at shutdown");
+    assert!(end.is_none(), "{end:?}");
+    until(|| api.open_watches() == 0).await;
+    let mut late = follow(&k8s, "k8s://apps/db-creds");
+    let end = tokio::time::timeout(Duration::from_secs(10), late.recv())
+        .await
+        .expect("a feed made after shutdown did not end");
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(watch_requests(&server).len(), 1);
+}

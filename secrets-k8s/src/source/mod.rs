@@ -162,6 +162,8 @@ pub struct KubernetesSecrets {
     tracked: Tracked,
     /// What the version probe read, by target, for the read that follows it.
     probed: Arc<Mutex<HashMap<String, Probed>>>,
+    /// Set by `shutdown`: the watches end.
+    closed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A read made by the version probe.
@@ -388,6 +390,7 @@ impl KubernetesSecretsBuilder {
             streaming: Arc::new(AtomicBool::new(true)),
             tracked: Tracked::default(),
             probed: Arc::default(),
+            closed: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 }
@@ -659,7 +662,12 @@ impl SecretSource for KubernetesSecrets {
         let annotate = |e: Error| e.with_ref(r);
         let t = Target::parse(r).map_err(annotate)?;
         let id = t.id();
-        for watch in self.tracked.watches(&id) {
+        let watches = if *self.closed.borrow() {
+            Vec::new()
+        } else {
+            self.tracked.watches(&id)
+        };
+        for watch in watches {
             // Locked: its feed is being polled, so it is connecting or connected already.
             let Ok(mut watch) = watch.try_lock() else {
                 continue;
@@ -704,9 +712,15 @@ impl SecretSource for KubernetesSecrets {
             self.streaming.clone(),
             self.clock.clone(),
             self.watch_backoff,
+            self.closed.subscribe(),
         ))
     }
 
-    /// Watches end when their feeds are dropped, which the client does before this.
-    async fn shutdown(&self) {}
+    /// Ends the source's watches (their connections are let go, also of feeds still held) and
+    /// makes feeds asked for afterwards end at once. Reads still work. The source runs no task
+    /// of its own; the service-account token (a [`ProjectedToken`](crate::ProjectedToken)'s
+    /// directory watch) belongs to whoever made it.
+    async fn shutdown(&self) {
+        self.closed.send_replace(true);
+    }
 }

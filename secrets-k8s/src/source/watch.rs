@@ -31,6 +31,7 @@ const IDLE_GRACE: Duration = Duration::from_secs(60);
 /// its first connection, see [`Watch::look`]).
 pub(super) type Shared = Arc<tokio::sync::Mutex<Watch>>;
 
+#[allow(clippy::too_many_arguments)] // the source's parts a watch shares, each once
 pub(super) fn watch(
     api: Api,
     target: Target,
@@ -39,7 +40,11 @@ pub(super) fn watch(
     streaming: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
+    closed: tokio::sync::watch::Receiver<bool>,
 ) -> BoxStream<'static, Result<SourceEvent>> {
+    if *closed.borrow() {
+        return futures_util::stream::empty().boxed();
+    }
     let id = target.id();
     let state = Watch {
         api,
@@ -73,9 +78,20 @@ pub(super) fn watch(
     };
     let shared: Shared = Arc::new(tokio::sync::Mutex::new(state));
     tracked.register(&id, &shared);
-    futures_util::stream::unfold(shared, |w| async move {
-        let item = w.lock().await.next().await?;
-        Some((item, w))
+    futures_util::stream::unfold((shared, closed), |(w, mut closed)| async move {
+        let mut watch = w.lock().await;
+        // The source's shutdown ends the feed, and lets its connection go, even while the
+        // client still holds it.
+        let item = tokio::select! {
+            item = watch.next() => item,
+            _ = closed.wait_for(|closed| *closed) => None,
+        };
+        let Some(item) = item else {
+            watch.close();
+            return None;
+        };
+        drop(watch);
+        Some((item, (w, closed)))
     })
     .boxed()
 }
@@ -304,6 +320,15 @@ impl Watch {
     /// Whether no connection was made yet.
     pub(super) fn unconnected(&self) -> bool {
         self.first
+    }
+
+    /// The feed ended: let the connection and what was buffered go.
+    fn close(&mut self) {
+        self.done = true;
+        self.body = None;
+        self.lines.clear();
+        self.vouch = None;
+        self.pending.clear();
     }
 
     /// The resume point was lost (410, a malformed line): the next watch starts at the most
