@@ -2,7 +2,8 @@
 //!
 //! The classification is done once, here, from the `google.rpc.Status` of the error body
 //! (AIP-193: `{"error": {"code", "message", "status", "details"}}`), or from the HTTP status
-//! when the body is not a Status (a proxy, a load balancer). Messages kept in an [`Error`] are
+//! when the body is not a Status (a proxy, a load balancer: an HTML page, or the envelope without
+//! a `status`). Messages kept in an [`Error`] are
 //! the service's own (which name resources, never payloads) or ours; a body that is not a Status
 //! and a response that could not be parsed are reported without their bytes, since they may hold
 //! a value.
@@ -90,6 +91,18 @@ pub(crate) fn credentials_error(e: &google_cloud_gax::error::Error) -> Option<&C
 
 /// Map an SDK error of operation `op` (e.g. `AccessSecretVersion`).
 pub(crate) fn from_gax(op: &str, e: &google_cloud_gax::error::Error) -> Error {
+    // A body without a `status` (or with one the SDK does not know) parses as UNKNOWN: it is
+    // not the service's Status but a proxy's or a front end's answer in the same envelope (a 503
+    // from a load balancer, say), and the HTTP status is what says whether to retry.
+    let unknown = e.status().is_some_and(|s| s.code == Code::Unknown);
+    if unknown && let Some(status) = e.http_status_code() {
+        return Error::new(
+            kind_for_http(status),
+            format!(
+                "Secret Manager {op}: HTTP {status} (the error body carries no google.rpc status)"
+            ),
+        );
+    }
     if let Some(status) = e.status() {
         let kind = kind_for(status);
         let mut message = format!("Secret Manager {op}: {}", status.code.name());
