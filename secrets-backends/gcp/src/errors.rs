@@ -9,10 +9,11 @@
 //! a value.
 
 use std::error::Error as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use google_cloud_gax::error::CredentialsError;
 use google_cloud_gax::error::rpc::{Code, Status, StatusDetails};
+use keyrack_core::backoff::parse_retry_after;
 use keyrack_core::{Error, ErrorKind};
 
 /// The kind of a `google.rpc.Status`.
@@ -81,6 +82,28 @@ fn hint(kind: &ErrorKind) -> &'static str {
         ErrorKind::Disabled => " (enable the version, or refer to another one)",
         ErrorKind::Deleted => " (a destroyed version cannot be read again: refer to another one)",
         _ => "",
+    }
+}
+
+/// `error` (from [`from_gax`]) with the answer's `Retry-After` when the Status gave no
+/// `RetryInfo`: kept whatever the status and whoever sent it (a proxy's 503 too), in seconds or as
+/// an HTTP-date counted from `now` (the source clock's wall time when the answer came).
+pub(crate) fn with_retry_after_header(
+    error: Error,
+    e: &google_cloud_gax::error::Error,
+    now: SystemTime,
+) -> Error {
+    if error.retry_after().is_some() {
+        return error;
+    }
+    let header = e
+        .http_headers()
+        .and_then(|h| h.get("retry-after"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now));
+    match header {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
     }
 }
 

@@ -17,7 +17,7 @@ use keyrack_core::{
 use tokio::sync::OnceCell;
 
 use crate::auth::Auth;
-use crate::errors::{credentials_error, from_gax, is_refused_token};
+use crate::errors::{credentials_error, from_gax, is_refused_token, with_retry_after_header};
 use crate::name::{self, Defaults, Target};
 use crate::rotation::Schedules;
 
@@ -89,12 +89,15 @@ pub(crate) struct Config {
 ///
 /// **Errors** (from the `google.rpc.Status` of the response): NOT_FOUND → `NotFound`,
 /// PERMISSION_DENIED → `PermissionDenied`, UNAUTHENTICATED → `Unauthenticated`,
-/// RESOURCE_EXHAUSTED → `Throttled` (retryable, with `RetryInfo`'s delay when sent),
+/// RESOURCE_EXHAUSTED → `Throttled` (retryable),
 /// UNAVAILABLE and INTERNAL → `Unavailable` (retryable; AIP-194 allows retrying INTERNAL),
 /// DEADLINE_EXCEEDED → `Timeout` (retryable), FAILED_PRECONDITION for a disabled version →
 /// `Disabled` and for a destroyed one → `Deleted` (told apart by the state the message ends
-/// with), INVALID_ARGUMENT → `InvalidRef`, anything else → `Backend`. A token that could not be
-/// obtained is `Unauthenticated` (or `Unavailable` when the auth library says it is transient).
+/// with), INVALID_ARGUMENT → `InvalidRef`, anything else → `Backend`; an answer that is not a
+/// Status (a proxy's page, the envelope without `status`) follows its HTTP status. The wait the
+/// answer asks for is kept whatever the kind: `RetryInfo`'s delay, else `Retry-After` (seconds or
+/// an HTTP-date, read against the builder's clock). A token that could not be obtained is
+/// `Unauthenticated` (or `Unavailable` when the auth library says it is transient).
 ///
 /// **Refused tokens.** When Secret Manager answers a read with UNAUTHENTICATED (a revoked
 /// access token, say) or no token could be obtained (an exchange refused for good), the
@@ -306,7 +309,12 @@ impl GcpSource {
                 {
                     self.renew_credentials(&generation, Renewal::Refused).await;
                 }
-                Err(from_gax("AccessSecretVersion", &e))
+                let error = from_gax("AccessSecretVersion", &e);
+                Err(with_retry_after_header(
+                    error,
+                    &e,
+                    self.inner.config.clock.wall(),
+                ))
             }
             Ok(Err(e)) => Err(e),
             Err(_elapsed) if generation.waiting_for_token() => {
@@ -382,6 +390,10 @@ impl SecretSource for GcpSource {
         let mut caps = Capabilities::NONE;
         caps.versions = true;
         caps.binary = true;
+        // Google's own retry loop (google-cloud-gax's ExponentialBackoff, which this source turns
+        // off in favour of the client's) waits at least 1 s before the first retry, doubling to
+        // 60 s; so no retry sooner than a second.
+        caps.retry_floor = Duration::from_secs(1);
         caps
     }
 

@@ -8,9 +8,23 @@
 mod common;
 
 use common::*;
-use keyrack_core::{ErrorKind, SecretSource};
+use std::time::Duration;
+
+use keyrack_core::{ErrorKind, ManualClock, SecretSource};
 use keyrack_fake_server::{FakeServer, Response};
+use keyrack_gcp::{GcpBuilder, GcpSource};
 use serde_json::json;
+
+async fn on_clock(server: &FakeServer, clock: &ManualClock) -> GcpSource {
+    GcpBuilder::new()
+        .with_endpoint(server.url())
+        .with_anonymous_credentials()
+        .with_project("p1")
+        .with_clock(clock.clone())
+        .build()
+        .await
+        .unwrap()
+}
 
 /// Issue #16: an error body that is not a `google.rpc.Status` — JSON without `status` (the
 /// AIP-193 envelope as a proxy or a front end writes it) or an HTML page — follows the HTTP
@@ -63,4 +77,57 @@ fn secret_id(path: &str) -> &str {
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_default()
+}
+
+/// Issue #8: `Retry-After` is kept whatever the status and whoever sent it (Secret Manager's
+/// UNAVAILABLE, its RESOURCE_EXHAUSTED, a proxy's page), in seconds or as an HTTP-date read
+/// against the source's clock; `RetryInfo` in the Status comes first. The source's retry floor is
+/// a second.
+/// Answers: `aip_0193_examples.minimal_404` with the codes AIP-193 gives 503 and 429,
+/// `assembled_http_bodies.429_resource_exhausted`, a load balancer's HTML page; the header forms
+/// of RFC 9110, 10.2.3.
+#[tokio::test]
+async fn retry_after_is_kept_on_any_status_and_as_a_date() {
+    let server = FakeServer::http(|req| async move {
+        let minimal = |code: u16, status: &str| {
+            let mut b = fixture(STATUS_ERRORS)["aip_0193_examples"]["minimal_404"].clone();
+            b["error"]["code"] = json!(code);
+            b["error"]["status"] = json!(status);
+            b
+        };
+        match secret_id(&req.path) {
+            "unavailable-seconds" => {
+                Response::json(503, &minimal(503, "UNAVAILABLE")).header("retry-after", "7")
+            }
+            "unavailable-date" => Response::json(503, &minimal(503, "UNAVAILABLE"))
+                .header("retry-after", "Fri, 15 Jan 2027 08:00:20 GMT"),
+            "throttled-date" => Response::json(
+                429,
+                &fixture(STATUS_ERRORS)["assembled_http_bodies"]["429_resource_exhausted"],
+            )
+            .header("retry-after", "Fri, 15 Jan 2027 08:00:45 GMT"),
+            _ => Response::text(503, "text/html", "<html>Service Unavailable</html>")
+                .header("retry-after", "Fri, 15 Jan 2027 08:00:30 GMT"),
+        }
+    })
+    .await;
+    let clock = ManualClock::new(); // its wall clock reads Fri, 15 Jan 2027 08:00:00 GMT
+    let src = on_clock(&server, &clock).await;
+    assert_eq!(src.capabilities().retry_floor, Duration::from_secs(1));
+    for (id, kind, wait) in [
+        ("unavailable-seconds", ErrorKind::Unavailable, 7),
+        ("unavailable-date", ErrorKind::Unavailable, 20),
+        ("throttled-date", ErrorKind::Throttled, 45),
+        ("proxy-page", ErrorKind::Unavailable, 30),
+    ] {
+        let e = src
+            .fetch(&gcp_ref(&format!("projects/p1/secrets/{id}")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.retry_after()),
+            (&kind, Some(Duration::from_secs(wait))),
+            "{id}: {e}"
+        );
+    }
 }
