@@ -55,12 +55,36 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Project ids, numbers and domain-scoped ids (`example.com:my-project`).
+/// Project ids (lowercase letters, digits and hyphens, at most 30), project numbers (digits) and
+/// domain-scoped ids (`example.com:my-project`), and nothing else: the project is pasted into the
+/// request's path, where `..` or `.` would address another resource than the reference names,
+/// with the access token attached.
 fn is_project(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_'))
+    let id = |p: &str| {
+        (1..=MAX_PROJECT).contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    match s.split_once(':') {
+        Some((domain, project)) => is_domain(domain) && id(project),
+        None => id(s),
+    }
 }
+
+/// The domain of a domain-scoped project id: dot-separated labels, none empty.
+fn is_domain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// The longest project id (Resource Manager: "6 to 30 lowercase ASCII letters, digits, or
+/// hyphens").
+const MAX_PROJECT: usize = 30;
 
 /// Locations are lowercase region names such as `europe-west1`.
 fn is_location(s: &str) -> bool {

@@ -131,3 +131,41 @@ async fn retry_after_is_kept_on_any_status_and_as_a_date() {
         );
     }
 }
+
+/// Issue #16: a project of `..` or `.` (as written or percent-encoded) would make the SDK's URL
+/// address another path than the reference names, with the access token attached: refused as
+/// `InvalidRef` before any request. A domain-scoped project (`example.com:my-project`) is a
+/// project.
+/// Answers: `access_secret_version.documented.json` (`response.body`) for the one read made.
+#[tokio::test]
+async fn a_project_that_would_change_the_url_path_is_refused() {
+    let server = FakeServer::http(|req| async move {
+        let name = req
+            .path
+            .trim_start_matches("/v1/")
+            .trim_end_matches(":access")
+            .to_owned();
+        Response::json(200, &access_body(&name.replace("latest", "1"), b"v"))
+    })
+    .await;
+    let src = source(&server).await;
+    for bad in [
+        "projects/../secrets/db",
+        "projects/./secrets/db",
+        "projects/%2E%2E/secrets/db",
+        "projects/%2e/locations/us-east1/secrets/db",
+        "projects/../secrets/db/versions/1",
+    ] {
+        let e = src.fetch(&gcp_ref(bad)).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}: {e}");
+    }
+    let paths: Vec<String> = server.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(paths.is_empty(), "requests were sent: {paths:?}");
+    src.fetch(&gcp_ref("projects/example.com:my-project/secrets/db"))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.requests()[0].path,
+        "/v1/projects/example.com:my-project/secrets/db/versions/latest:access"
+    );
+}
