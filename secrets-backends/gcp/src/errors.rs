@@ -107,6 +107,47 @@ pub(crate) fn with_retry_after_header(
     }
 }
 
+/// The longest reason of a token endpoint kept in an error.
+const MAX_REASON: usize = 512;
+
+/// The OAuth 2.0 error of a token endpoint's refusal (STS, or the IAM Credentials API), found in
+/// the chain of `c`: the auth library keeps the response body in the text of an inner error
+/// (`… body=<{"error":"invalid_grant","error_description":"…"}>`). Only `error` and
+/// `error_description` are kept, whitespace normalised: they describe the token's claims
+/// (audience, issue time), never the token; anything else in the body is not repeated.
+fn token_endpoint_reason(c: &CredentialsError) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(c);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if let Some((_, body)) = text.split_once("body=<")
+            && let Some((body, _)) = body.rsplit_once('>')
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(body)
+        {
+            let field = |name: &str| {
+                v[name]
+                    .as_str()
+                    .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .filter(|s| !s.is_empty())
+            };
+            let reason = match (field("error"), field("error_description")) {
+                (Some(error), Some(description)) => Some(format!("{error}: {description}")),
+                (Some(error), None) => Some(error),
+                (None, Some(description)) => Some(description),
+                (None, None) => None,
+            };
+            if let Some(mut reason) = reason {
+                if let Some((cut, _)) = reason.char_indices().nth(MAX_REASON) {
+                    reason.truncate(cut);
+                    reason.push('…');
+                }
+                return Some(reason);
+            }
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// The credentials error behind a failed request, if authentication is what failed.
 pub(crate) fn credentials_error(e: &google_cloud_gax::error::Error) -> Option<&CredentialsError> {
     e.source()?.downcast_ref::<CredentialsError>()
@@ -149,7 +190,15 @@ pub(crate) fn from_gax(op: &str, e: &google_cloud_gax::error::Error) -> Error {
         } else {
             ErrorKind::Unauthenticated
         };
-        return Error::new(kind, format!("Secret Manager {op}: no access token: {c}"));
+        // The token endpoint's own reason (an expired token and one for another audience are
+        // told apart only by it) is in an inner error of the chain, not in this one's text.
+        let message = match token_endpoint_reason(c) {
+            Some(reason) => {
+                format!("Secret Manager {op}: no access token: the token endpoint said {reason}")
+            }
+            None => format!("Secret Manager {op}: no access token: {c}"),
+        };
+        return Error::new(kind, message);
     }
     if e.is_timeout() {
         return Error::new(

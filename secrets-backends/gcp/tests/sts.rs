@@ -445,3 +445,50 @@ async fn an_access_token_secret_manager_refuses_is_replaced_by_a_new_exchange() 
     assert_eq!(exchanges.load(Ordering::SeqCst), 2);
     assert_eq!(token.invalidated.load(Ordering::SeqCst), 1);
 }
+
+/// Issue #16: an STS refusal keeps the endpoint's `error` and `error_description` (they describe
+/// the token's claims, never the token), so an expired token and a token for the wrong audience
+/// give different errors; the subject token is not quoted.
+/// Answers: two real STS refusals, as quoted in public files: a wrong audience
+/// (`{"error":"invalid_grant","error_description":"The audience in ID Token [...] does not match
+/// the expected audience."}`, find_string id 56232663698) and a stale token
+/// (`{"error":"invalid_grant","error_description":"ID Token issued at 1713260741 is stale to
+/// sign-in."}`, find_string id 10656543091), in the shape of
+/// `sts_error_response_google_auth_tests`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sts_refusal_keeps_its_error_description() {
+    let refusals = [
+        json!({
+            "error": "invalid_grant",
+            "error_description": "The audience in ID Token [//iam.googleapis.com/projects/573522191771/locations/global/workloadIdentityPools/tfc-pool/providers/tfc-oidc] does not match the expected audience."
+        }),
+        json!({
+            "error": "invalid_grant",
+            "error_description": "ID Token issued at 1713260741 is stale to sign-in."
+        }),
+    ];
+    let mut messages = Vec::new();
+    for refusal in refusals {
+        let description = refusal["error_description"].as_str().unwrap().to_owned();
+        let sts_server = FakeServer::http(move |_| {
+            let body = refusal.clone();
+            async move { Response::json(400, &body) }
+        })
+        .await;
+        let sm = secret_manager(&Store::default(), "never-issued".into()).await;
+        let token = Arc::new(RotatingToken::default());
+        token.set("HEADER.CANARY_PAYLOAD.SIGNATURE");
+        let src = build(&sts_server.url(), &sm.url(), token).await;
+        let e = src
+            .fetch(&gcp_ref("projects/p1/secrets/db"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Unauthenticated, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("invalid_grant"), "{text}");
+        assert!(text.contains(&description), "{text}");
+        assert!(!format!("{e} {e:?}").contains("CANARY_PAYLOAD"), "{e:?}");
+        messages.push(e.message().to_owned());
+    }
+    assert_ne!(messages[0], messages[1]);
+}
