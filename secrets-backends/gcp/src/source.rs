@@ -120,7 +120,8 @@ pub struct GcpSource {
 
 struct Inner {
     config: Config,
-    current: Mutex<Arc<Generation>>,
+    /// `None` once shut down: the credentials (and the auth library's refresh task) are gone.
+    current: Mutex<Option<Arc<Generation>>>,
     /// Held while credentials are built again, so that concurrent failures of one generation
     /// build once.
     rebuilding: tokio::sync::Mutex<()>,
@@ -198,7 +199,7 @@ impl GcpSource {
         Ok(GcpSource {
             inner: Arc::new(Inner {
                 config,
-                current: Mutex::new(Arc::new(first)),
+                current: Mutex::new(Some(Arc::new(first))),
                 rebuilding: tokio::sync::Mutex::new(()),
                 schedules: Schedules::default(),
             }),
@@ -223,8 +224,18 @@ impl GcpSource {
     /// once it has an access token (the time spent waiting for the token is not bounded there:
     /// wrap calls in [`tokio::time::timeout`] to bound it).
     pub async fn client(&self, endpoint: &str) -> Result<SecretManagerService> {
-        let generation = lock(&self.inner.current).clone();
+        let generation = self.generation()?;
         self.client_of(&generation, endpoint).await
+    }
+
+    /// The current credentials and clients, unless the source was shut down.
+    fn generation(&self) -> Result<Arc<Generation>> {
+        lock(&self.inner.current).clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Shutdown,
+                "the Secret Manager source was shut down",
+            )
+        })
     }
 
     async fn client_of(
@@ -270,7 +281,10 @@ impl GcpSource {
             return;
         }
         let _one_at_a_time = self.inner.rebuilding.lock().await;
-        if !Arc::ptr_eq(&lock(&self.inner.current), failed) {
+        if !lock(&self.inner.current)
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, failed))
+        {
             return;
         }
         if why == Renewal::Refused
@@ -280,8 +294,12 @@ impl GcpSource {
         }
         match Generation::build(auth).await {
             Ok(fresh) => {
-                tracing::debug!(reason = ?why, "building Secret Manager credentials again");
-                *lock(&self.inner.current) = Arc::new(fresh);
+                let mut current = lock(&self.inner.current);
+                // Shut down while building: the new credentials are dropped (and their task).
+                if current.is_some() {
+                    tracing::debug!(reason = ?why, "building Secret Manager credentials again");
+                    *current = Some(Arc::new(fresh));
+                }
             }
             Err(e) => tracing::warn!(error = %e, "Secret Manager credentials could not be rebuilt"),
         }
@@ -289,7 +307,7 @@ impl GcpSource {
 
     async fn access(&self, target: &Target) -> Result<Secret> {
         let endpoint = self.endpoint_for(target.location.as_deref());
-        let generation = lock(&self.inner.current).clone();
+        let generation = self.generation()?;
         let timeout = self.inner.config.timeout;
         // The SDK's attempt timeout starts after it has a token, and the auth library's token
         // exchange has no timeout of its own: this one bounds the whole read.
@@ -342,7 +360,9 @@ impl GcpSource {
     async fn with_schedule(&self, target: &Target, secret: Secret) -> Secret {
         let config = &self.inner.config;
         let endpoint = self.endpoint_for(target.location.as_deref());
-        let generation = lock(&self.inner.current).clone();
+        let Ok(generation) = self.generation() else {
+            return secret;
+        };
         let name = target.secret();
         self.inner
             .schedules
@@ -429,8 +449,13 @@ impl SecretSource for GcpSource {
         None
     }
 
-    /// The SDK client keeps no task of its own running.
-    async fn shutdown(&self) {}
+    /// Drops the credentials and the clients on them, which ends the auth library's token
+    /// refresh task (it exchanges or fetches a token again ahead of each access token's expiry).
+    /// Reads afterwards fail with [`ErrorKind::Shutdown`]; a read in flight finishes with the
+    /// credentials it holds.
+    async fn shutdown(&self) {
+        lock(&self.inner.current).take();
+    }
 }
 
 #[cfg(test)]

@@ -492,3 +492,46 @@ async fn an_sts_refusal_keeps_its_error_description() {
     }
     assert_ne!(messages[0], messages[1]);
 }
+
+/// `shutdown` stops what the source runs: the auth library's token refresh task (it exchanges the
+/// identity token again ahead of each access token's expiry) ends with the credentials, and
+/// reads afterwards fail with `Shutdown` instead of starting a new exchange.
+/// Answers: STS `sts_success_response_google_auth_tests` with `expires_in` shortened to 5 s (the
+/// library then renews 10 s after issue, as in the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_token_refresh() {
+    let sts = fixture(STS);
+    let mut issued = sts["sts_success_response_google_auth_tests"].clone();
+    issued["expires_in"] = json!(5);
+    let access_token = issued["access_token"].as_str().unwrap().to_owned();
+    let sts_server = FakeServer::http(move |_| {
+        let body = issued.clone();
+        async move { Response::json(200, &body) }
+    })
+    .await;
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"v");
+    let sm = secret_manager(&store, access_token).await;
+    let token = Arc::new(RotatingToken::default());
+    token.set("HEADER.PAYLOAD.SIGNATURE");
+    let src = build(&sts_server.url(), &sm.url(), token).await;
+    src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(sts_server.requests().len(), 1);
+
+    src.shutdown().await;
+    // Past the refresh the library would have made 10 s after issue.
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    for _ in 0..26 {
+        tick.tick().await;
+    }
+    assert_eq!(
+        sts_server.requests().len(),
+        1,
+        "the token was exchanged again after shutdown"
+    );
+    let e = src
+        .fetch(&gcp_ref("projects/p1/secrets/db"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Shutdown, "{e}");
+}
