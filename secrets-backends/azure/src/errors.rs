@@ -37,9 +37,28 @@ impl ServiceError {
         ServiceError {
             code: text(&e["code"]),
             inner_code: text(&e["innererror"]["code"]),
-            message: text(&e["message"]),
+            message: text(&e["message"]).map(|m| one_line(&m)),
         }
     }
+}
+
+/// The longest service message kept in an error.
+const MAX_MESSAGE: usize = 1024;
+
+/// A service message on one line: Key Vault's hold `\r\n`-separated lines (client address,
+/// caller, action, vault), joined here with `; `, each line's runs of whitespace made one space.
+pub(crate) fn one_line(message: &str) -> String {
+    let mut out = message
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Some((cut, _)) = out.char_indices().nth(MAX_MESSAGE) {
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 /// The kind of a Key Vault answer from its status and error codes.
@@ -111,12 +130,41 @@ fn describe(op: &str, status: u16, service: &ServiceError, kind: &ErrorKind) -> 
         ErrorKind::Disabled => {
             s.push_str(" (enable the secret or the version, or refer to another version)");
         }
-        ErrorKind::PermissionDenied => {
-            s.push_str(" (the identity needs the secrets/get permission or the Key Vault Secrets User role)");
-        }
+        ErrorKind::PermissionDenied if status == 403 => s.push_str(forbidden_hint(service)),
         _ => {}
     }
     s
+}
+
+/// What would fix a 403, told apart by Key Vault's inner error code: only a refusal of the
+/// identity is fixed by a role or an access policy.
+fn forbidden_hint(service: &ServiceError) -> &'static str {
+    if service.code.is_none() {
+        return " (the answer is not Key Vault's: a proxy, gateway or firewall in front of the \
+                vault refused the request)";
+    }
+    match service.inner_code.as_deref() {
+        Some("ForbiddenByFirewall") => {
+            " (the vault's firewall refused this client's address: add it to the vault's \
+             network rules, or reach the vault through a private endpoint)"
+        }
+        Some("ForbiddenByConnection") => {
+            " (the vault takes requests only through its approved private endpoints: reach it \
+             through one, or allow public network access)"
+        }
+        Some("ForbiddenByRbac") => {
+            " (the vault uses Azure RBAC: assign the identity the Key Vault Secrets User role on \
+             the vault or the secret; new assignments take a few minutes to apply)"
+        }
+        Some("AccessDenied") => {
+            " (the vault uses access policies: give the identity Get on secrets in one; on a \
+             vault that uses Azure RBAC, the Key Vault Secrets User role)"
+        }
+        _ => {
+            " (Key Vault refused the identity: it needs the Key Vault Secrets User role on a \
+             vault that uses Azure RBAC, or Get on secrets in an access policy)"
+        }
+    }
 }
 
 /// Map an error of operation `op` (e.g. `GetSecret`) from the SDK.
