@@ -7,11 +7,12 @@
 //! successful read holds the value, and serde's messages quote what they could not parse.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use azure_core::error::ErrorKind as AzureKind;
 use azure_core::http::RawResponse;
 use azure_core::http::headers::{HeaderName, RETRY_AFTER};
+use keyrack_core::backoff::parse_retry_after;
 use keyrack_core::{Error, ErrorKind};
 
 /// `retry-after-ms` / `x-ms-retry-after-ms`: Azure's millisecond variants of `Retry-After`.
@@ -92,8 +93,10 @@ fn mentions_disabled(message: Option<&str>) -> bool {
         .contains("disabled secret")
 }
 
-/// `Retry-After` (seconds), or Azure's millisecond variants.
-pub(crate) fn retry_after(raw: &RawResponse) -> Option<Duration> {
+/// Azure's millisecond variants of `Retry-After` first, else `Retry-After` in seconds or as an
+/// HTTP-date counted from `now` (the source clock's wall time when the answer came), whatever the
+/// status.
+pub(crate) fn retry_after(raw: &RawResponse, now: SystemTime) -> Option<Duration> {
     let headers = raw.headers();
     let ms = |name: &HeaderName| {
         headers
@@ -106,8 +109,7 @@ pub(crate) fn retry_after(raw: &RawResponse) -> Option<Duration> {
         .or_else(|| {
             headers
                 .get_optional_str(&RETRY_AFTER)
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs)
+                .and_then(|v| parse_retry_after(v, now))
         })
 }
 
@@ -167,8 +169,9 @@ fn forbidden_hint(service: &ServiceError) -> &'static str {
     }
 }
 
-/// Map an error of operation `op` (e.g. `GetSecret`) from the SDK.
-pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
+/// Map an error of operation `op` (e.g. `GetSecret`) from the SDK; `now` is the source clock's
+/// wall time, for a `Retry-After` given as a date.
+pub(crate) fn from_azure(op: &str, err: azure_core::Error, now: SystemTime) -> Error {
     // Our scope guard refused the challenge's resource: a configuration matter, however the
     // SDK wrapped it.
     if let Some(refused) = find::<ScopeRefused>(&err) {
@@ -182,7 +185,7 @@ pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
         } => {
             let status = u16::from(*status);
             let (service, wait) = match raw_response {
-                Some(raw) => (ServiceError::parse(raw.body()), retry_after(raw)),
+                Some(raw) => (ServiceError::parse(raw.body()), retry_after(raw, now)),
                 None => (ServiceError::default(), None),
             };
             let kind = kind_for(status, &service);
@@ -192,7 +195,7 @@ pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
                 None => error,
             }
         }
-        AzureKind::Credential => credential_error(op, &err),
+        AzureKind::Credential => credential_error(op, &err, now),
         AzureKind::Connection => Error::new(
             ErrorKind::Unavailable,
             format!("Key Vault {op}: cannot connect: {err}"),
@@ -232,12 +235,12 @@ impl std::error::Error for ScopeRefused {}
 
 /// A token could not be had. Entra ID's answers (error descriptions, AADSTS codes) and our chain's
 /// reasons carry no secret, so the message is kept; the kind says whether waiting may help.
-fn credential_error(op: &str, err: &azure_core::Error) -> Error {
+fn credential_error(op: &str, err: &azure_core::Error, now: SystemTime) -> Error {
     let error = Error::new(
         token_error_kind(err),
         format!("Key Vault {op}: no token: {err}"),
     );
-    match root_http(err).and_then(|(_, raw)| raw.and_then(retry_after)) {
+    match root_http(err).and_then(|(_, raw)| raw.and_then(|raw| retry_after(raw, now))) {
         Some(wait) => error.with_retry_after(wait),
         None => error,
     }
@@ -323,7 +326,7 @@ mod tests {
             },
             "failed",
         );
-        from_azure("GetSecret", err)
+        from_azure("GetSecret", err, std::time::UNIX_EPOCH)
     }
 
     #[test]
@@ -396,7 +399,7 @@ mod tests {
             entra,
             "ClientAssertionCredential authentication failed.",
         );
-        from_azure("GetSecret", wrapped)
+        from_azure("GetSecret", wrapped, std::time::UNIX_EPOCH)
     }
 
     #[test]
@@ -419,6 +422,7 @@ mod tests {
         let e = from_azure(
             "GetSecret",
             azure_core::Error::with_error(AzureKind::Other, err, "x"),
+            std::time::UNIX_EPOCH,
         );
         assert_eq!(e.kind(), &ErrorKind::Config);
         assert!(e.to_string().contains("vault.azure.net/.default"), "{e}");
@@ -432,6 +436,7 @@ mod tests {
                 AzureKind::DataConversion,
                 "invalid type: string \"hunter2\", expected a map",
             ),
+            std::time::UNIX_EPOCH,
         );
         assert!(!format!("{e} {e:?}").contains("hunter2"));
         let e = http_error(500, r#"{"value":"hunter2""#, &[]);

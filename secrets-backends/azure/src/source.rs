@@ -12,8 +12,8 @@ use azure_security_keyvault_secrets::models::{self, SecretClientGetSecretOptions
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures_util::stream::BoxStream;
 use keyrack_core::{
-    Capabilities, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource, SecretValue,
-    Selector, SourceEvent, Version, async_trait, fetch_each,
+    Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
+    SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each,
 };
 
 use crate::credential::CredentialMaker;
@@ -67,8 +67,12 @@ impl Vaults {
 /// over that fraction of the interval instead of hitting the vault at once.
 ///
 /// **Errors.** 404 (`SecretNotFound`) → `NotFound`; 403 → `PermissionDenied` (`Disabled` for a
-/// disabled secret); 429 → `Throttled` with `Retry-After` (retryable); 5xx and failures to
-/// connect → `Unavailable`. 401 after the challenge and a token → `Unauthenticated`, and the
+/// disabled secret), with what would fix it told apart by Key Vault's inner error code (a role
+/// or an access policy for the identity; the firewall's network rules; a private endpoint; a
+/// proxy in front of the vault when the answer is not Key Vault's); 429 → `Throttled`
+/// (retryable); 5xx and failures to connect → `Unavailable`. The wait an answer asks for is kept
+/// whatever the status: `retry-after-ms`/`x-ms-retry-after-ms`, else `Retry-After` in seconds or
+/// as an HTTP-date (read against the builder's clock). Key Vault's messages are kept on one line. 401 after the challenge and a token → `Unauthenticated`, and the
 /// refused token is dropped: the source makes a new credential (and new clients), so the next
 /// read requests a new access token instead of sending the refused one until it expires (a
 /// credential given with `with_credential` cannot be remade: the new clients ask it again, and
@@ -91,6 +95,8 @@ struct Inner {
     maker: CredentialMaker,
     options: SecretClientOptions,
     auth: Mutex<Auth>,
+    /// Its wall time reads a `Retry-After` given as an HTTP-date.
+    clock: Arc<dyn Clock>,
 }
 
 /// The credential and the clients that use it, replaced together when Key Vault refuses an
@@ -213,6 +219,7 @@ impl AzureSource {
         vaults: Vaults,
         maker: CredentialMaker,
         options: SecretClientOptions,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let credential = maker.make()?;
         Ok(AzureSource {
@@ -225,6 +232,7 @@ impl AzureSource {
                     credential,
                     clients: HashMap::new(),
                 }),
+                clock,
             }),
         })
     }
@@ -318,6 +326,9 @@ impl SecretSource for AzureSource {
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::NONE;
         caps.versions = true;
+        // Key Vault's throttling guidance ("Azure Key Vault throttling guidance": back off 1, 2,
+        // 4, 8, 16 s after a 429 that gives no Retry-After): no retry sooner than a second.
+        caps.retry_floor = Duration::from_secs(1);
         caps
     }
 
@@ -348,7 +359,7 @@ impl SecretSource for AzureSource {
                 if e.http_status() == Some(StatusCode::Unauthorized) {
                     self.replace_credential(generation);
                 }
-                return Err(from_azure("GetSecret", e));
+                return Err(from_azure("GetSecret", e, self.inner.clock.wall()));
             }
         };
         let model = response.into_model().map_err(|e| match e.kind() {
@@ -356,7 +367,7 @@ impl SecretSource for AzureSource {
                 ErrorKind::Backend,
                 "Key Vault GetSecret: unreadable response",
             ),
-            _ => from_azure("GetSecret", e),
+            _ => from_azure("GetSecret", e, self.inner.clock.wall()),
         })?;
         secret_from(model)
     }
