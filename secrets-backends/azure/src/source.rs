@@ -130,43 +130,75 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidRef, message)
 }
 
+/// Key Vault's limits (Azure's naming rules for `Microsoft.KeyVault`): vault names 3–24
+/// characters, secret names 1–127, both of letters, digits and hyphens; version ids are 32 hex
+/// digits (up to 64 letters and digits accepted).
+const VAULT_NAME: std::ops::RangeInclusive<usize> = 3..=24;
+const SECRET_NAME: std::ops::RangeInclusive<usize> = 1..=127;
+const VERSION_ID: std::ops::RangeInclusive<usize> = 1..=64;
+
+/// A part of a reference against its limit and its characters. The error says which part and
+/// which rule but does not quote the part: a reference that does not check out may be a value
+/// pasted in the wrong place.
+fn check_part(
+    what: &str,
+    s: &str,
+    len: std::ops::RangeInclusive<usize>,
+    allowed: fn(u8) -> bool,
+    rule: &str,
+) -> Result<()> {
+    let n = s.chars().count();
+    if n > *len.end() {
+        return Err(invalid(format!(
+            "the {what} is {n} characters long; Key Vault allows at most {}",
+            len.end()
+        )));
+    }
+    if !len.contains(&n) || !s.bytes().all(allowed) {
+        return Err(invalid(format!(
+            "the {what} is not one Key Vault accepts ({rule}, {}-{} characters)",
+            len.start(),
+            len.end()
+        )));
+    }
+    Ok(())
+}
+
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
 /// Vault names: 3–24 letters, digits and hyphens.
 pub(crate) fn check_vault(name: &str) -> Result<()> {
-    let ok = (3..=24).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "`{name}` is not a Key Vault name (3-24 letters, digits and hyphens)"
-        )))
-    }
+    check_part(
+        "vault name",
+        name,
+        VAULT_NAME,
+        name_byte,
+        "letters, digits and hyphens",
+    )
 }
 
 /// Secret names: 1–127 letters, digits and hyphens. Checked here because the SDK pastes the
 /// name into the URL path: a `/` or `..` would address another resource.
 fn check_secret_name(name: &str) -> Result<()> {
-    let ok = (1..=127).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "`{name}` is not a Key Vault secret name (1-127 letters, digits and hyphens)"
-        )))
-    }
+    check_part(
+        "secret name",
+        name,
+        SECRET_NAME,
+        name_byte,
+        "letters, digits and hyphens",
+    )
 }
 
 fn check_version(version: &str) -> Result<()> {
-    let ok =
-        (1..=64).contains(&version.len()) && version.bytes().all(|b| b.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "`{version}` is not a Key Vault version id (letters and digits)"
-        )))
-    }
+    check_part(
+        "version id",
+        version,
+        VERSION_ID,
+        |b| b.is_ascii_alphanumeric(),
+        "letters and digits",
+    )
 }
 
 /// The version id: the last path segment of `https://<vault>/secrets/<name>/<version>`.
@@ -298,11 +330,9 @@ impl AzureSource {
 
     /// The vault and secret a reference names.
     fn locate<'r>(&'r self, r: &'r SecretRef) -> Result<(&'r str, &'r str)> {
-        if let Some((key, _)) = r.params().first() {
-            return Err(invalid(format!(
-                "unknown parameter `{key}`; azure-kv references take only `version`"
-            )));
-        }
+        // `?version=` is a selector, not a parameter: no parameter is known, a near miss is
+        // named, and a misspelt `?version=` does not read the latest version.
+        r.expect_params(&[])?;
         let (vault, name) = match r.path().split_once('/') {
             Some((vault, name)) => (vault, name),
             None => match &self.inner.vaults.default_vault {
@@ -340,10 +370,10 @@ impl SecretSource for AzureSource {
                 check_version(v)?;
                 Some(v.clone())
             }
-            Some(other) => {
-                return Err(Error::unsupported(format!(
-                    "Key Vault cannot select {other:?}: it has versions, not stages"
-                )));
+            Some(_) => {
+                return Err(Error::unsupported(
+                    "Key Vault cannot select a stage: it has versions, not stages",
+                ));
             }
         };
         let (client, generation) = self.client_and_generation(vault)?;
