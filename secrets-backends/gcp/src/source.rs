@@ -102,7 +102,8 @@ pub(crate) struct Config {
 /// **Refused tokens.** When Secret Manager answers a read with UNAUTHENTICATED (a revoked
 /// access token, say) or no token could be obtained (an exchange refused for good), the
 /// credentials and the clients on them are built again, once per failing set of credentials,
-/// so the next read obtains a new token; with
+/// by the next read, which obtains a new token (not sooner: new credentials ask for a token at
+/// once, which would be a retry the client did not make, ahead of its backoff); with
 /// [`with_workload_identity`](crate::GcpBuilder::with_workload_identity) the
 /// [`IdentityToken`](keyrack_core::IdentityToken) is invalidated first, so the new exchange
 /// sends a freshly read subject token. Credentials given with
@@ -120,8 +121,10 @@ pub struct GcpSource {
 
 struct Inner {
     config: Config,
-    /// `None` once shut down: the credentials (and the auth library's refresh task) are gone.
-    current: Mutex<Option<Arc<Generation>>>,
+    /// The credentials in use, or why there are none.
+    current: Mutex<Slot>,
+    /// Numbers the generations, so a failure replaces the one that failed only.
+    generations: std::sync::atomic::AtomicU64,
     /// Held while credentials are built again, so that concurrent failures of one generation
     /// build once.
     rebuilding: tokio::sync::Mutex<()>,
@@ -129,9 +132,24 @@ struct Inner {
     schedules: Schedules,
 }
 
+/// Where the credentials stand.
+enum Slot {
+    Ready(Arc<Generation>),
+    /// Generation `failed` could not give a usable token: the next read builds new credentials.
+    /// Not before: the auth library's refresh task starts with them and asks for a token at
+    /// once, which would retry on the source's own, ahead of the client's backoff. The failed
+    /// generation is let go (and its refresh task with it).
+    Replace {
+        failed: u64,
+    },
+    /// Shut down: the credentials (and the auth library's refresh task) are gone.
+    Closed,
+}
+
 /// Credentials and the clients built on them. Replaced as a whole when the credentials must be
 /// built again.
 struct Generation {
+    id: u64,
     credentials: google_cloud_auth::credentials::Credentials,
     clients: Mutex<HashMap<String, Arc<OnceCell<SecretManagerService>>>>,
 }
@@ -139,7 +157,7 @@ struct Generation {
 impl Generation {
     /// Build the credentials on the blocking pool: a credentials file (or ADC's) is read from
     /// disk. The auth library starts its token refresh task in the runtime from there.
-    async fn build(auth: &Auth) -> Result<Self> {
+    async fn build(auth: &Auth, id: u64) -> Result<Self> {
         let auth = auth.clone();
         let credentials = tokio::task::spawn_blocking(move || auth.credentials())
             .await
@@ -150,6 +168,7 @@ impl Generation {
                 )
             })??;
         Ok(Generation {
+            id,
             credentials,
             clients: Mutex::new(HashMap::new()),
         })
@@ -175,6 +194,13 @@ enum Renewal {
     TokenTimedOut,
 }
 
+fn shut_down() -> Error {
+    Error::new(
+        ErrorKind::Shutdown,
+        "the Secret Manager source was shut down",
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -195,11 +221,12 @@ impl fmt::Debug for GcpSource {
 
 impl GcpSource {
     pub(crate) async fn new(config: Config) -> Result<Self> {
-        let first = Generation::build(&config.auth).await?;
+        let first = Generation::build(&config.auth, 0).await?;
         Ok(GcpSource {
             inner: Arc::new(Inner {
                 config,
-                current: Mutex::new(Some(Arc::new(first))),
+                current: Mutex::new(Slot::Ready(Arc::new(first))),
+                generations: std::sync::atomic::AtomicU64::new(1),
                 rebuilding: tokio::sync::Mutex::new(()),
                 schedules: Schedules::default(),
             }),
@@ -224,18 +251,35 @@ impl GcpSource {
     /// once it has an access token (the time spent waiting for the token is not bounded there:
     /// wrap calls in [`tokio::time::timeout`] to bound it).
     pub async fn client(&self, endpoint: &str) -> Result<SecretManagerService> {
-        let generation = self.generation()?;
+        let generation = self.generation().await?;
         self.client_of(&generation, endpoint).await
     }
 
-    /// The current credentials and clients, unless the source was shut down.
-    fn generation(&self) -> Result<Arc<Generation>> {
-        lock(&self.inner.current).clone().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Shutdown,
-                "the Secret Manager source was shut down",
-            )
-        })
+    /// The current credentials and clients: built again first if the last ones failed (one
+    /// build for concurrent reads).
+    async fn generation(&self) -> Result<Arc<Generation>> {
+        loop {
+            let failed = match &*lock(&self.inner.current) {
+                Slot::Ready(generation) => return Ok(generation.clone()),
+                Slot::Closed => return Err(shut_down()),
+                Slot::Replace { failed } => *failed,
+            };
+            let _one_at_a_time = self.inner.rebuilding.lock().await;
+            if !matches!(&*lock(&self.inner.current), Slot::Replace { failed: f } if *f == failed) {
+                continue;
+            }
+            let id = self
+                .inner
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let fresh = Arc::new(Generation::build(&self.inner.config.auth, id).await?);
+            tracing::debug!("built Secret Manager credentials again");
+            let mut current = lock(&self.inner.current);
+            // Shut down while building: the new credentials are dropped (and their task).
+            if matches!(&*current, Slot::Replace { .. }) {
+                *current = Slot::Ready(fresh);
+            }
+        }
     }
 
     async fn client_of(
@@ -269,45 +313,37 @@ impl GcpSource {
         Ok(client)
     }
 
-    /// Build the credentials (and the clients on them) again after `failed` could not give a
-    /// usable token: the auth library's token cache does not recover from a non-transient
-    /// failure, keeps a token the service refuses until it nears expiry, and waits forever on
-    /// an exchange that never answers. Only the generation that failed is replaced, once, so
-    /// concurrent failures rebuild once; after a refusal the identity token is invalidated
-    /// (once too), so the new exchange reads it again.
-    async fn renew_credentials(&self, failed: &Arc<Generation>, why: Renewal) {
+    /// Have the credentials (and the clients on them) built again, at the next read, after
+    /// `failed` could not give a usable token: the auth library's token cache does not recover
+    /// from a non-transient failure, keeps a token the service refuses until it nears expiry,
+    /// and waits forever on an exchange that never answers. Only the generation that failed is
+    /// replaced, once, so concurrent failures replace it once; after a refusal the identity
+    /// token is invalidated (once too), so the new exchange reads it again. The new credentials
+    /// are built when the client reads again, on its backoff: built now, they would ask for a
+    /// token at once, a retry the client did not make.
+    fn renew_credentials(&self, failed: &Arc<Generation>, why: Renewal) {
         let auth = &self.inner.config.auth;
         if !auth.rebuildable() {
             return;
         }
-        let _one_at_a_time = self.inner.rebuilding.lock().await;
-        if !lock(&self.inner.current)
-            .as_ref()
-            .is_some_and(|current| Arc::ptr_eq(current, failed))
         {
-            return;
+            let mut current = lock(&self.inner.current);
+            if !matches!(&*current, Slot::Ready(g) if g.id == failed.id) {
+                return;
+            }
+            *current = Slot::Replace { failed: failed.id };
         }
+        tracing::debug!(reason = ?why, "Secret Manager credentials to be built again at the next read");
         if why == Renewal::Refused
             && let Some(token) = auth.identity()
         {
             token.invalidate();
         }
-        match Generation::build(auth).await {
-            Ok(fresh) => {
-                let mut current = lock(&self.inner.current);
-                // Shut down while building: the new credentials are dropped (and their task).
-                if current.is_some() {
-                    tracing::debug!(reason = ?why, "building Secret Manager credentials again");
-                    *current = Some(Arc::new(fresh));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "Secret Manager credentials could not be rebuilt"),
-        }
     }
 
     async fn access(&self, target: &Target) -> Result<Secret> {
         let endpoint = self.endpoint_for(target.location.as_deref());
-        let generation = self.generation()?;
+        let generation = self.generation().await?;
         let timeout = self.inner.config.timeout;
         // The SDK's attempt timeout starts after it has a token, and the auth library's token
         // exchange has no timeout of its own: this one bounds the whole read.
@@ -325,7 +361,7 @@ impl GcpSource {
             Ok(Ok(Err(e))) => {
                 if is_refused_token(&e) || credentials_error(&e).is_some_and(|c| !c.is_transient())
                 {
-                    self.renew_credentials(&generation, Renewal::Refused).await;
+                    self.renew_credentials(&generation, Renewal::Refused);
                 }
                 let error = from_gax("AccessSecretVersion", &e);
                 Err(with_retry_after_header(
@@ -336,8 +372,7 @@ impl GcpSource {
             }
             Ok(Err(e)) => Err(e),
             Err(_elapsed) if generation.waiting_for_token() => {
-                self.renew_credentials(&generation, Renewal::TokenTimedOut)
-                    .await;
+                self.renew_credentials(&generation, Renewal::TokenTimedOut);
                 Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
@@ -360,7 +395,7 @@ impl GcpSource {
     async fn with_schedule(&self, target: &Target, secret: Secret) -> Secret {
         let config = &self.inner.config;
         let endpoint = self.endpoint_for(target.location.as_deref());
-        let Ok(generation) = self.generation() else {
+        let Ok(generation) = self.generation().await else {
             return secret;
         };
         let name = target.secret();
@@ -454,7 +489,7 @@ impl SecretSource for GcpSource {
     /// Reads afterwards fail with [`ErrorKind::Shutdown`]; a read in flight finishes with the
     /// credentials it holds.
     async fn shutdown(&self) {
-        lock(&self.inner.current).take();
+        *lock(&self.inner.current) = Slot::Closed;
     }
 }
 

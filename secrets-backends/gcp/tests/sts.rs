@@ -383,8 +383,18 @@ async fn a_token_exchange_that_never_answers_is_bounded_by_the_timeout() {
     assert!(e.is_retryable());
     assert!(e.to_string().contains("access token"), "{e}");
     assert!(sm.requests().is_empty(), "no request without a token");
-    // The hung exchange is abandoned: the credentials were built again and started a new one
-    // (the old cache would have waited on the first exchange forever).
+    // The hung exchange is abandoned: the next read builds the credentials again and starts a
+    // new one (the old cache would have waited on the first exchange forever). Not before the
+    // client reads again: that would be a retry on the source's own.
+    assert_eq!(sts_server.requests().len(), 1);
+    let e = tokio::time::timeout(
+        Duration::from_secs(2),
+        src.fetch(&gcp_ref("projects/p1/secrets/db")),
+    )
+    .await
+    .expect("the second read is bounded too")
+    .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
     until_requests(&sts_server, 2).await;
 }
 
@@ -534,4 +544,42 @@ async fn shutdown_stops_the_token_refresh() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::Shutdown, "{e}");
+}
+
+/// Issue #16: a refusal that no retry can fix (here STS refusing the subject token) must be
+/// retried when the client asks again (its backoff, never under its floor of a second), not by
+/// the source on its own: the credentials rebuilt after the refusal exchanged again at once
+/// (the auth library's refresh task starts with them), a retry some 50 ms after the failure.
+/// Answers: STS `sts_error_response_google_auth_tests` (HTTP 400), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_exchange_is_retried_only_when_the_client_reads_again() {
+    let refused = fixture(STS)["sts_error_response_google_auth_tests"].clone();
+    let sts_server = FakeServer::http(move |_| {
+        let body = refused.clone();
+        async move { Response::json(400, &body) }
+    })
+    .await;
+    let sm = secret_manager(&Store::default(), "never-issued".into()).await;
+    let token = Arc::new(RotatingToken::default());
+    token.set("HEADER.PAYLOAD.SIGNATURE");
+    let src = build(&sts_server.url(), &sm.url(), token.clone()).await;
+    for attempt in 1..=3 {
+        let e = src
+            .fetch(&gcp_ref("projects/p1/secrets/db"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Unauthenticated, "{e}");
+        // Time for an exchange the source might make on its own.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..6 {
+            tick.tick().await;
+        }
+        assert_eq!(
+            sts_server.requests().len(),
+            attempt,
+            "exchanges after {attempt} read(s)"
+        );
+    }
+    // Each refusal made the token source read the token again for the next exchange.
+    assert_eq!(token.invalidated.load(Ordering::SeqCst), 3);
 }
