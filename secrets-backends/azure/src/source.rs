@@ -84,7 +84,10 @@ impl Vaults {
 /// `Config`. The SDK's own retries are off: the client's backoff, which honours `Retry-After`,
 /// is the only retry loop.
 ///
-/// The SDK's response buffers are not zeroized; only the value handed to the engine is.
+/// **What is wiped.** The value handed to the engine is zeroized on drop; it takes over the
+/// string the SDK parsed (no copy left behind). Not wiped: the HTTP body the SDK parsed it from,
+/// the TLS and connection buffers under it, the client assertion `azure_identity` takes as a
+/// plain string, and the access tokens its credentials cache.
 #[derive(Clone)]
 pub struct AzureSource {
     inner: Arc<Inner>,
@@ -424,7 +427,8 @@ impl SecretSource for AzureSource {
         None
     }
 
-    /// The SDK client keeps no task of its own running.
+    /// Nothing to stop: the SDK clients and `azure_identity`'s credentials run no task of their
+    /// own (tokens are requested when a read needs one), and the source keeps no other.
     async fn shutdown(&self) {}
 }
 

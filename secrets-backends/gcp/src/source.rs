@@ -113,7 +113,11 @@ pub(crate) struct Config {
 /// first read that needs it and sharing one set of credentials. Each makes one attempt per
 /// request (the SDK's retry loop is off): the engine's backoff is the only retry loop.
 ///
-/// The SDK's response buffers are not zeroized; only the value handed to the engine is.
+/// **What is wiped.** The value handed to the engine is zeroized on drop, and it takes over the
+/// payload buffer of the parsed response (no copy left behind). Not wiped: the HTTP body the SDK
+/// parsed it from (the value in base64) and the TLS and connection buffers under it, which this
+/// crate cannot reach; the subject token the auth library sends to STS is copied into its own
+/// strings, and the access tokens it keeps are its own.
 #[derive(Clone)]
 pub struct GcpSource {
     inner: Arc<Inner>,
@@ -432,7 +436,10 @@ fn secret_from(response: AccessSecretVersionResponse, name: &str) -> Result<Secr
     // Only the name the service returns says which version was read: the one asked for may be
     // an alias (`latest`).
     let version = name::version_of(&response.name).map(Version::new);
-    let mut secret = Secret::new(SecretValue::copy_from_slice(&payload.data));
+    // Taken over rather than copied: the SDK's buffer (when this response holds its only
+    // reference, as a freshly parsed one does) becomes the value's, which wipes it when dropped,
+    // instead of a copy being made and the buffer freed unwiped.
+    let mut secret = Secret::new(SecretValue::from_bytes(Vec::from(payload.data)));
     if let Some(v) = version {
         secret = secret.versioned(v);
     }
