@@ -81,47 +81,52 @@
 //!
 //! # Credentials and secrecy
 //!
-//! The token is asked of the [`IdentityToken`] at every request, never kept; after a 401 it is
-//! invalidated and the request retried once with a fresh token (the kubelet may have rotated it).
-//! No value or token is logged or put into an error: server messages kept in errors describe the
-//! request, never the data.
+//! The token is asked of the [`IdentityToken`](keyrack_core::IdentityToken) at every request,
+//! never kept; after a 401 it is invalidated and the request retried once with a fresh token
+//! (the kubelet may have rotated it). No value or token is logged or put into an error: server
+//! messages kept in errors describe the request, never the data.
 //!
 //! Wiped when let go of: the body of a GET and the watch stream's lines, which hold the data in
 //! base64 (and, in `kubectl apply`'s last-applied annotation, the whole manifest again), in
 //! buffers that wipe what they release, move or outgrow; each chunk the HTTP client hands over,
 //! once copied, when this crate holds its only reference; the data parsed from them, borrowed in
 //! place (a zeroizing string only if the JSON escaped a character); the decoded values and the
-//! JSON map made of them, in zeroize-on-drop [`SecretValue`]s sized up front. Not wiped: the HTTP
-//! client's, hyper's and rustls's own buffers (TLS records, the connection's read buffer, a chunk
-//! that shares it), which this crate cannot reach; serde_json's scratch buffer, used only for a
+//! JSON map made of them, in zeroize-on-drop
+//! [`SecretValue`](keyrack_core::SecretValue)s sized up front. Not wiped: the HTTP client's,
+//! hyper's and rustls's own buffers (TLS records, the connection's read buffer, a chunk that
+//! shares it), which this crate cannot reach; serde_json's scratch buffer, used only for a
 //! string with escapes (never base64 as the API server writes it); and the `Authorization`
 //! header, which reqwest copies into its request.
 
 mod api;
+mod builder;
 mod data;
+mod target;
 mod tracked;
+mod value;
 mod watch;
 mod wiping;
 
-use std::collections::{BTreeMap, HashMap};
+pub use builder::KubernetesSecretsBuilder;
+
+use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64::Engine;
 use futures_util::stream::BoxStream;
 use keyrack_core::{
-    Backoff, Capabilities, Clock, Error, ErrorKind, IdentityToken, Lease, Metadata, Result, Secret,
-    SecretRef, SecretSource, SecretValue, Selector, SourceEvent, SystemClock, Version, fetch_each,
+    Backoff, Capabilities, Clock, Error, ErrorKind, Lease, Metadata, Result, Secret, SecretRef,
+    SecretSource, SourceEvent, Version, fetch_each,
 };
-use url::Url;
 
 use api::{Api, SecretObject};
-use data::{Data, Fingerprint};
+use data::Fingerprint;
+use target::Target;
 use tracked::{ReadStart, Tracked};
+use value::value_of;
 
 /// Concurrent GETs in `fetch_many` (the API server has no batch read of named objects).
 const FETCH_CONCURRENCY: usize = 8;
@@ -254,362 +259,6 @@ impl KubernetesSecrets {
     }
 }
 
-/// Builds a [`KubernetesSecrets`].
-pub struct KubernetesSecretsBuilder {
-    api_server: Option<String>,
-    ca_pem: Option<Vec<u8>>,
-    token: Option<Arc<dyn IdentityToken>>,
-    clock: Arc<dyn Clock>,
-    watch_backoff: Backoff,
-    request_timeout: Duration,
-}
-
-impl Default for KubernetesSecretsBuilder {
-    fn default() -> Self {
-        KubernetesSecretsBuilder {
-            api_server: None,
-            ca_pem: None,
-            token: None,
-            clock: Arc::new(SystemClock),
-            watch_backoff: Backoff {
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(60),
-            },
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl fmt::Debug for KubernetesSecretsBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KubernetesSecretsBuilder")
-            .field("api_server", &self.api_server)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<PEM>"))
-            .field("token", &self.token.as_ref().map(|_| "<IdentityToken>"))
-            .field("watch_backoff", &self.watch_backoff)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
-    }
-}
-
-impl KubernetesSecretsBuilder {
-    /// The pod's API server, CA bundle and service-account token ([`InCluster`](crate::InCluster)).
-    pub fn in_cluster(self, cluster: &crate::InCluster) -> Self {
-        self.api_server(cluster.api_server().as_str())
-            .ca_pem(cluster.ca_pem().to_vec())
-            .token(Arc::new(cluster.token().clone()))
-    }
-
-    /// The API server's URL (`https://kubernetes.default.svc`, `https://10.96.0.1:443`); `https`
-    /// only, since every request carries the token.
-    pub fn api_server(mut self, url: impl AsRef<str>) -> Self {
-        self.api_server = Some(url.as_ref().to_owned());
-        self
-    }
-
-    /// The PEM bundle of the CA(s) that issued the API server's certificate (the pod's
-    /// `ca.crt`); when given, only these are trusted. Without it the platform's store is used.
-    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.ca_pem = Some(pem.into());
-        self
-    }
-
-    /// The bearer token, asked for at every request (a [`ProjectedToken`](crate::ProjectedToken)
-    /// in a pod).
-    pub fn token(mut self, token: Arc<dyn IdentityToken>) -> Self {
-        self.token = Some(token);
-        self
-    }
-
-    /// The clock watches wait on between reconnections, and whose wall time reads a
-    /// `Retry-After` given as an HTTP-date (the system clock by default).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Backoff between failed watch (re)connections (1 s doubling to 60 s, full jitter, by
-    /// default); a throttling server's Retry-After is honoured on top.
-    pub fn watch_backoff(mut self, backoff: Backoff) -> Self {
-        self.watch_backoff = backoff;
-        self
-    }
-
-    /// Bound on one GET (30 s by default). Watches are long-lived and bounded otherwise.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Checks the settings and builds the HTTP client.
-    pub fn build(self) -> Result<KubernetesSecrets> {
-        let config = |m: &str| Error::new(ErrorKind::Config, m.to_owned());
-        let raw = self
-            .api_server
-            .ok_or_else(|| config("the API server URL is not set (`api_server`)"))?;
-        let base = Url::parse(&raw).map_err(|e| {
-            Error::new(ErrorKind::Config, "the API server URL is not a URL").with_cause(e)
-        })?;
-        if base.scheme() != "https" {
-            return Err(config(
-                "the API server URL must be https: every request carries the token",
-            ));
-        }
-        let token = self
-            .token
-            .ok_or_else(|| config("no service-account token is set (`token`)"))?;
-        keyrack_core::tls::ensure_crypto_provider();
-        let mut client = reqwest::Client::builder()
-            .https_only(true)
-            .connect_timeout(Duration::from_secs(10))
-            // A redirect would carry the token elsewhere; the API server never redirects reads.
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = &self.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                Error::new(ErrorKind::Config, "the CA bundle is not PEM certificates").with_cause(e)
-            })?;
-            if certs.is_empty() {
-                return Err(config("the CA bundle holds no certificate"));
-            }
-            client = client.tls_certs_only(certs);
-        }
-        let client = client.build().map_err(|e| {
-            Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
-        })?;
-        Ok(KubernetesSecrets {
-            api: Api {
-                client,
-                base,
-                token,
-                timeout: self.request_timeout,
-                clock: self.clock.clone(),
-            },
-            clock: self.clock,
-            watch_backoff: self.watch_backoff,
-            fingerprint: Fingerprint::new(),
-            streaming: Arc::new(AtomicBool::new(true)),
-            tracked: Tracked::default(),
-            probed: Arc::default(),
-            closed: Arc::new(tokio::sync::watch::Sender::new(false)),
-        })
-    }
-}
-
-/// The object (and key) a reference names.
-#[derive(Clone, Debug)]
-pub(crate) struct Target {
-    namespace: String,
-    name: String,
-    key: Option<String>,
-}
-
-impl Target {
-    fn parse(r: &SecretRef) -> Result<Target> {
-        match r.selector() {
-            Some(Selector::Version(_)) => {
-                return Err(Error::unsupported(
-                    "Kubernetes keeps no older versions of a Secret: remove `?version=`",
-                ));
-            }
-            Some(_) => {
-                return Err(Error::unsupported(
-                    "Kubernetes Secrets have no stages: remove `?stage=`",
-                ));
-            }
-            None => {}
-        }
-        // A misspelt `?key=` must not read the whole map.
-        r.expect_params(&[KEY_PARAM])?;
-        let key = r.param(KEY_PARAM);
-        if let Some(key) = key {
-            Part::Key.check(key)?;
-        }
-        let (namespace, name) = r.path().split_once('/').ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidRef,
-                "a k8s:// reference is `k8s://<namespace>/<name>[#<key>]`",
-            )
-        })?;
-        Part::Namespace.check(namespace)?;
-        Part::Name.check(name)?;
-        Ok(Target {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            key: key.map(str::to_owned),
-        })
-    }
-
-    fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    /// What the reference reads: the object, and the key when one is selected.
-    fn id(&self) -> String {
-        match &self.key {
-            Some(k) => format!("{}/{}?{KEY_PARAM}={k}", self.namespace, self.name),
-            None => self.key(),
-        }
-    }
-}
-
-/// A part of a reference, checked against Kubernetes' own rules before any request. Errors say
-/// which part and which rule, never the part itself: a reference that does not check out may be
-/// a value pasted in the wrong place.
-#[derive(Clone, Copy)]
-enum Part {
-    /// A namespace name: an RFC 1123 label (at most 63 characters).
-    Namespace,
-    /// A Secret name: an RFC 1123 subdomain (at most 253 characters).
-    Name,
-    /// A key of `data` (`?key=`): at most 253 letters, digits, `-`, `_`, `.`.
-    Key,
-}
-
-impl Part {
-    fn what(self) -> &'static str {
-        match self {
-            Part::Namespace => "namespace",
-            Part::Name => "Secret name",
-            Part::Key => "`?key=` value",
-        }
-    }
-
-    /// The longest the part may be (Kubernetes' validation: `IsDNS1123Label`,
-    /// `IsDNS1123Subdomain`, `IsConfigMapKey`).
-    fn max(self) -> usize {
-        match self {
-            Part::Namespace => 63,
-            Part::Name | Part::Key => 253,
-        }
-    }
-
-    fn rule(self) -> &'static str {
-        match self {
-            Part::Namespace => {
-                "lowercase letters, digits and `-`, starting and ending with a letter or digit"
-            }
-            Part::Name => {
-                "lowercase letters, digits, `-` and `.`, each dot-separated part starting and \
-                 ending with a letter or digit"
-            }
-            Part::Key => "letters, digits, `-`, `_` and `.`",
-        }
-    }
-
-    fn valid(self, s: &str) -> bool {
-        match self {
-            Part::Namespace => is_dns_label(s),
-            Part::Name => s.split('.').all(is_dns_label),
-            Part::Key => s
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')),
-        }
-    }
-
-    fn check(self, s: &str) -> Result<()> {
-        let invalid = |m: String| Err(Error::new(ErrorKind::InvalidRef, m));
-        let (what, max) = (self.what(), self.max());
-        let len = s.chars().count();
-        if len > max {
-            return invalid(format!(
-                "the {what} is {len} characters long; Kubernetes allows at most {max}"
-            ));
-        }
-        if s.is_empty() {
-            return invalid(format!("the {what} is empty"));
-        }
-        if !self.valid(s) {
-            return invalid(format!(
-                "the {what} is not one Kubernetes accepts ({}, at most {max})",
-                self.rule()
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// An RFC 1123 label: at most 63 lowercase letters, digits and `-`, not at either end.
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// Decode one `data` value into a zeroizing buffer (sized up front, so it never reallocates and
-/// leaves a copy behind).
-fn decode(key: &str, b64: &str) -> Result<SecretValue> {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let mut out = Vec::with_capacity(base64::decoded_len_estimate(b64.len()));
-    // The decoder's error names the offending byte, which is part of the value: dropped.
-    engine
-        .decode_vec(b64, &mut out)
-        .map_err(|_| Error::new(ErrorKind::Backend, format!("key `{key}` is not base64")))?;
-    Ok(SecretValue::from_bytes(out))
-}
-
-/// The value a reference reads: one key's bytes, or every key as a JSON object of strings.
-fn value_of(object: &SecretObject<'_>, t: &Target) -> Result<SecretValue> {
-    let empty = Data::new();
-    let data = object.data.as_ref().unwrap_or(&empty);
-    if let Some(key) = &t.key {
-        let b64 = data.get(key.as_str()).ok_or_else(|| {
-            Error::invalid_value(format!("key `{key}` is not in Secret `{}`", t.key()))
-        })?;
-        return decode(key, b64);
-    }
-    let mut decoded = BTreeMap::new();
-    for (key, b64) in data {
-        decoded.insert(key.as_ref(), decode(key, b64)?);
-    }
-    let mut texts = BTreeMap::new();
-    let mut binary = Vec::new();
-    for (key, value) in &decoded {
-        // A JSON string cannot hold bytes that are not UTF-8: such a key is left out, so the
-        // text keys stay readable (`#note` must not fail because of a keystore next to it).
-        match std::str::from_utf8(value.expose_bytes()) {
-            Ok(text) => {
-                texts.insert(*key, text);
-            }
-            Err(_) => binary.push(*key),
-        }
-    }
-    if !binary.is_empty() {
-        tracing::debug!(namespace = %t.namespace, name = %t.name, keys = ?binary,
-            "binary keys left out of the Secret's JSON map: read each with `?{KEY_PARAM}=<key>`");
-    }
-    // Measured first, so the buffer is allocated once and never leaves a copy of the value in
-    // memory freed by a reallocation.
-    let mut counter = Counter(0);
-    serde_json::to_writer(&mut counter, &texts).map_err(json_write_error)?;
-    let mut json = Vec::with_capacity(counter.0);
-    serde_json::to_writer(&mut json, &texts).map_err(json_write_error)?;
-    Ok(SecretValue::from_bytes(json))
-}
-
-fn json_write_error(e: serde_json::Error) -> Error {
-    // Writing strings into memory cannot fail; should it, serde's text is not kept.
-    let _ = e;
-    Error::new(ErrorKind::Backend, "cannot write the Secret's keys as JSON")
-}
-
-/// A writer that only counts.
-struct Counter(usize);
-
-impl Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn not_leased() -> Error {
     Error::unsupported("Kubernetes Secrets have no leases")
 }
@@ -623,8 +272,8 @@ impl SecretSource for KubernetesSecrets {
         // `Retry-After: 1` (kubernetes/kubernetes#117734), and client-go's reflector backs off
         // from 800 ms; so no retry sooner than a second.
         caps.retry_floor = Duration::from_secs(1);
-        // Answered from an open watch, without a request (see `version`): the client's look
-        // after its feed opens, and its checks while the watch reports, cost nothing.
+        // See `version`: the client's look after its feed opens and its retries after a watch
+        // reported a deletion need no request; any other check is the one GET a read is.
         caps.version_probe = true;
         // `binary` stays off: the unit a reference reads is the key map, JSON text. Binary keys
         // are readable with `?key=`, but a source must not declare what its plain form refuses.
