@@ -141,7 +141,7 @@ pub(super) struct Watch {
     opened_at: Option<std::time::Instant>,
     /// Whether the object existed at the last look, when known.
     exists: Option<bool>,
-    /// The resume point is gone: read the object before watching again.
+    /// The resume point is gone: watch again from the most recent state.
     relist: bool,
     body: Option<Response>,
     /// Bytes of an event line not yet ended by `\n`.
@@ -235,7 +235,7 @@ fn parse(line: &[u8], fingerprint: &Fingerprint, target: &Target) -> Parsed {
 /// What a line asks of the connection.
 enum Next {
     Continue,
-    /// The resume point is gone: watch again from the most recent state (and read the object).
+    /// The resume point is gone: watch again from the most recent state.
     Relist,
     /// Re-open the watch from the last resourceVersion, after a backoff.
     Reconnect(Error),
@@ -332,7 +332,8 @@ impl Watch {
     }
 
     /// The resume point was lost (410, a malformed line): the next watch starts at the most
-    /// recent state, and the object is read once that watch is open.
+    /// recent state (a streaming list, which shows the object's state; or, on a server without
+    /// them, a plain watch followed by one read).
     async fn relist(&mut self) -> Result<()> {
         // A server that keeps answering 410 (or malformed lines) is not asked again at once.
         self.relists = self.relists.saturating_add(1);
@@ -485,7 +486,7 @@ impl Watch {
             }
         }
         if self.lines.len() > MAX_LINE {
-            tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, "watch event line too long; re-reading the Secret");
+            tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, "watch event line too long; watching again from the most recent state");
             self.lines.clear();
             self.relist = true;
             return;
@@ -499,7 +500,7 @@ impl Watch {
             Parsed::Event(event) => event,
             Parsed::Malformed { column } => {
                 // Only the position: the line holds the Secret's data.
-                tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, column, "malformed watch event; re-reading the Secret");
+                tracing::warn!(namespace = %self.target.namespace, name = %self.target.name, column, "malformed watch event; watching again from the most recent state");
                 return Next::Relist;
             }
         };
@@ -552,7 +553,7 @@ impl Watch {
                 }
             }
             "ERROR" if event.code == 410 => {
-                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, reason = %event.reason, "watch resume point expired (410); re-reading the Secret");
+                tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, reason = %event.reason, "watch resume point expired (410); watching again from the most recent state");
                 return Next::Relist;
             }
             "ERROR" => {
@@ -599,7 +600,7 @@ impl Watch {
         self.known = None;
     }
 
-    /// The stream works: failures and re-reads in a row start over.
+    /// The stream works: failures and losses of the resume point in a row start over.
     fn progress(&mut self) {
         self.failures = 0;
         self.relists = 0;
