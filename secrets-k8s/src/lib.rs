@@ -12,6 +12,45 @@
 //! * [`source`]: the `k8s://<namespace>/<name>#<key>` Kubernetes Secrets source (GET + watch).
 //! * `testkit` (feature `testkit`): a kubelet-style token projector for tests.
 //!
+//! # Permissions
+//!
+//! **The Kubernetes Secrets source** (`k8s://<namespace>/<name>`) needs, for its service
+//! account, the verbs `get` and `watch` on `secrets`, restricted to the Secrets it reads with
+//! `resourceNames` — and not `list`:
+//!
+//! ```yaml
+//! apiVersion: rbac.authorization.k8s.io/v1
+//! kind: Role
+//! metadata: { namespace: apps, name: read-db-creds }
+//! rules:
+//!   - apiGroups: [""]
+//!     resources: ["secrets"]
+//!     resourceNames: ["db-creds"]
+//!     verbs: ["get", "watch"]
+//! ---
+//! apiVersion: rbac.authorization.k8s.io/v1
+//! kind: RoleBinding
+//! metadata: { namespace: apps, name: app-reads-db-creds }
+//! roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-db-creds }
+//! subjects: [{ kind: ServiceAccount, name: app, namespace: apps }]
+//! ```
+//!
+//! - `get`: every read (`GET …/secrets/<name>`).
+//! - `watch`: the watch that keeps a handle current. It names the Secret with
+//!   `fieldSelector=metadata.name=<name>`, which is what lets the authorizer check it against
+//!   `resourceNames`; its streaming-list form (`sendInitialEvents=true`) is a watch request too,
+//!   authorized as `watch`. Without `watch` handles still work, on the client's interval checks,
+//!   and each check tries the watch again (one refused request and a warning).
+//!
+//! **Logins with the projected token** need no Kubernetes permission of the pod: the kubelet
+//! projects the token. They need the audience each backend expects on the projected token, and
+//! on the backend's side: for Vault's kubernetes auth, a Vault role bound to the service account
+//! (and, for Vault's own token reviews, its reviewer account bound to `system:auth-delegator`);
+//! for AWS, an IAM role whose trust policy accepts the cluster's OIDC issuer and the service
+//! account; for Azure, a federated credential on the application for the service account; for
+//! Google, a workload identity pool provider for the cluster's issuer. What each backend's
+//! identity may then read is listed in that backend's crate.
+//!
 //! In a pod (the README's "Running in Kubernetes" example; `examples/k8s/` has the manifests):
 //!
 //! ```no_run

@@ -142,8 +142,11 @@ async fn no_token_or_value_reaches_logs_debug_display_or_errors() {
         .await
         .expect("binary key");
     seen.debug(&raw);
+    // The binary key is left out of the JSON map: selecting it fails, reading the map does not.
+    let map = secrets.get_secret("k8s://apps/store").await.expect("map");
+    seen.debug(&map);
     for failing in [
-        "k8s://apps/store",
+        "k8s://apps/store#keystore",
         "k8s://apps/db-creds#absent",
         "k8s://apps/missing",
         "k8s://apps/registry-credentials",
@@ -165,6 +168,23 @@ async fn no_token_or_value_reaches_logs_debug_display_or_errors() {
             .await
             .expect_err("500"),
     );
+    // A proxy's page with a Retry-After date, and references refused before any request.
+    api.fail_next_get_with(503, "Fri, 15 Jan 2027 08:00:20 GMT", true);
+    seen.error(
+        &k8s.fetch(&"k8s://apps/db-creds".parse().unwrap())
+            .await
+            .expect_err("503"),
+    );
+    for bad in [
+        format!("k8s://apps/{}", "n".repeat(254)),
+        "k8s://apps/db-creds?Key=password".to_owned(),
+    ] {
+        seen.error(
+            &k8s.fetch(&bad.parse().unwrap())
+                .await
+                .expect_err("bad reference"),
+        );
+    }
     api.accept_tokens(&[]);
     seen.error(
         &k8s.fetch(&"k8s://apps/db-creds".parse().unwrap())
@@ -219,8 +239,11 @@ async fn no_token_or_value_reaches_logs_debug_display_or_errors() {
 "#,
     );
     api.wait_for_watches_opened(opened + 2).await;
-    api.expire_watches();
+    // The throttling answer of the same line (429 with details.retryAfterSeconds).
+    api.push_raw(&api.error_line(429, "TooManyRequests", Some(1)));
     api.wait_for_watches_opened(opened + 3).await;
+    api.expire_watches();
+    api.wait_for_watches_opened(opened + 4).await;
     seen.debug(&handle.current());
     seen.events(&mut events);
     let n = seen.events(&mut all);

@@ -9,7 +9,7 @@ use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
 use azure_security_keyvault_secrets::SecretClientOptions;
-use keyrack_core::{Error, ErrorKind, Result};
+use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 
 use crate::credential::{
     self, CredentialMaker, EnvVars, PUBLIC_AUTHORITY_HOST, ScopeGuard, WorkloadIdentity,
@@ -103,6 +103,7 @@ pub struct AzureBuilder {
     ca_pems: Vec<String>,
     timeout: Duration,
     api_version: Option<String>,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for AzureBuilder {
@@ -145,6 +146,7 @@ impl AzureBuilder {
             ca_pems: Vec::new(),
             timeout: Duration::from_secs(30),
             api_version: None,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -266,6 +268,13 @@ impl AzureBuilder {
     /// Time limit of one HTTP request (30 s by default).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The clock whose wall time a `Retry-After` given as an HTTP-date is counted from (the
+    /// system clock by default).
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -404,7 +413,7 @@ impl AzureBuilder {
             urls: self.vault_urls,
             template: self.template,
         };
-        AzureSource::new(vaults, maker, secret_options)
+        AzureSource::new(vaults, maker, secret_options, self.clock)
     }
 }
 

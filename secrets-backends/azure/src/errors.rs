@@ -7,11 +7,12 @@
 //! successful read holds the value, and serde's messages quote what they could not parse.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use azure_core::error::ErrorKind as AzureKind;
 use azure_core::http::RawResponse;
 use azure_core::http::headers::{HeaderName, RETRY_AFTER};
+use keyrack_core::backoff::parse_retry_after;
 use keyrack_core::{Error, ErrorKind};
 
 /// `retry-after-ms` / `x-ms-retry-after-ms`: Azure's millisecond variants of `Retry-After`.
@@ -37,9 +38,28 @@ impl ServiceError {
         ServiceError {
             code: text(&e["code"]),
             inner_code: text(&e["innererror"]["code"]),
-            message: text(&e["message"]),
+            message: text(&e["message"]).map(|m| one_line(&m)),
         }
     }
+}
+
+/// The longest service message kept in an error.
+const MAX_MESSAGE: usize = 1024;
+
+/// A service message on one line: Key Vault's hold `\r\n`-separated lines (client address,
+/// caller, action, vault), joined here with `; `, each line's runs of whitespace made one space.
+pub(crate) fn one_line(message: &str) -> String {
+    let mut out = message
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Some((cut, _)) = out.char_indices().nth(MAX_MESSAGE) {
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 /// The kind of a Key Vault answer from its status and error codes.
@@ -73,8 +93,10 @@ fn mentions_disabled(message: Option<&str>) -> bool {
         .contains("disabled secret")
 }
 
-/// `Retry-After` (seconds), or Azure's millisecond variants.
-pub(crate) fn retry_after(raw: &RawResponse) -> Option<Duration> {
+/// Azure's millisecond variants of `Retry-After` first, else `Retry-After` in seconds or as an
+/// HTTP-date counted from `now` (the source clock's wall time when the answer came), whatever the
+/// status.
+pub(crate) fn retry_after(raw: &RawResponse, now: SystemTime) -> Option<Duration> {
     let headers = raw.headers();
     let ms = |name: &HeaderName| {
         headers
@@ -87,8 +109,7 @@ pub(crate) fn retry_after(raw: &RawResponse) -> Option<Duration> {
         .or_else(|| {
             headers
                 .get_optional_str(&RETRY_AFTER)
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs)
+                .and_then(|v| parse_retry_after(v, now))
         })
 }
 
@@ -111,16 +132,46 @@ fn describe(op: &str, status: u16, service: &ServiceError, kind: &ErrorKind) -> 
         ErrorKind::Disabled => {
             s.push_str(" (enable the secret or the version, or refer to another version)");
         }
-        ErrorKind::PermissionDenied => {
-            s.push_str(" (the identity needs the secrets/get permission or the Key Vault Secrets User role)");
-        }
+        ErrorKind::PermissionDenied if status == 403 => s.push_str(forbidden_hint(service)),
         _ => {}
     }
     s
 }
 
-/// Map an error of operation `op` (e.g. `GetSecret`) from the SDK.
-pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
+/// What would fix a 403, told apart by Key Vault's inner error code: only a refusal of the
+/// identity is fixed by a role or an access policy.
+fn forbidden_hint(service: &ServiceError) -> &'static str {
+    if service.code.is_none() {
+        return " (the answer is not Key Vault's: a proxy, gateway or firewall in front of the \
+                vault refused the request)";
+    }
+    match service.inner_code.as_deref() {
+        Some("ForbiddenByFirewall") => {
+            " (the vault's firewall refused this client's address: add it to the vault's \
+             network rules, or reach the vault through a private endpoint)"
+        }
+        Some("ForbiddenByConnection") => {
+            " (the vault takes requests only through its approved private endpoints: reach it \
+             through one, or allow public network access)"
+        }
+        Some("ForbiddenByRbac") => {
+            " (the vault uses Azure RBAC: assign the identity the Key Vault Secrets User role on \
+             the vault or the secret; new assignments take a few minutes to apply)"
+        }
+        Some("AccessDenied") => {
+            " (the vault uses access policies: give the identity Get on secrets in one; on a \
+             vault that uses Azure RBAC, the Key Vault Secrets User role)"
+        }
+        _ => {
+            " (Key Vault refused the identity: it needs the Key Vault Secrets User role on a \
+             vault that uses Azure RBAC, or Get on secrets in an access policy)"
+        }
+    }
+}
+
+/// Map an error of operation `op` (e.g. `GetSecret`) from the SDK; `now` is the source clock's
+/// wall time, for a `Retry-After` given as a date.
+pub(crate) fn from_azure(op: &str, err: azure_core::Error, now: SystemTime) -> Error {
     // Our scope guard refused the challenge's resource: a configuration matter, however the
     // SDK wrapped it.
     if let Some(refused) = find::<ScopeRefused>(&err) {
@@ -134,7 +185,7 @@ pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
         } => {
             let status = u16::from(*status);
             let (service, wait) = match raw_response {
-                Some(raw) => (ServiceError::parse(raw.body()), retry_after(raw)),
+                Some(raw) => (ServiceError::parse(raw.body()), retry_after(raw, now)),
                 None => (ServiceError::default(), None),
             };
             let kind = kind_for(status, &service);
@@ -144,7 +195,7 @@ pub(crate) fn from_azure(op: &str, err: azure_core::Error) -> Error {
                 None => error,
             }
         }
-        AzureKind::Credential => credential_error(op, &err),
+        AzureKind::Credential => credential_error(op, &err, now),
         AzureKind::Connection => Error::new(
             ErrorKind::Unavailable,
             format!("Key Vault {op}: cannot connect: {err}"),
@@ -184,12 +235,12 @@ impl std::error::Error for ScopeRefused {}
 
 /// A token could not be had. Entra ID's answers (error descriptions, AADSTS codes) and our chain's
 /// reasons carry no secret, so the message is kept; the kind says whether waiting may help.
-fn credential_error(op: &str, err: &azure_core::Error) -> Error {
+fn credential_error(op: &str, err: &azure_core::Error, now: SystemTime) -> Error {
     let error = Error::new(
         token_error_kind(err),
         format!("Key Vault {op}: no token: {err}"),
     );
-    match root_http(err).and_then(|(_, raw)| raw.and_then(retry_after)) {
+    match root_http(err).and_then(|(_, raw)| raw.and_then(|raw| retry_after(raw, now))) {
         Some(wait) => error.with_retry_after(wait),
         None => error,
     }
@@ -275,7 +326,7 @@ mod tests {
             },
             "failed",
         );
-        from_azure("GetSecret", err)
+        from_azure("GetSecret", err, std::time::UNIX_EPOCH)
     }
 
     #[test]
@@ -348,7 +399,7 @@ mod tests {
             entra,
             "ClientAssertionCredential authentication failed.",
         );
-        from_azure("GetSecret", wrapped)
+        from_azure("GetSecret", wrapped, std::time::UNIX_EPOCH)
     }
 
     #[test]
@@ -371,6 +422,7 @@ mod tests {
         let e = from_azure(
             "GetSecret",
             azure_core::Error::with_error(AzureKind::Other, err, "x"),
+            std::time::UNIX_EPOCH,
         );
         assert_eq!(e.kind(), &ErrorKind::Config);
         assert!(e.to_string().contains("vault.azure.net/.default"), "{e}");
@@ -384,6 +436,7 @@ mod tests {
                 AzureKind::DataConversion,
                 "invalid type: string \"hunter2\", expected a map",
             ),
+            std::time::UNIX_EPOCH,
         );
         assert!(!format!("{e} {e:?}").contains("hunter2"));
         let e = http_error(500, r#"{"value":"hunter2""#, &[]);

@@ -33,6 +33,32 @@
 //!
 //! What references read, how errors map and why there is no version probe is described on
 //! [`AzureSource`]; configuration and the credential chain on [`AzureBuilder`].
+//!
+//! # Permissions
+//!
+//! Every read is one `GET /secrets/<name>[/<version>]` (Get Secret), so the identity needs to
+//! get secrets and nothing else (no list, no metadata read), granted the way the vault is set up:
+//!
+//! - **A vault that uses Azure RBAC** (the default for new vaults): the role **Key Vault Secrets
+//!   User** (`4633458b-17de-408a-b874-0445c86b69e6`; its data action
+//!   `Microsoft.KeyVault/vaults/secrets/getSecret/action`), assigned on the vault, or on single
+//!   secrets to narrow it. A refusal names it (`ForbiddenByRbac`); new assignments take a few
+//!   minutes to apply.
+//!
+//!   ```text
+//!   az role assignment create --role "Key Vault Secrets User" --assignee <principal id> \
+//!       --scope /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.KeyVault/vaults/<vault>/secrets/<name>
+//!   ```
+//! - **A vault that uses access policies**: an access policy for the identity with the secret
+//!   permission **Get** (`az keyvault set-policy --name <vault> --object-id <id>
+//!   --secret-permissions get`). A refusal names it (`AccessDenied`).
+//!
+//! The vault's network must let the client in: a firewall refusal (`ForbiddenByFirewall`) or a
+//! vault reachable only through its private endpoints (`ForbiddenByConnection`) is not fixed by a
+//! role, and the error says which it is. For the login, workload identity needs a federated
+//! identity credential on the application (or user-assigned managed identity) whose issuer is
+//! the cluster's OIDC issuer, whose subject is `system:serviceaccount:<namespace>:<name>` and
+//! whose audience is `api://AzureADTokenExchange` (the projected token's audience).
 
 mod builder;
 mod credential;

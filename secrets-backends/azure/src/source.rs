@@ -12,8 +12,8 @@ use azure_security_keyvault_secrets::models::{self, SecretClientGetSecretOptions
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures_util::stream::BoxStream;
 use keyrack_core::{
-    Capabilities, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource, SecretValue,
-    Selector, SourceEvent, Version, async_trait, fetch_each,
+    Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
+    SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each,
 };
 
 use crate::credential::CredentialMaker;
@@ -67,8 +67,12 @@ impl Vaults {
 /// over that fraction of the interval instead of hitting the vault at once.
 ///
 /// **Errors.** 404 (`SecretNotFound`) → `NotFound`; 403 → `PermissionDenied` (`Disabled` for a
-/// disabled secret); 429 → `Throttled` with `Retry-After` (retryable); 5xx and failures to
-/// connect → `Unavailable`. 401 after the challenge and a token → `Unauthenticated`, and the
+/// disabled secret), with what would fix it told apart by Key Vault's inner error code (a role
+/// or an access policy for the identity; the firewall's network rules; a private endpoint; a
+/// proxy in front of the vault when the answer is not Key Vault's); 429 → `Throttled`
+/// (retryable); 5xx and failures to connect → `Unavailable`. The wait an answer asks for is kept
+/// whatever the status: `retry-after-ms`/`x-ms-retry-after-ms`, else `Retry-After` in seconds or
+/// as an HTTP-date (read against the builder's clock). Key Vault's messages are kept on one line. 401 after the challenge and a token → `Unauthenticated`, and the
 /// refused token is dropped: the source makes a new credential (and new clients), so the next
 /// read requests a new access token instead of sending the refused one until it expires (a
 /// credential given with `with_credential` cannot be remade: the new clients ask it again, and
@@ -80,7 +84,10 @@ impl Vaults {
 /// `Config`. The SDK's own retries are off: the client's backoff, which honours `Retry-After`,
 /// is the only retry loop.
 ///
-/// The SDK's response buffers are not zeroized; only the value handed to the engine is.
+/// **What is wiped.** The value handed to the engine is zeroized on drop; it takes over the
+/// string the SDK parsed (no copy left behind). Not wiped: the HTTP body the SDK parsed it from,
+/// the TLS and connection buffers under it, the client assertion `azure_identity` takes as a
+/// plain string, and the access tokens its credentials cache.
 #[derive(Clone)]
 pub struct AzureSource {
     inner: Arc<Inner>,
@@ -91,6 +98,8 @@ struct Inner {
     maker: CredentialMaker,
     options: SecretClientOptions,
     auth: Mutex<Auth>,
+    /// Its wall time reads a `Retry-After` given as an HTTP-date.
+    clock: Arc<dyn Clock>,
 }
 
 /// The credential and the clients that use it, replaced together when Key Vault refuses an
@@ -124,43 +133,75 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidRef, message)
 }
 
+/// Key Vault's limits (Azure's naming rules for `Microsoft.KeyVault`): vault names 3–24
+/// characters, secret names 1–127, both of letters, digits and hyphens; version ids are 32 hex
+/// digits (up to 64 letters and digits accepted).
+const VAULT_NAME: std::ops::RangeInclusive<usize> = 3..=24;
+const SECRET_NAME: std::ops::RangeInclusive<usize> = 1..=127;
+const VERSION_ID: std::ops::RangeInclusive<usize> = 1..=64;
+
+/// A part of a reference against its limit and its characters. The error says which part and
+/// which rule but does not quote the part: a reference that does not check out may be a value
+/// pasted in the wrong place.
+fn check_part(
+    what: &str,
+    s: &str,
+    len: std::ops::RangeInclusive<usize>,
+    allowed: fn(u8) -> bool,
+    rule: &str,
+) -> Result<()> {
+    let n = s.chars().count();
+    if n > *len.end() {
+        return Err(invalid(format!(
+            "the {what} is {n} characters long; Key Vault allows at most {}",
+            len.end()
+        )));
+    }
+    if !len.contains(&n) || !s.bytes().all(allowed) {
+        return Err(invalid(format!(
+            "the {what} is not one Key Vault accepts ({rule}, {}-{} characters)",
+            len.start(),
+            len.end()
+        )));
+    }
+    Ok(())
+}
+
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
 /// Vault names: 3–24 letters, digits and hyphens.
 pub(crate) fn check_vault(name: &str) -> Result<()> {
-    let ok = (3..=24).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "`{name}` is not a Key Vault name (3-24 letters, digits and hyphens)"
-        )))
-    }
+    check_part(
+        "vault name",
+        name,
+        VAULT_NAME,
+        name_byte,
+        "letters, digits and hyphens",
+    )
 }
 
 /// Secret names: 1–127 letters, digits and hyphens. Checked here because the SDK pastes the
 /// name into the URL path: a `/` or `..` would address another resource.
 fn check_secret_name(name: &str) -> Result<()> {
-    let ok = (1..=127).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "`{name}` is not a Key Vault secret name (1-127 letters, digits and hyphens)"
-        )))
-    }
+    check_part(
+        "secret name",
+        name,
+        SECRET_NAME,
+        name_byte,
+        "letters, digits and hyphens",
+    )
 }
 
 fn check_version(version: &str) -> Result<()> {
-    let ok =
-        (1..=64).contains(&version.len()) && version.bytes().all(|b| b.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "`{version}` is not a Key Vault version id (letters and digits)"
-        )))
-    }
+    check_part(
+        "version id",
+        version,
+        VERSION_ID,
+        |b| b.is_ascii_alphanumeric(),
+        "letters and digits",
+    )
 }
 
 /// The version id: the last path segment of `https://<vault>/secrets/<name>/<version>`.
@@ -213,6 +254,7 @@ impl AzureSource {
         vaults: Vaults,
         maker: CredentialMaker,
         options: SecretClientOptions,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let credential = maker.make()?;
         Ok(AzureSource {
@@ -225,6 +267,7 @@ impl AzureSource {
                     credential,
                     clients: HashMap::new(),
                 }),
+                clock,
             }),
         })
     }
@@ -290,11 +333,9 @@ impl AzureSource {
 
     /// The vault and secret a reference names.
     fn locate<'r>(&'r self, r: &'r SecretRef) -> Result<(&'r str, &'r str)> {
-        if let Some((key, _)) = r.params().first() {
-            return Err(invalid(format!(
-                "unknown parameter `{key}`; azure-kv references take only `version`"
-            )));
-        }
+        // `?version=` is a selector, not a parameter: no parameter is known, a near miss is
+        // named, and a misspelt `?version=` does not read the latest version.
+        r.expect_params(&[])?;
         let (vault, name) = match r.path().split_once('/') {
             Some((vault, name)) => (vault, name),
             None => match &self.inner.vaults.default_vault {
@@ -318,6 +359,9 @@ impl SecretSource for AzureSource {
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::NONE;
         caps.versions = true;
+        // Key Vault's throttling guidance ("Azure Key Vault throttling guidance": back off 1, 2,
+        // 4, 8, 16 s after a 429 that gives no Retry-After): no retry sooner than a second.
+        caps.retry_floor = Duration::from_secs(1);
         caps
     }
 
@@ -329,10 +373,10 @@ impl SecretSource for AzureSource {
                 check_version(v)?;
                 Some(v.clone())
             }
-            Some(other) => {
-                return Err(Error::unsupported(format!(
-                    "Key Vault cannot select {other:?}: it has versions, not stages"
-                )));
+            Some(_) => {
+                return Err(Error::unsupported(
+                    "Key Vault cannot select a stage: it has versions, not stages",
+                ));
             }
         };
         let (client, generation) = self.client_and_generation(vault)?;
@@ -348,7 +392,7 @@ impl SecretSource for AzureSource {
                 if e.http_status() == Some(StatusCode::Unauthorized) {
                     self.replace_credential(generation);
                 }
-                return Err(from_azure("GetSecret", e));
+                return Err(from_azure("GetSecret", e, self.inner.clock.wall()));
             }
         };
         let model = response.into_model().map_err(|e| match e.kind() {
@@ -356,7 +400,7 @@ impl SecretSource for AzureSource {
                 ErrorKind::Backend,
                 "Key Vault GetSecret: unreadable response",
             ),
-            _ => from_azure("GetSecret", e),
+            _ => from_azure("GetSecret", e, self.inner.clock.wall()),
         })?;
         secret_from(model)
     }
@@ -383,7 +427,8 @@ impl SecretSource for AzureSource {
         None
     }
 
-    /// The SDK client keeps no task of its own running.
+    /// Nothing to stop: the SDK clients and `azure_identity`'s credentials run no task of their
+    /// own (tokens are requested when a read needs one), and the source keeps no other.
     async fn shutdown(&self) {}
 }
 

@@ -329,3 +329,43 @@ async fn expiry_schedules_a_check_before_it() {
     assert_eq!(handle.current().expose_bytes(), b"after");
     secrets.shutdown().await;
 }
+
+/// Issue #12: references are checked against Key Vault's limits before any request (vault
+/// names 3–24 characters, secret names 1–127 of letters, digits and hyphens, version ids of
+/// letters and digits), and the only query key is `version` (a selector; a near miss is
+/// named). The errors say which part and which limit and never quote the part refused: a
+/// reference that does not check out may be a value pasted in the wrong place.
+/// No answer: nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_are_checked_against_key_vault_limits_without_quoting_them() {
+    let fake = Fake::start().await;
+    let src = fake.source();
+    let long = format!("s3cr3t-{}", "n".repeat(121));
+    for (bad, says) in [
+        (format!("azure-kv://{VAULT}/{long}"), "127"),
+        (format!("azure-kv://{VAULT}/s3cr3t_name"), "secret name"),
+        (
+            "azure-kv://s3cr3t-vault-name-that-is-long/db".to_owned(),
+            "24",
+        ),
+        (format!("azure-kv://{VAULT}/db?version=s3cr3t-1"), "version"),
+    ] {
+        let r = keyrack_core::SecretRef::parse(&bad).unwrap();
+        let e = src.fetch(&r).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}");
+        let shown = e.message().to_ascii_lowercase();
+        assert!(shown.contains(says), "{bad}: {shown}");
+        assert!(
+            !shown.contains("s3cr3t"),
+            "the reference was quoted: {shown}"
+        );
+    }
+    let r = keyrack_core::SecretRef::parse(&format!("azure-kv://{VAULT}/db?Version=1")).unwrap();
+    let e = src.fetch(&r).await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::InvalidRef);
+    assert!(e.to_string().contains("did you mean `version`?"), "{e}");
+    assert!(
+        fake.vault_requests().is_empty(),
+        "refused before any request"
+    );
+}

@@ -67,6 +67,30 @@ async fn no_secret_reaches_logs_debug_display_errors_or_events() {
     if let Err(e) = src.fetch(&refs[0]).await {
         both(&e, &e);
     }
+    // Refusals with their own messages: a gateway's page echoing what it was sent (not Key
+    // Vault's answer: not repeated), Key Vault's firewall refusal (its message kept, on one
+    // line), and a 503 with a Retry-After date.
+    fake.with_state(|s| {
+        s.canned.push_back(Canned::html(
+            403,
+            &format!("<html>blocked request for {canary}</html>"),
+        ));
+        s.canned.push_back(Canned::key_vault(
+            403,
+            "Forbidden",
+            "Client address is not authorized and caller is not a trusted service.\r\nClient address: 203.0.113.7",
+            Some("ForbiddenByFirewall"),
+        ));
+        s.canned.push_back(
+            Canned::html(503, &format!("<html>{canary}</html>"))
+                .header("retry-after", "Fri, 15 Jan 2027 08:00:30 GMT"),
+        );
+    });
+    for _ in 0..3 {
+        if let Err(e) = src.fetch(&refs[0]).await {
+            both(&e, &e);
+        }
+    }
 
     let secrets = Secrets::builder()
         .source("azure-kv", src.clone())

@@ -161,8 +161,9 @@ impl GcpBuilder {
     }
 
     /// The clock the source reads time from (default [`SystemClock`]): when a cached rotation
-    /// schedule is due to be read again, and when a refused GetSecret may be tried
-    /// again (see [`with_rotation_schedule`](Self::with_rotation_schedule)). Request time
+    /// schedule is due to be read again, when a refused GetSecret may be tried
+    /// again (see [`with_rotation_schedule`](Self::with_rotation_schedule)), and the wall time a
+    /// `Retry-After` given as an HTTP-date is counted from. Request time
     /// limits ([`with_timeout`](Self::with_timeout)) are measured on Tokio's timer.
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);

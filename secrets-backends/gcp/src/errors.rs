@@ -2,16 +2,18 @@
 //!
 //! The classification is done once, here, from the `google.rpc.Status` of the error body
 //! (AIP-193: `{"error": {"code", "message", "status", "details"}}`), or from the HTTP status
-//! when the body is not a Status (a proxy, a load balancer). Messages kept in an [`Error`] are
+//! when the body is not a Status (a proxy, a load balancer: an HTML page, or the envelope without
+//! a `status`). Messages kept in an [`Error`] are
 //! the service's own (which name resources, never payloads) or ours; a body that is not a Status
 //! and a response that could not be parsed are reported without their bytes, since they may hold
 //! a value.
 
 use std::error::Error as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use google_cloud_gax::error::CredentialsError;
 use google_cloud_gax::error::rpc::{Code, Status, StatusDetails};
+use keyrack_core::backoff::parse_retry_after;
 use keyrack_core::{Error, ErrorKind};
 
 /// The kind of a `google.rpc.Status`.
@@ -83,6 +85,69 @@ fn hint(kind: &ErrorKind) -> &'static str {
     }
 }
 
+/// `error` (from [`from_gax`]) with the answer's `Retry-After` when the Status gave no
+/// `RetryInfo`: kept whatever the status and whoever sent it (a proxy's 503 too), in seconds or as
+/// an HTTP-date counted from `now` (the source clock's wall time when the answer came).
+pub(crate) fn with_retry_after_header(
+    error: Error,
+    e: &google_cloud_gax::error::Error,
+    now: SystemTime,
+) -> Error {
+    if error.retry_after().is_some() {
+        return error;
+    }
+    let header = e
+        .http_headers()
+        .and_then(|h| h.get("retry-after"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now));
+    match header {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
+}
+
+/// The longest reason of a token endpoint kept in an error.
+const MAX_REASON: usize = 512;
+
+/// The OAuth 2.0 error of a token endpoint's refusal (STS, or the IAM Credentials API), found in
+/// the chain of `c`: the auth library keeps the response body in the text of an inner error
+/// (`… body=<{"error":"invalid_grant","error_description":"…"}>`). Only `error` and
+/// `error_description` are kept, whitespace normalised: they describe the token's claims
+/// (audience, issue time), never the token; anything else in the body is not repeated.
+fn token_endpoint_reason(c: &CredentialsError) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(c);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if let Some((_, body)) = text.split_once("body=<")
+            && let Some((body, _)) = body.rsplit_once('>')
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(body)
+        {
+            let field = |name: &str| {
+                v[name]
+                    .as_str()
+                    .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .filter(|s| !s.is_empty())
+            };
+            let reason = match (field("error"), field("error_description")) {
+                (Some(error), Some(description)) => Some(format!("{error}: {description}")),
+                (Some(error), None) => Some(error),
+                (None, Some(description)) => Some(description),
+                (None, None) => None,
+            };
+            if let Some(mut reason) = reason {
+                if let Some((cut, _)) = reason.char_indices().nth(MAX_REASON) {
+                    reason.truncate(cut);
+                    reason.push('…');
+                }
+                return Some(reason);
+            }
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// The credentials error behind a failed request, if authentication is what failed.
 pub(crate) fn credentials_error(e: &google_cloud_gax::error::Error) -> Option<&CredentialsError> {
     e.source()?.downcast_ref::<CredentialsError>()
@@ -90,6 +155,18 @@ pub(crate) fn credentials_error(e: &google_cloud_gax::error::Error) -> Option<&C
 
 /// Map an SDK error of operation `op` (e.g. `AccessSecretVersion`).
 pub(crate) fn from_gax(op: &str, e: &google_cloud_gax::error::Error) -> Error {
+    // A body without a `status` (or with one the SDK does not know) parses as UNKNOWN: it is
+    // not the service's Status but a proxy's or a front end's answer in the same envelope (a 503
+    // from a load balancer, say), and the HTTP status is what says whether to retry.
+    let unknown = e.status().is_some_and(|s| s.code == Code::Unknown);
+    if unknown && let Some(status) = e.http_status_code() {
+        return Error::new(
+            kind_for_http(status),
+            format!(
+                "Secret Manager {op}: HTTP {status} (the error body carries no google.rpc status)"
+            ),
+        );
+    }
     if let Some(status) = e.status() {
         let kind = kind_for(status);
         let mut message = format!("Secret Manager {op}: {}", status.code.name());
@@ -113,7 +190,15 @@ pub(crate) fn from_gax(op: &str, e: &google_cloud_gax::error::Error) -> Error {
         } else {
             ErrorKind::Unauthenticated
         };
-        return Error::new(kind, format!("Secret Manager {op}: no access token: {c}"));
+        // The token endpoint's own reason (an expired token and one for another audience are
+        // told apart only by it) is in an inner error of the chain, not in this one's text.
+        let message = match token_endpoint_reason(c) {
+            Some(reason) => {
+                format!("Secret Manager {op}: no access token: the token endpoint said {reason}")
+            }
+            None => format!("Secret Manager {op}: no access token: {c}"),
+        };
+        return Error::new(kind, message);
     }
     if e.is_timeout() {
         return Error::new(

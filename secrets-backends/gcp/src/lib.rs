@@ -43,6 +43,31 @@
 //! What references read, why there is no version probe (and the rotation schedule is read only
 //! with [`GcpBuilder::with_rotation_schedule`]`(true)`) and how errors map is described on
 //! [`GcpSource`]; configuration on [`GcpBuilder`].
+//!
+//! # Permissions
+//!
+//! The identity the source runs as (a service account, or a workload identity federation
+//! principal) needs, on each secret it reads (or on the project):
+//!
+//! - **`secretmanager.versions.access`**, for every read (AccessSecretVersion): the role
+//!   **Secret Manager Secret Accessor** (`roles/secretmanager.secretAccessor`).
+//! - **`secretmanager.secrets.get`** as well, only with
+//!   [`with_rotation_schedule(true)`](GcpBuilder::with_rotation_schedule) (GetSecret, for
+//!   `nextRotationTime` and `expireTime`): Secret Accessor does not have it; **Secret Manager
+//!   Viewer** (`roles/secretmanager.viewer`) does. Without it reads still work (the schedule is
+//!   left out, the refusal logged once an hour).
+//!
+//! ```text
+//! gcloud secrets add-iam-policy-binding db-password --project p1 \
+//!     --role roles/secretmanager.secretAccessor --member serviceAccount:app@p1.iam.gserviceaccount.com
+//! ```
+//!
+//! With workload identity federation ([`WorkloadIdentity`], or an `external_account` file) the
+//! pool provider must trust the token's issuer and audience, and then either the federated
+//! principal (`principal://iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/subject/<subject>`)
+//! is granted the roles above directly, or, with service-account impersonation, it is granted
+//! **Workload Identity User** (`roles/iam.workloadIdentityUser`) on the service account, which
+//! holds the roles above.
 
 mod auth;
 mod builder;

@@ -35,32 +35,68 @@ impl Target {
     }
 }
 
-fn invalid(r: &SecretRef, why: &str) -> Error {
+/// A reference that does not name a secret version. The message says what is wrong but does not
+/// quote the reference: it may be a value pasted in the wrong place.
+fn invalid(why: &str) -> Error {
     Error::new(
         ErrorKind::InvalidRef,
         format!(
-            "`{}`: {why}; expected gcp-sm://projects/<project>[/locations/<location>]/secrets/\
+            "{why}; expected gcp-sm://projects/<project>[/locations/<location>]/secrets/\
              <secret>[/versions/<version>] or gcp-sm://<secret>[/versions/<version>] with a \
-             default project",
-            r.path()
+             default project"
         ),
     )
 }
 
+/// `what` of `len` characters is longer than `max`.
+fn too_long(what: &str, len: usize, max: usize) -> Error {
+    Error::new(
+        ErrorKind::InvalidRef,
+        format!("the {what} is {len} characters long; Google Cloud allows at most {max}"),
+    )
+}
+
+/// The longest secret id (Secret Manager: letters, digits, `_` and `-`, at most 255).
+const MAX_SECRET_ID: usize = 255;
+
 /// Secret ids are `[A-Za-z0-9_-]{1,255}`; version numbers and aliases use the same characters.
 fn is_id(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 255
+        && s.len() <= MAX_SECRET_ID
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Project ids, numbers and domain-scoped ids (`example.com:my-project`).
+/// Project ids (lowercase letters, digits and hyphens, at most 30), project numbers (digits) and
+/// domain-scoped ids (`example.com:my-project`), and nothing else: the project is pasted into the
+/// request's path, where `..` or `.` would address another resource than the reference names,
+/// with the access token attached.
 fn is_project(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_'))
+    let id = |p: &str| {
+        (1..=MAX_PROJECT).contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    match s.split_once(':') {
+        Some((domain, project)) => is_domain(domain) && id(project),
+        None => id(s),
+    }
 }
+
+/// The domain of a domain-scoped project id: dot-separated labels, none empty.
+fn is_domain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// The longest project id (Resource Manager: "6 to 30 lowercase ASCII letters, digits, or
+/// hyphens").
+const MAX_PROJECT: usize = 30;
 
 /// Locations are lowercase region names such as `europe-west1`.
 fn is_location(s: &str) -> bool {
@@ -71,16 +107,9 @@ fn is_location(s: &str) -> bool {
 
 /// Resolve `r` against the builder's defaults.
 pub(crate) fn resolve(r: &SecretRef, defaults: &Defaults) -> Result<Target> {
-    // A misspelt `?version=` must not read `latest`.
-    if let Some((key, _)) = r.params().first() {
-        return Err(Error::new(
-            ErrorKind::InvalidRef,
-            format!(
-                "`{}`: unknown parameter `{key}`; gcp-sm references take only `?version=<v>`",
-                r.path()
-            ),
-        ));
-    }
+    // A misspelt `?version=` must not read `latest`: no parameter is known (`version` is a
+    // selector), and a near miss is named.
+    r.expect_params(&[])?;
     let segments: Vec<&str> = r.path().split('/').collect();
     let (project, location, rest) = match segments.as_slice() {
         ["projects", project, "locations", location, rest @ ..] => {
@@ -90,7 +119,6 @@ pub(crate) fn resolve(r: &SecretRef, defaults: &Defaults) -> Result<Target> {
         rest => {
             let project = defaults.project.as_deref().ok_or_else(|| {
                 invalid(
-                    r,
                     "no project in the reference and no default project (GcpBuilder::with_project)",
                 )
             })?;
@@ -105,37 +133,47 @@ pub(crate) fn resolve(r: &SecretRef, defaults: &Defaults) -> Result<Target> {
         [secret, "versions", version] if !r.path().starts_with("projects/") => {
             (*secret, Some(*version))
         }
-        _ => return Err(invalid(r, "unrecognised path")),
+        _ => return Err(invalid("unrecognised path")),
     };
+    let project_id = project.rsplit_once(':').map_or(project, |(_, id)| id);
+    if project_id.len() > MAX_PROJECT {
+        return Err(too_long(
+            "project id",
+            project_id.chars().count(),
+            MAX_PROJECT,
+        ));
+    }
     if !is_project(project) {
-        return Err(invalid(r, "invalid project"));
+        return Err(invalid("invalid project"));
     }
     if let Some(l) = location
         && !is_location(l)
     {
-        return Err(invalid(r, "invalid location"));
+        return Err(invalid("invalid location"));
+    }
+    if secret.len() > MAX_SECRET_ID {
+        return Err(too_long("secret id", secret.chars().count(), MAX_SECRET_ID));
     }
     if !is_id(secret) {
-        return Err(invalid(r, "invalid secret id"));
+        return Err(invalid("invalid secret id"));
     }
     let version = match (path_version, r.selector()) {
         (Some(_), Some(_)) => {
             return Err(invalid(
-                r,
                 "the version is given both in the path and as ?version=",
             ));
         }
         (Some(v), None) => v,
         (None, Some(Selector::Version(v))) => v.as_str(),
         (None, None) => LATEST,
-        (None, Some(other)) => {
-            return Err(Error::unsupported(format!(
-                "Secret Manager selects versions by number or alias (?version=), not {other:?}"
-            )));
+        (None, Some(_)) => {
+            return Err(Error::unsupported(
+                "Secret Manager selects versions by number or alias (?version=), not by stage",
+            ));
         }
     };
     if !is_id(version) {
-        return Err(invalid(r, "invalid version"));
+        return Err(invalid("invalid version"));
     }
     let name = match location {
         Some(l) => format!("projects/{project}/locations/{l}/secrets/{secret}/versions/{version}"),
@@ -241,6 +279,42 @@ mod tests {
         }
         let e = resolve(&r("gcp-sm://projects/p1/secrets/db?stage=prod"), &d).unwrap_err();
         assert_eq!(e.kind(), &ErrorKind::Unsupported);
+    }
+
+    /// Issue #12: names over Secret Manager's and Resource Manager's limits (secret ids 255,
+    /// project ids 30) are refused with a message that says which part and which limit, and no
+    /// refusal quotes the reference (it may be a value pasted in the wrong place).
+    #[test]
+    fn names_are_checked_against_the_documented_limits_without_quoting_them() {
+        let d = with_project();
+        let long_secret = format!("s3cr3t{}", "x".repeat(250));
+        let long_project = format!("s3cr3t{}", "x".repeat(25));
+        for (bad, says) in [
+            (format!("gcp-sm://projects/p1/secrets/{long_secret}"), "255"),
+            (format!("gcp-sm://{long_secret}"), "255"),
+            (format!("gcp-sm://projects/{long_project}/secrets/db"), "30"),
+            (
+                "gcp-sm://projects/p1/secrets/s3cr3t.x".to_owned(),
+                "secret id",
+            ),
+            ("gcp-sm://projects/S3CR3T/secrets/db".to_owned(), "project"),
+            (
+                "gcp-sm://projects/p1/secrets/s3cr3t/extra".to_owned(),
+                "path",
+            ),
+        ] {
+            let e = resolve(&r(&bad), &d).unwrap_err();
+            assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{bad}");
+            let shown = e.message().to_ascii_lowercase();
+            assert!(shown.contains(says), "{bad}: {shown}");
+            assert!(
+                !shown.contains("s3cr3t"),
+                "the reference was quoted: {shown}"
+            );
+        }
+        // `?version=` is the only query key; a near miss is named.
+        let e = resolve(&r("gcp-sm://db?Version=1"), &d).unwrap_err();
+        assert!(e.to_string().contains("did you mean `version`?"), "{e}");
     }
 
     #[test]

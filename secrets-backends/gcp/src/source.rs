@@ -17,7 +17,7 @@ use keyrack_core::{
 use tokio::sync::OnceCell;
 
 use crate::auth::Auth;
-use crate::errors::{credentials_error, from_gax, is_refused_token};
+use crate::errors::{credentials_error, from_gax, is_refused_token, with_retry_after_header};
 use crate::name::{self, Defaults, Target};
 use crate::rotation::Schedules;
 
@@ -89,17 +89,21 @@ pub(crate) struct Config {
 ///
 /// **Errors** (from the `google.rpc.Status` of the response): NOT_FOUND → `NotFound`,
 /// PERMISSION_DENIED → `PermissionDenied`, UNAUTHENTICATED → `Unauthenticated`,
-/// RESOURCE_EXHAUSTED → `Throttled` (retryable, with `RetryInfo`'s delay when sent),
+/// RESOURCE_EXHAUSTED → `Throttled` (retryable),
 /// UNAVAILABLE and INTERNAL → `Unavailable` (retryable; AIP-194 allows retrying INTERNAL),
 /// DEADLINE_EXCEEDED → `Timeout` (retryable), FAILED_PRECONDITION for a disabled version →
 /// `Disabled` and for a destroyed one → `Deleted` (told apart by the state the message ends
-/// with), INVALID_ARGUMENT → `InvalidRef`, anything else → `Backend`. A token that could not be
-/// obtained is `Unauthenticated` (or `Unavailable` when the auth library says it is transient).
+/// with), INVALID_ARGUMENT → `InvalidRef`, anything else → `Backend`; an answer that is not a
+/// Status (a proxy's page, the envelope without `status`) follows its HTTP status. The wait the
+/// answer asks for is kept whatever the kind: `RetryInfo`'s delay, else `Retry-After` (seconds or
+/// an HTTP-date, read against the builder's clock). A token that could not be obtained is
+/// `Unauthenticated` (or `Unavailable` when the auth library says it is transient).
 ///
 /// **Refused tokens.** When Secret Manager answers a read with UNAUTHENTICATED (a revoked
 /// access token, say) or no token could be obtained (an exchange refused for good), the
 /// credentials and the clients on them are built again, once per failing set of credentials,
-/// so the next read obtains a new token; with
+/// by the next read, which obtains a new token (not sooner: new credentials ask for a token at
+/// once, which would be a retry the client did not make, ahead of its backoff); with
 /// [`with_workload_identity`](crate::GcpBuilder::with_workload_identity) the
 /// [`IdentityToken`](keyrack_core::IdentityToken) is invalidated first, so the new exchange
 /// sends a freshly read subject token. Credentials given with
@@ -109,7 +113,11 @@ pub(crate) struct Config {
 /// first read that needs it and sharing one set of credentials. Each makes one attempt per
 /// request (the SDK's retry loop is off): the engine's backoff is the only retry loop.
 ///
-/// The SDK's response buffers are not zeroized; only the value handed to the engine is.
+/// **What is wiped.** The value handed to the engine is zeroized on drop, and it takes over the
+/// payload buffer of the parsed response (no copy left behind). Not wiped: the HTTP body the SDK
+/// parsed it from (the value in base64) and the TLS and connection buffers under it, which this
+/// crate cannot reach; the subject token the auth library sends to STS is copied into its own
+/// strings, and the access tokens it keeps are its own.
 #[derive(Clone)]
 pub struct GcpSource {
     inner: Arc<Inner>,
@@ -117,7 +125,10 @@ pub struct GcpSource {
 
 struct Inner {
     config: Config,
-    current: Mutex<Arc<Generation>>,
+    /// The credentials in use, or why there are none.
+    current: Mutex<Slot>,
+    /// Numbers the generations, so a failure replaces the one that failed only.
+    generations: std::sync::atomic::AtomicU64,
     /// Held while credentials are built again, so that concurrent failures of one generation
     /// build once.
     rebuilding: tokio::sync::Mutex<()>,
@@ -125,9 +136,24 @@ struct Inner {
     schedules: Schedules,
 }
 
+/// Where the credentials stand.
+enum Slot {
+    Ready(Arc<Generation>),
+    /// Generation `failed` could not give a usable token: the next read builds new credentials.
+    /// Not before: the auth library's refresh task starts with them and asks for a token at
+    /// once, which would retry on the source's own, ahead of the client's backoff. The failed
+    /// generation is let go (and its refresh task with it).
+    Replace {
+        failed: u64,
+    },
+    /// Shut down: the credentials (and the auth library's refresh task) are gone.
+    Closed,
+}
+
 /// Credentials and the clients built on them. Replaced as a whole when the credentials must be
 /// built again.
 struct Generation {
+    id: u64,
     credentials: google_cloud_auth::credentials::Credentials,
     clients: Mutex<HashMap<String, Arc<OnceCell<SecretManagerService>>>>,
 }
@@ -135,7 +161,7 @@ struct Generation {
 impl Generation {
     /// Build the credentials on the blocking pool: a credentials file (or ADC's) is read from
     /// disk. The auth library starts its token refresh task in the runtime from there.
-    async fn build(auth: &Auth) -> Result<Self> {
+    async fn build(auth: &Auth, id: u64) -> Result<Self> {
         let auth = auth.clone();
         let credentials = tokio::task::spawn_blocking(move || auth.credentials())
             .await
@@ -146,6 +172,7 @@ impl Generation {
                 )
             })??;
         Ok(Generation {
+            id,
             credentials,
             clients: Mutex::new(HashMap::new()),
         })
@@ -171,6 +198,13 @@ enum Renewal {
     TokenTimedOut,
 }
 
+fn shut_down() -> Error {
+    Error::new(
+        ErrorKind::Shutdown,
+        "the Secret Manager source was shut down",
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -191,11 +225,12 @@ impl fmt::Debug for GcpSource {
 
 impl GcpSource {
     pub(crate) async fn new(config: Config) -> Result<Self> {
-        let first = Generation::build(&config.auth).await?;
+        let first = Generation::build(&config.auth, 0).await?;
         Ok(GcpSource {
             inner: Arc::new(Inner {
                 config,
-                current: Mutex::new(Arc::new(first)),
+                current: Mutex::new(Slot::Ready(Arc::new(first))),
+                generations: std::sync::atomic::AtomicU64::new(1),
                 rebuilding: tokio::sync::Mutex::new(()),
                 schedules: Schedules::default(),
             }),
@@ -220,8 +255,35 @@ impl GcpSource {
     /// once it has an access token (the time spent waiting for the token is not bounded there:
     /// wrap calls in [`tokio::time::timeout`] to bound it).
     pub async fn client(&self, endpoint: &str) -> Result<SecretManagerService> {
-        let generation = lock(&self.inner.current).clone();
+        let generation = self.generation().await?;
         self.client_of(&generation, endpoint).await
+    }
+
+    /// The current credentials and clients: built again first if the last ones failed (one
+    /// build for concurrent reads).
+    async fn generation(&self) -> Result<Arc<Generation>> {
+        loop {
+            let failed = match &*lock(&self.inner.current) {
+                Slot::Ready(generation) => return Ok(generation.clone()),
+                Slot::Closed => return Err(shut_down()),
+                Slot::Replace { failed } => *failed,
+            };
+            let _one_at_a_time = self.inner.rebuilding.lock().await;
+            if !matches!(&*lock(&self.inner.current), Slot::Replace { failed: f } if *f == failed) {
+                continue;
+            }
+            let id = self
+                .inner
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let fresh = Arc::new(Generation::build(&self.inner.config.auth, id).await?);
+            tracing::debug!("built Secret Manager credentials again");
+            let mut current = lock(&self.inner.current);
+            // Shut down while building: the new credentials are dropped (and their task).
+            if matches!(&*current, Slot::Replace { .. }) {
+                *current = Slot::Ready(fresh);
+            }
+        }
     }
 
     async fn client_of(
@@ -255,38 +317,37 @@ impl GcpSource {
         Ok(client)
     }
 
-    /// Build the credentials (and the clients on them) again after `failed` could not give a
-    /// usable token: the auth library's token cache does not recover from a non-transient
-    /// failure, keeps a token the service refuses until it nears expiry, and waits forever on
-    /// an exchange that never answers. Only the generation that failed is replaced, once, so
-    /// concurrent failures rebuild once; after a refusal the identity token is invalidated
-    /// (once too), so the new exchange reads it again.
-    async fn renew_credentials(&self, failed: &Arc<Generation>, why: Renewal) {
+    /// Have the credentials (and the clients on them) built again, at the next read, after
+    /// `failed` could not give a usable token: the auth library's token cache does not recover
+    /// from a non-transient failure, keeps a token the service refuses until it nears expiry,
+    /// and waits forever on an exchange that never answers. Only the generation that failed is
+    /// replaced, once, so concurrent failures replace it once; after a refusal the identity
+    /// token is invalidated (once too), so the new exchange reads it again. The new credentials
+    /// are built when the client reads again, on its backoff: built now, they would ask for a
+    /// token at once, a retry the client did not make.
+    fn renew_credentials(&self, failed: &Arc<Generation>, why: Renewal) {
         let auth = &self.inner.config.auth;
         if !auth.rebuildable() {
             return;
         }
-        let _one_at_a_time = self.inner.rebuilding.lock().await;
-        if !Arc::ptr_eq(&lock(&self.inner.current), failed) {
-            return;
+        {
+            let mut current = lock(&self.inner.current);
+            if !matches!(&*current, Slot::Ready(g) if g.id == failed.id) {
+                return;
+            }
+            *current = Slot::Replace { failed: failed.id };
         }
+        tracing::debug!(reason = ?why, "Secret Manager credentials to be built again at the next read");
         if why == Renewal::Refused
             && let Some(token) = auth.identity()
         {
             token.invalidate();
         }
-        match Generation::build(auth).await {
-            Ok(fresh) => {
-                tracing::debug!(reason = ?why, "building Secret Manager credentials again");
-                *lock(&self.inner.current) = Arc::new(fresh);
-            }
-            Err(e) => tracing::warn!(error = %e, "Secret Manager credentials could not be rebuilt"),
-        }
     }
 
     async fn access(&self, target: &Target) -> Result<Secret> {
         let endpoint = self.endpoint_for(target.location.as_deref());
-        let generation = lock(&self.inner.current).clone();
+        let generation = self.generation().await?;
         let timeout = self.inner.config.timeout;
         // The SDK's attempt timeout starts after it has a token, and the auth library's token
         // exchange has no timeout of its own: this one bounds the whole read.
@@ -304,14 +365,18 @@ impl GcpSource {
             Ok(Ok(Err(e))) => {
                 if is_refused_token(&e) || credentials_error(&e).is_some_and(|c| !c.is_transient())
                 {
-                    self.renew_credentials(&generation, Renewal::Refused).await;
+                    self.renew_credentials(&generation, Renewal::Refused);
                 }
-                Err(from_gax("AccessSecretVersion", &e))
+                let error = from_gax("AccessSecretVersion", &e);
+                Err(with_retry_after_header(
+                    error,
+                    &e,
+                    self.inner.config.clock.wall(),
+                ))
             }
             Ok(Err(e)) => Err(e),
             Err(_elapsed) if generation.waiting_for_token() => {
-                self.renew_credentials(&generation, Renewal::TokenTimedOut)
-                    .await;
+                self.renew_credentials(&generation, Renewal::TokenTimedOut);
                 Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
@@ -334,7 +399,9 @@ impl GcpSource {
     async fn with_schedule(&self, target: &Target, secret: Secret) -> Secret {
         let config = &self.inner.config;
         let endpoint = self.endpoint_for(target.location.as_deref());
-        let generation = lock(&self.inner.current).clone();
+        let Ok(generation) = self.generation().await else {
+            return secret;
+        };
         let name = target.secret();
         self.inner
             .schedules
@@ -369,7 +436,10 @@ fn secret_from(response: AccessSecretVersionResponse, name: &str) -> Result<Secr
     // Only the name the service returns says which version was read: the one asked for may be
     // an alias (`latest`).
     let version = name::version_of(&response.name).map(Version::new);
-    let mut secret = Secret::new(SecretValue::copy_from_slice(&payload.data));
+    // Taken over rather than copied: the SDK's buffer (when this response holds its only
+    // reference, as a freshly parsed one does) becomes the value's, which wipes it when dropped,
+    // instead of a copy being made and the buffer freed unwiped.
+    let mut secret = Secret::new(SecretValue::from_bytes(Vec::from(payload.data)));
     if let Some(v) = version {
         secret = secret.versioned(v);
     }
@@ -382,6 +452,10 @@ impl SecretSource for GcpSource {
         let mut caps = Capabilities::NONE;
         caps.versions = true;
         caps.binary = true;
+        // Google's own retry loop (google-cloud-gax's ExponentialBackoff, which this source turns
+        // off in favour of the client's) waits at least 1 s before the first retry, doubling to
+        // 60 s; so no retry sooner than a second.
+        caps.retry_floor = Duration::from_secs(1);
         caps
     }
 
@@ -417,8 +491,13 @@ impl SecretSource for GcpSource {
         None
     }
 
-    /// The SDK client keeps no task of its own running.
-    async fn shutdown(&self) {}
+    /// Drops the credentials and the clients on them, which ends the auth library's token
+    /// refresh task (it exchanges or fetches a token again ahead of each access token's expiry).
+    /// Reads afterwards fail with [`ErrorKind::Shutdown`]; a read in flight finishes with the
+    /// credentials it holds.
+    async fn shutdown(&self) {
+        *lock(&self.inner.current) = Slot::Closed;
+    }
 }
 
 #[cfg(test)]

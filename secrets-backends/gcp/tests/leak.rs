@@ -2,7 +2,8 @@
 //! `Debug`, `Display`, errors or events. One test in this binary: it installs a log capture
 //! for its thread. Responses: access_secret_version.documented.json (response.body) with the
 //! canaries as data (and, for `corrupt`, a dataCrc32c that does not match it),
-//! google_rpc_status_errors.assembled.json (404_not_found) for misses, and
+//! google_rpc_status_errors.assembled.json (404_not_found) for misses, its
+//! aip_0193_examples.minimal_404 without `status` for a proxy's 503 echoing a canary, and
 //! sts_token_exchange.assembled.json (sts_success_response_google_auth_tests) for STS.
 
 #![allow(clippy::unwrap_used)]
@@ -57,9 +58,16 @@ async fn no_secret_reaches_logs_debug_display_errors_or_events() {
     ];
     let claimed = checksums[0].clone();
     let sm_store = store.clone();
+    let echoed = canary.clone();
     let sm = FakeServer::http(move |req| {
         // A payload whose checksum does not match: refused, and not quoted in the error.
-        let answer = if req.path.contains("/secrets/corrupt/") {
+        let answer = if req.path.contains("/secrets/proxy/") {
+            // A proxy's 503 in the AIP-193 envelope without `status` (minimal_404's shape),
+            // echoing what it was given: followed by its HTTP status, its text not repeated.
+            let mut body = fixture(STATUS_ERRORS)["aip_0193_examples"]["minimal_404"].clone();
+            body["error"] = json!({"code": 503, "message": format!("upstream said {echoed}")});
+            Response::json(503, &body).header("retry-after", "3")
+        } else if req.path.contains("/secrets/corrupt/") {
             let mut body = access_body(
                 "projects/p1/secrets/corrupt/versions/1",
                 corrupted.as_bytes(),
@@ -89,7 +97,7 @@ async fn no_secret_reaches_logs_debug_display_errors_or_events() {
     let mut both = |d: &dyn std::fmt::Debug, s: &dyn std::fmt::Display| {
         seen.push_str(&format!("{d:?}\n{s}\n"));
     };
-    let refs = ["text", "bin", "json", "absent", "corrupt"].map(gcp_ref);
+    let refs = ["text", "bin", "json", "absent", "corrupt", "proxy"].map(gcp_ref);
     for r in &refs {
         match src.fetch(r).await {
             Ok(s) => both(&s, s.value()),

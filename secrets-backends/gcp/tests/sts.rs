@@ -383,8 +383,18 @@ async fn a_token_exchange_that_never_answers_is_bounded_by_the_timeout() {
     assert!(e.is_retryable());
     assert!(e.to_string().contains("access token"), "{e}");
     assert!(sm.requests().is_empty(), "no request without a token");
-    // The hung exchange is abandoned: the credentials were built again and started a new one
-    // (the old cache would have waited on the first exchange forever).
+    // The hung exchange is abandoned: the next read builds the credentials again and starts a
+    // new one (the old cache would have waited on the first exchange forever). Not before the
+    // client reads again: that would be a retry on the source's own.
+    assert_eq!(sts_server.requests().len(), 1);
+    let e = tokio::time::timeout(
+        Duration::from_secs(2),
+        src.fetch(&gcp_ref("projects/p1/secrets/db")),
+    )
+    .await
+    .expect("the second read is bounded too")
+    .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
     until_requests(&sts_server, 2).await;
 }
 
@@ -444,4 +454,132 @@ async fn an_access_token_secret_manager_refuses_is_replaced_by_a_new_exchange() 
     assert_eq!(s.expose_bytes(), b"v");
     assert_eq!(exchanges.load(Ordering::SeqCst), 2);
     assert_eq!(token.invalidated.load(Ordering::SeqCst), 1);
+}
+
+/// Issue #16: an STS refusal keeps the endpoint's `error` and `error_description` (they describe
+/// the token's claims, never the token), so an expired token and a token for the wrong audience
+/// give different errors; the subject token is not quoted.
+/// Answers: two real STS refusals, as quoted in public files: a wrong audience
+/// (`{"error":"invalid_grant","error_description":"The audience in ID Token [...] does not match
+/// the expected audience."}`, find_string id 56232663698) and a stale token
+/// (`{"error":"invalid_grant","error_description":"ID Token issued at 1713260741 is stale to
+/// sign-in."}`, find_string id 10656543091), in the shape of
+/// `sts_error_response_google_auth_tests`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sts_refusal_keeps_its_error_description() {
+    let refusals = [
+        json!({
+            "error": "invalid_grant",
+            "error_description": "The audience in ID Token [//iam.googleapis.com/projects/573522191771/locations/global/workloadIdentityPools/tfc-pool/providers/tfc-oidc] does not match the expected audience."
+        }),
+        json!({
+            "error": "invalid_grant",
+            "error_description": "ID Token issued at 1713260741 is stale to sign-in."
+        }),
+    ];
+    let mut messages = Vec::new();
+    for refusal in refusals {
+        let description = refusal["error_description"].as_str().unwrap().to_owned();
+        let sts_server = FakeServer::http(move |_| {
+            let body = refusal.clone();
+            async move { Response::json(400, &body) }
+        })
+        .await;
+        let sm = secret_manager(&Store::default(), "never-issued".into()).await;
+        let token = Arc::new(RotatingToken::default());
+        token.set("HEADER.CANARY_PAYLOAD.SIGNATURE");
+        let src = build(&sts_server.url(), &sm.url(), token).await;
+        let e = src
+            .fetch(&gcp_ref("projects/p1/secrets/db"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Unauthenticated, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("invalid_grant"), "{text}");
+        assert!(text.contains(&description), "{text}");
+        assert!(!format!("{e} {e:?}").contains("CANARY_PAYLOAD"), "{e:?}");
+        messages.push(e.message().to_owned());
+    }
+    assert_ne!(messages[0], messages[1]);
+}
+
+/// `shutdown` stops what the source runs: the auth library's token refresh task (it exchanges the
+/// identity token again ahead of each access token's expiry) ends with the credentials, and
+/// reads afterwards fail with `Shutdown` instead of starting a new exchange.
+/// Answers: STS `sts_success_response_google_auth_tests` with `expires_in` shortened to 5 s (the
+/// library then renews 10 s after issue, as in the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_token_refresh() {
+    let sts = fixture(STS);
+    let mut issued = sts["sts_success_response_google_auth_tests"].clone();
+    issued["expires_in"] = json!(5);
+    let access_token = issued["access_token"].as_str().unwrap().to_owned();
+    let sts_server = FakeServer::http(move |_| {
+        let body = issued.clone();
+        async move { Response::json(200, &body) }
+    })
+    .await;
+    let store = Store::default();
+    store.add_version("projects/p1/secrets/db", b"v");
+    let sm = secret_manager(&store, access_token).await;
+    let token = Arc::new(RotatingToken::default());
+    token.set("HEADER.PAYLOAD.SIGNATURE");
+    let src = build(&sts_server.url(), &sm.url(), token).await;
+    src.fetch(&gcp_ref("projects/p1/secrets/db")).await.unwrap();
+    assert_eq!(sts_server.requests().len(), 1);
+
+    src.shutdown().await;
+    // Past the refresh the library would have made 10 s after issue.
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    for _ in 0..26 {
+        tick.tick().await;
+    }
+    assert_eq!(
+        sts_server.requests().len(),
+        1,
+        "the token was exchanged again after shutdown"
+    );
+    let e = src
+        .fetch(&gcp_ref("projects/p1/secrets/db"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Shutdown, "{e}");
+}
+
+/// Issue #16: a refusal that no retry can fix (here STS refusing the subject token) must be
+/// retried when the client asks again (its backoff, never under its floor of a second), not by
+/// the source on its own: the credentials rebuilt after the refusal exchanged again at once
+/// (the auth library's refresh task starts with them), a retry some 50 ms after the failure.
+/// Answers: STS `sts_error_response_google_auth_tests` (HTTP 400), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_exchange_is_retried_only_when_the_client_reads_again() {
+    let refused = fixture(STS)["sts_error_response_google_auth_tests"].clone();
+    let sts_server = FakeServer::http(move |_| {
+        let body = refused.clone();
+        async move { Response::json(400, &body) }
+    })
+    .await;
+    let sm = secret_manager(&Store::default(), "never-issued".into()).await;
+    let token = Arc::new(RotatingToken::default());
+    token.set("HEADER.PAYLOAD.SIGNATURE");
+    let src = build(&sts_server.url(), &sm.url(), token.clone()).await;
+    for attempt in 1..=3 {
+        let e = src
+            .fetch(&gcp_ref("projects/p1/secrets/db"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Unauthenticated, "{e}");
+        // Time for an exchange the source might make on its own.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..6 {
+            tick.tick().await;
+        }
+        assert_eq!(
+            sts_server.requests().len(),
+            attempt,
+            "exchanges after {attempt} read(s)"
+        );
+    }
+    // Each refusal made the token source read the token again for the next exchange.
+    assert_eq!(token.invalidated.load(Ordering::SeqCst), 3);
 }

@@ -1,17 +1,23 @@
 //! Requests to the API server and the mapping of its answers to [`ErrorKind`]s.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keyrack_core::{Error, ErrorKind, IdentityToken, Result};
+use keyrack_core::backoff::parse_retry_after;
+use keyrack_core::{Clock, Error, ErrorKind, IdentityToken, Result};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
 use super::Target;
+use super::data::Data;
+use super::wiping::{WipingBuf, wipe_chunk};
+
+/// The largest answer to a GET of one Secret read: a Secret holds at most 1 MiB (about 1.4 MiB
+/// in base64), and `kubectl apply`'s last-applied annotation may hold it once more.
+const MAX_BODY: usize = 8 << 20;
 
 /// Authenticated GETs against one API server.
 #[derive(Clone)]
@@ -21,6 +27,8 @@ pub(super) struct Api {
     pub(super) token: Arc<dyn IdentityToken>,
     /// Bound on a whole GET; watches are bounded by `timeoutSeconds` and an idle limit instead.
     pub(super) timeout: Duration,
+    /// Its wall time reads a `Retry-After` given as an HTTP-date.
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 /// `metav1.Status`: the body of every failed answer and of a watch `ERROR` event.
@@ -47,16 +55,80 @@ pub(super) struct StatusDetails {
 pub(super) struct ObjectMeta {
     #[serde(default, rename = "resourceVersion")]
     pub(super) resource_version: Option<String>,
+    /// Whether the annotation `k8s.io/initial-events-end` is `"true"`: the BOOKMARK that ends a
+    /// streaming list's initial events.
+    #[serde(default, rename = "annotations")]
+    pub(super) initial_events_end: InitialEventsEnd,
 }
 
-/// A core/v1 Secret. `data` holds base64 text; it is decoded by the caller, straight into
-/// zeroizing buffers.
+/// Reads the one annotation this source needs and skips the others unread: `kubectl apply`'s
+/// last-applied annotation holds the whole manifest, the Secret's data included.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct InitialEventsEnd(pub(super) bool);
+
+impl<'de> Deserialize<'de> for InitialEventsEnd {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Annotations;
+
+        impl<'de> serde::de::Visitor<'de> for Annotations {
+            type Value = InitialEventsEnd;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of annotations")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<InitialEventsEnd, E> {
+                Ok(InitialEventsEnd(false))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<InitialEventsEnd, A::Error> {
+                let mut end = false;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == INITIAL_EVENTS_END {
+                        end = map.next_value::<std::borrow::Cow<'de, str>>()? == "true";
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(InitialEventsEnd(end))
+            }
+        }
+
+        deserializer.deserialize_any(Annotations)
+    }
+}
+
+/// The annotation of the BOOKMARK that ends a streaming list's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// A core/v1 Secret, borrowed from the answer's body. `data` holds base64 text; it is decoded by
+/// the caller, straight into zeroizing buffers.
 #[derive(Deserialize)]
-pub(super) struct SecretObject {
+pub(super) struct SecretObject<'a> {
     #[serde(default)]
     pub(super) metadata: ObjectMeta,
-    #[serde(default)]
-    pub(super) data: Option<BTreeMap<String, String>>,
+    #[serde(default, borrow)]
+    pub(super) data: Option<Data<'a>>,
+}
+
+impl<'a> SecretObject<'a> {
+    /// Parse a GET's body. serde's messages can quote the input (here: base64 of the value), so
+    /// only the position is kept.
+    pub(super) fn parse(body: &'a [u8]) -> Result<Self> {
+        serde_json::from_slice(body).map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the API server answered with a body that is not a Secret (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
+    }
 }
 
 /// What opening a watch gave.
@@ -65,6 +137,9 @@ pub(super) enum Opened {
     Stream(Response),
     /// HTTP 410: the resourceVersion is older than the server keeps.
     Gone,
+    /// A streaming list was asked for and refused (HTTP 422 `Invalid` or 400): the server lacks
+    /// the `WatchList` feature.
+    StreamingRefused,
 }
 
 impl Api {
@@ -84,35 +159,42 @@ impl Api {
         Ok(url)
     }
 
-    /// `GET /api/v1/namespaces/{ns}/secrets/{name}`.
-    pub(super) async fn get_secret(&self, t: &Target) -> Result<SecretObject> {
-        let response = self.send(self.url(t, true)?, false).await?;
+    /// `GET /api/v1/namespaces/{ns}/secrets/{name}`: the body, for [`SecretObject::parse`], read
+    /// into a buffer that wipes itself (it holds the data in base64).
+    pub(super) async fn get_secret(&self, t: &Target) -> Result<WipingBuf> {
+        let mut response = self.send(self.url(t, true)?, false).await?;
         if !response.status().is_success() {
-            return Err(failure(response, t).await);
+            return Err(failure(response, t, self.clock.wall()).await);
         }
-        let body = response.bytes().await.map_err(transport_error)?;
-        // serde's messages can quote the input (here: base64 of the value), so only the
-        // position is kept.
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::new(
-                ErrorKind::Backend,
-                format!(
-                    "the API server answered with a body that is not a Secret (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })
+        let expected = response.content_length().unwrap_or(0);
+        let mut body =
+            WipingBuf::with_capacity(usize::try_from(expected).unwrap_or(0).min(MAX_BODY));
+        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                wipe_chunk(chunk);
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    "the API server's answer is larger than any Secret can be",
+                ));
+            }
+            body.push(&chunk);
+            wipe_chunk(chunk);
+        }
+        Ok(body)
     }
 
     /// A watch of the one named Secret, from `resource_version` (from now, with the current
-    /// object as a synthetic `ADDED`, when `None`).
+    /// object as a synthetic `ADDED`, when `None`). From now and `streaming`, a streaming list:
+    /// the initial events end with a BOOKMARK annotated `k8s.io/initial-events-end`, so the
+    /// absence of the object shows too.
     pub(super) async fn watch(
         &self,
         t: &Target,
         resource_version: Option<&str>,
         timeout_seconds: u64,
+        streaming: bool,
     ) -> Result<Opened> {
+        let streaming = streaming && resource_version.is_none();
         let mut url = self.url(t, false)?;
         {
             let mut q = url.query_pairs_mut();
@@ -123,6 +205,13 @@ impl Api {
             if let Some(rv) = resource_version {
                 q.append_pair("resourceVersion", rv);
             }
+            if streaming {
+                // Kubernetes' streaming lists (KEP-3157; the `WatchList` feature, beta and on by
+                // default since 1.32): "data at least as new as" the request's start, then the
+                // end-of-initial-events BOOKMARK.
+                q.append_pair("sendInitialEvents", "true")
+                    .append_pair("resourceVersionMatch", "NotOlderThan");
+            }
             q.append_pair("allowWatchBookmarks", "true")
                 .append_pair("timeoutSeconds", &timeout_seconds.to_string());
         }
@@ -130,7 +219,10 @@ impl Api {
         match response.status() {
             s if s.is_success() => Ok(Opened::Stream(response)),
             StatusCode::GONE => Ok(Opened::Gone),
-            _ => Err(failure(response, t).await),
+            StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST if streaming => {
+                Ok(Opened::StreamingRefused)
+            }
+            _ => Err(failure(response, t, self.clock.wall()).await),
         }
     }
 
@@ -183,14 +275,16 @@ fn transport_error(e: reqwest::Error) -> Error {
     Error::new(kind, "could not reach the Kubernetes API server").with_cause(e.without_url())
 }
 
-/// The error for a failed answer, from its status and `metav1.Status` body.
-async fn failure(response: Response, t: &Target) -> Error {
+/// The error for a failed answer, from its status and `metav1.Status` body. `Retry-After` is
+/// kept whatever the status (an API server or a proxy in front of it may send it with a 503
+/// too), in seconds or as an HTTP-date counted from `now_wall`.
+async fn failure(response: Response, t: &Target, now_wall: std::time::SystemTime) -> Error {
     let status = response.status();
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(|v| parse_retry_after(v, now_wall));
     let body: Status = match response.bytes().await {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
         Err(_) => Status::default(),
@@ -203,12 +297,14 @@ async fn failure(response: Response, t: &Target) -> Error {
 pub(super) fn classify(
     status: StatusCode,
     body: &Status,
-    retry_after: Option<u64>,
+    retry_after: Option<Duration>,
     t: &Target,
 ) -> Error {
-    let retry_after = retry_after
-        .or(body.details.as_ref().and_then(|d| d.retry_after_seconds))
-        .map(Duration::from_secs);
+    let retry_after = retry_after.or(body
+        .details
+        .as_ref()
+        .and_then(|d| d.retry_after_seconds)
+        .map(Duration::from_secs));
     let (kind, what) = match status.as_u16() {
         401 => (
             ErrorKind::Unauthenticated,

@@ -8,31 +8,49 @@
 //! `{"password":"s3cr3t","username":"admin"}`. `#password` then selects one key the way every
 //! source's `#field` does (through [`Secret::field`], by the client), so a missing key is the same
 //! [`ErrorKind::InvalidValue`] as a missing JSON field anywhere else. A key whose bytes are not
-//! UTF-8 cannot be a JSON string: reading the whole map then fails with `InvalidValue` naming the
-//! key, and that key is read alone, byte for byte, with the parameter `?key=<key>`
-//! (`k8s://apps/tls-store?key=keystore.jks`).
+//! UTF-8 cannot be a JSON string, so it is left out of the map (the text keys stay readable
+//! whatever the others hold, and the version still follows it); it is read alone, byte for
+//! byte, with the parameter `?key=<key>` (`k8s://apps/tls-store?key=keystore.jks`).
 //!
-//! The version is the object's `metadata.resourceVersion`. Kubernetes keeps no older versions, so
-//! `?version=` and `?stage=` are refused as unsupported; there is no cheaper probe than the GET
-//! itself, so the source declares no version probe and the client's routine check is a read.
+//! The version follows the data the reference reads, not the object's `resourceVersion`: a
+//! label, an annotation or `kubectl apply`'s last-applied annotation gives the object a new
+//! resourceVersion without changing a byte of the value, and must not rotate it. It is a digest
+//! of the data (every key, or the one of `?key=`) keyed with random keys made for the source, so
+//! it reveals nothing of a short value; it means nothing outside the process. Kubernetes keeps no
+//! older versions, so `?version=` and `?stage=` are refused as unsupported. The version probe
+//! needs no request while a watch can answer (see `version` on [`KubernetesSecrets`]) and otherwise
+//! reads the Secret (there is no cheaper way to learn its data's version), keeping what it read
+//! for the client's read that follows a changed version: a routine check is one GET.
 //!
 //! # Watching
 //!
 //! A handle on a `k8s://` secret is kept current by a watch of that one object
 //! (`GET …/secrets?fieldSelector=metadata.name%3D<name>&watch=1&allowWatchBookmarks=true`). A
-//! watch without a resume point starts at the most recent state: its synthetic `ADDED` is compared
-//! with the last read, and once it is open the object is read once for a deletion (which has no
-//! `ADDED` to show it), so a change or a deletion between the read and the watch is reported
-//! rather than lost. (Resuming from the read's own resourceVersion would not
+//! watch without a resume point starts at the most recent state as a *streaming list*
+//! (`sendInitialEvents=true&resourceVersionMatch=NotOlderThan`, Kubernetes' `WatchList`
+//! feature, beta and on by default since 1.32): its initial `ADDED` is compared with the last
+//! read, and the `BOOKMARK` annotated `k8s.io/initial-events-end` that ends the initial events
+//! shows a deletion too (the object is not among them), so a change or a deletion between the
+//! read and the watch is reported rather than lost, without a read. A server without streaming
+//! lists refuses them (422 `Invalid`); the source then watches the plain way and reads the
+//! object once after each watch from the most recent state, for the deletion such a watch
+//! cannot show; it asks once per source. (Resuming from the read's own resourceVersion would not
 //! do: it is the revision of the object's last write, usually older than the history the server
-//! keeps, and would be answered 410 every time.) `ADDED`/`MODIFIED` with a new resourceVersion
-//! make the client re-read (and fire `Rotated`), `DELETED` reports the deletion, `BOOKMARK` only
-//! moves the resume point. A stream the server ends (`timeoutSeconds`, 5–10 min at random, as
-//! client-go does) is re-opened from the last change or bookmark it delivered; when the server
-//! has compacted past that point (`ERROR` 410 `Expired`/`Gone` in the stream, or HTTP 410) the
-//! watch starts at the most recent state again (with the check above). Failures back off (1 s
-//! doubling to 60 s, full jitter, honouring Retry-After), and so do repeated 410s and streams that
-//! end without delivering anything.
+//! keeps, and would be answered 410 every time.) `ADDED`/`MODIFIED` with new data make the client
+//! re-read (and fire `Rotated`); with the same data (a metadata-only update) they only move the
+//! resume point, as `BOOKMARK` does; `DELETED` reports the deletion. A stream the server ends
+//! (`timeoutSeconds`, 5–10 min at random, as client-go does) is re-opened from the last change or
+//! bookmark it delivered; when the server has compacted past that point (`ERROR` 410
+//! `Expired`/`Gone` in the stream, or HTTP 410) the watch starts at the most recent state again,
+//! as above. Failures back off (1 s doubling to 60 s, full jitter, honouring Retry-After and an
+//! `ERROR` event's `retryAfterSeconds`), and so do repeated 410s and streams that end without
+//! delivering anything.
+//!
+//! What that costs, as client-go's list and watch: a handle, one read and one watch (the
+//! client's look right after it opens the feed is answered by the watch's first connection);
+//! a 410, no read (one on a server without streaming lists); a change the watch reports, one
+//! read; a deletion, none (the client's retries are answered from the open watch, which reports
+//! a re-creation).
 
 //! # Least privilege
 //!
@@ -63,31 +81,52 @@
 //!
 //! # Credentials and secrecy
 //!
-//! The token is asked of the [`IdentityToken`] at every request, never kept; after a 401 it is
-//! invalidated and the request retried once with a fresh token (the kubelet may have rotated it).
-//! Values are decoded straight into zeroize-on-drop buffers; the base64 text still passes through
-//! the HTTP client's buffers, which are not zeroized. No value or token is logged or put into an
-//! error: server messages kept in errors describe the request, never the data.
+//! The token is asked of the [`IdentityToken`](keyrack_core::IdentityToken) at every request,
+//! never kept; after a 401 it is invalidated and the request retried once with a fresh token
+//! (the kubelet may have rotated it). No value or token is logged or put into an error: server
+//! messages kept in errors describe the request, never the data.
+//!
+//! Wiped when let go of: the body of a GET and the watch stream's lines, which hold the data in
+//! base64 (and, in `kubectl apply`'s last-applied annotation, the whole manifest again), in
+//! buffers that wipe what they release, move or outgrow; each chunk the HTTP client hands over,
+//! once copied, when this crate holds its only reference; the data parsed from them, borrowed in
+//! place (a zeroizing string only if the JSON escaped a character); the decoded values and the
+//! JSON map made of them, in zeroize-on-drop
+//! [`SecretValue`](keyrack_core::SecretValue)s sized up front. Not wiped: the HTTP client's,
+//! hyper's and rustls's own buffers (TLS records, the connection's read buffer, a chunk that
+//! shares it), which this crate cannot reach; serde_json's scratch buffer, used only for a
+//! string with escapes (never base64 as the API server writes it); and the `Authorization`
+//! header, which reqwest copies into its request.
 
 mod api;
+mod builder;
+mod data;
+mod target;
+mod tracked;
+mod value;
 mod watch;
+mod wiping;
 
-use std::collections::{BTreeMap, HashMap};
+pub use builder::KubernetesSecretsBuilder;
+
+use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64::Engine;
 use futures_util::stream::BoxStream;
 use keyrack_core::{
-    Backoff, Capabilities, Clock, Error, ErrorKind, IdentityToken, Lease, Metadata, Result, Secret,
-    SecretRef, SecretSource, SecretValue, Selector, SourceEvent, SystemClock, Version, fetch_each,
+    Backoff, Capabilities, Clock, Error, ErrorKind, Lease, Metadata, Result, Secret, SecretRef,
+    SecretSource, SourceEvent, Version, fetch_each,
 };
-use url::Url;
 
 use api::{Api, SecretObject};
+use data::Fingerprint;
+use target::Target;
+use tracked::{ReadStart, Tracked};
+use value::value_of;
 
 /// Concurrent GETs in `fetch_many` (the API server has no batch read of named objects).
 const FETCH_CONCURRENCY: usize = 8;
@@ -120,9 +159,35 @@ pub struct KubernetesSecrets {
     api: Api,
     clock: Arc<dyn Clock>,
     watch_backoff: Backoff,
-    /// The resourceVersion of the last read of each `namespace/name`: what a new watch compares
-    /// the object's current state with.
-    last_read: Arc<Mutex<HashMap<String, String>>>,
+    /// Makes versions from data.
+    fingerprint: Fingerprint,
+    /// Whether the API server serves streaming lists (cleared at its first refusal).
+    streaming: Arc<AtomicBool>,
+    /// What reads and watches saw of each target, and the watches of each.
+    tracked: Tracked,
+    /// What the version probe read, by target, for the read that follows it.
+    probed: Arc<Mutex<HashMap<String, Probed>>>,
+    /// Set by `shutdown`: the watches end.
+    closed: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// A read made by the version probe.
+struct Probed {
+    at: Instant,
+    /// The target's watch reports when it was read: one since makes it stale.
+    epoch: ReadStart,
+    secret: Secret,
+}
+
+/// How long the version probe's read is kept for the client's read after it (made at once when
+/// the version moved).
+const PROBED_FOR: Duration = Duration::from_secs(1);
+
+fn deleted(t: &Target) -> Error {
+    Error::not_found(format!(
+        "Secret `{}` was deleted (its open watch reports it if it is created again)",
+        t.key()
+    ))
 }
 
 impl fmt::Debug for KubernetesSecrets {
@@ -140,299 +205,57 @@ impl KubernetesSecrets {
         KubernetesSecretsBuilder::default()
     }
 
-    fn remember(&self, t: &Target, resource_version: &str) {
-        let mut seen = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
-        seen.insert(t.key(), resource_version.to_owned());
+    /// GET the Secret and make what `t` reads of it, noting its state for watches and the
+    /// version probe.
+    async fn read(&self, t: &Target) -> Result<Secret> {
+        let id = t.id();
+        let start = self.tracked.read_starts(&id);
+        let body = match self.api.get_secret(t).await {
+            Ok(body) => body,
+            Err(e) => {
+                if e.kind() == &ErrorKind::NotFound {
+                    self.tracked.read(&id, start, None);
+                }
+                return Err(e);
+            }
+        };
+        let object = SecretObject::parse(&body)?;
+        let value = value_of(&object, t)?;
+        let version = self
+            .fingerprint
+            .version(object.data.as_ref(), t.key.as_deref());
+        tracing::trace!(namespace = %t.namespace, name = %t.name, %version, resource_version = ?object.metadata.resource_version, "GET of the Secret");
+        self.tracked.read(&id, start, Some(version.clone()));
+        let mut meta = Metadata::default();
+        meta.version = Some(version);
+        Ok(Secret::with_metadata(value, meta))
     }
-}
 
-/// Builds a [`KubernetesSecrets`].
-pub struct KubernetesSecretsBuilder {
-    api_server: Option<String>,
-    ca_pem: Option<Vec<u8>>,
-    token: Option<Arc<dyn IdentityToken>>,
-    clock: Arc<dyn Clock>,
-    watch_backoff: Backoff,
-    request_timeout: Duration,
-}
-
-impl Default for KubernetesSecretsBuilder {
-    fn default() -> Self {
-        KubernetesSecretsBuilder {
-            api_server: None,
-            ca_pem: None,
-            token: None,
-            clock: Arc::new(SystemClock),
-            watch_backoff: Backoff {
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(60),
+    /// Keep what the version probe read, for the read the client makes right after it when the
+    /// version moved.
+    fn keep_probed(&self, t: &Target, secret: Secret) {
+        let mut probed = self.probed.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        probed.retain(|_, p| now.saturating_duration_since(p.at) <= PROBED_FOR);
+        let epoch = self.tracked.read_starts(&t.id());
+        probed.insert(
+            t.id(),
+            Probed {
+                at: now,
+                epoch,
+                secret,
             },
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl fmt::Debug for KubernetesSecretsBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KubernetesSecretsBuilder")
-            .field("api_server", &self.api_server)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<PEM>"))
-            .field("token", &self.token.as_ref().map(|_| "<IdentityToken>"))
-            .field("watch_backoff", &self.watch_backoff)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
-    }
-}
-
-impl KubernetesSecretsBuilder {
-    /// The pod's API server, CA bundle and service-account token ([`InCluster`](crate::InCluster)).
-    pub fn in_cluster(self, cluster: &crate::InCluster) -> Self {
-        self.api_server(cluster.api_server().as_str())
-            .ca_pem(cluster.ca_pem().to_vec())
-            .token(Arc::new(cluster.token().clone()))
+        );
     }
 
-    /// The API server's URL (`https://kubernetes.default.svc`, `https://10.96.0.1:443`); `https`
-    /// only, since every request carries the token.
-    pub fn api_server(mut self, url: impl AsRef<str>) -> Self {
-        self.api_server = Some(url.as_ref().to_owned());
-        self
-    }
-
-    /// The PEM bundle of the CA(s) that issued the API server's certificate (the pod's
-    /// `ca.crt`); when given, only these are trusted. Without it the platform's store is used.
-    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.ca_pem = Some(pem.into());
-        self
-    }
-
-    /// The bearer token, asked for at every request (a [`ProjectedToken`](crate::ProjectedToken)
-    /// in a pod).
-    pub fn token(mut self, token: Arc<dyn IdentityToken>) -> Self {
-        self.token = Some(token);
-        self
-    }
-
-    /// The clock watches wait on between reconnections (the system clock by default).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Backoff between failed watch (re)connections (1 s doubling to 60 s, full jitter, by
-    /// default); a throttling server's Retry-After is honoured on top.
-    pub fn watch_backoff(mut self, backoff: Backoff) -> Self {
-        self.watch_backoff = backoff;
-        self
-    }
-
-    /// Bound on one GET (30 s by default). Watches are long-lived and bounded otherwise.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Checks the settings and builds the HTTP client.
-    pub fn build(self) -> Result<KubernetesSecrets> {
-        let config = |m: &str| Error::new(ErrorKind::Config, m.to_owned());
-        let raw = self
-            .api_server
-            .ok_or_else(|| config("the API server URL is not set (`api_server`)"))?;
-        let base = Url::parse(&raw).map_err(|e| {
-            Error::new(ErrorKind::Config, "the API server URL is not a URL").with_cause(e)
-        })?;
-        if base.scheme() != "https" {
-            return Err(config(
-                "the API server URL must be https: every request carries the token",
-            ));
-        }
-        let token = self
-            .token
-            .ok_or_else(|| config("no service-account token is set (`token`)"))?;
-        keyrack_core::tls::ensure_crypto_provider();
-        let mut client = reqwest::Client::builder()
-            .https_only(true)
-            .connect_timeout(Duration::from_secs(10))
-            // A redirect would carry the token elsewhere; the API server never redirects reads.
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = &self.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                Error::new(ErrorKind::Config, "the CA bundle is not PEM certificates").with_cause(e)
-            })?;
-            if certs.is_empty() {
-                return Err(config("the CA bundle holds no certificate"));
-            }
-            client = client.tls_certs_only(certs);
-        }
-        let client = client.build().map_err(|e| {
-            Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
-        })?;
-        Ok(KubernetesSecrets {
-            api: Api {
-                client,
-                base,
-                token,
-                timeout: self.request_timeout,
-            },
-            clock: self.clock,
-            watch_backoff: self.watch_backoff,
-            last_read: Arc::default(),
-        })
-    }
-}
-
-/// The object (and key) a reference names.
-#[derive(Clone, Debug)]
-pub(crate) struct Target {
-    namespace: String,
-    name: String,
-    key: Option<String>,
-}
-
-impl Target {
-    fn parse(r: &SecretRef) -> Result<Target> {
-        match r.selector() {
-            Some(Selector::Version(_)) => {
-                return Err(Error::unsupported(
-                    "Kubernetes keeps no older versions of a Secret: remove `?version=`",
-                ));
-            }
-            Some(_) => {
-                return Err(Error::unsupported(
-                    "Kubernetes Secrets have no stages: remove `?stage=`",
-                ));
-            }
-            None => {}
-        }
-        let invalid = |m: String| Error::new(ErrorKind::InvalidRef, m);
-        let mut key = None;
-        for (k, v) in r.params() {
-            if k != KEY_PARAM {
-                return Err(invalid(format!(
-                    "unknown parameter `{k}` (a k8s:// reference takes only `?key=`)"
-                )));
-            }
-            if !is_data_key(v) {
-                return Err(invalid(format!(
-                    "`{v}` is not a Secret key (letters, digits, `-`, `_`, `.`; at most 253)"
-                )));
-            }
-            key = Some(v.clone());
-        }
-        let (namespace, name) = r.path().split_once('/').ok_or_else(|| {
-            invalid("a k8s:// reference is `k8s://<namespace>/<name>[#<key>]`".to_owned())
-        })?;
-        if !is_dns_label(namespace) {
-            return Err(invalid(format!(
-                "`{namespace}` is not a namespace name (lowercase letters, digits and `-`, \
-                 at most 63)"
-            )));
-        }
-        if !is_dns_subdomain(name) {
-            return Err(invalid(format!(
-                "`{name}` is not a Secret name (lowercase letters, digits, `-` and `.`, \
-                 at most 253)"
-            )));
-        }
-        Ok(Target {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            key,
-        })
-    }
-
-    fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// RFC 1123 label: what namespace names must be.
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// RFC 1123 subdomain: what Secret names must be.
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// What the API server accepts as a key of `data`.
-fn is_data_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// Decode one `data` value into a zeroizing buffer (sized up front, so it never reallocates and
-/// leaves a copy behind).
-fn decode(key: &str, b64: &str) -> Result<SecretValue> {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let mut out = Vec::with_capacity(base64::decoded_len_estimate(b64.len()));
-    // The decoder's error names the offending byte, which is part of the value: dropped.
-    engine
-        .decode_vec(b64, &mut out)
-        .map_err(|_| Error::new(ErrorKind::Backend, format!("key `{key}` is not base64")))?;
-    Ok(SecretValue::from_bytes(out))
-}
-
-/// The value a reference reads: one key's bytes, or every key as a JSON object of strings.
-fn value_of(object: &SecretObject, t: &Target) -> Result<SecretValue> {
-    let empty = BTreeMap::new();
-    let data = object.data.as_ref().unwrap_or(&empty);
-    if let Some(key) = &t.key {
-        let b64 = data.get(key).ok_or_else(|| {
-            Error::invalid_value(format!("key `{key}` is not in Secret `{}`", t.key()))
-        })?;
-        return decode(key, b64);
-    }
-    let mut decoded = BTreeMap::new();
-    for (key, b64) in data {
-        decoded.insert(key.as_str(), decode(key, b64)?);
-    }
-    let mut texts = BTreeMap::new();
-    for (key, value) in &decoded {
-        let text = std::str::from_utf8(value.expose_bytes()).map_err(|_| {
-            Error::invalid_value(format!(
-                "key `{key}` of Secret `{}` is binary and cannot be part of the JSON map: \
-                 read it alone with `?{KEY_PARAM}={key}`",
-                t.key()
-            ))
-        })?;
-        texts.insert(*key, text);
-    }
-    // Measured first, so the buffer is allocated once and never leaves a copy of the value in
-    // memory freed by a reallocation.
-    let mut counter = Counter(0);
-    serde_json::to_writer(&mut counter, &texts).map_err(json_write_error)?;
-    let mut json = Vec::with_capacity(counter.0);
-    serde_json::to_writer(&mut json, &texts).map_err(json_write_error)?;
-    Ok(SecretValue::from_bytes(json))
-}
-
-fn json_write_error(e: serde_json::Error) -> Error {
-    // Writing strings into memory cannot fail; should it, serde's text is not kept.
-    let _ = e;
-    Error::new(ErrorKind::Backend, "cannot write the Secret's keys as JSON")
-}
-
-/// A writer that only counts.
-struct Counter(usize);
-
-impl Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    /// What the version probe read for `t` within the last second, unless a watch reported a
+    /// change since.
+    fn take_probed(&self, t: &Target) -> Option<Secret> {
+        let mut probed = self.probed.lock().unwrap_or_else(|p| p.into_inner());
+        let p = probed.remove(&t.id())?;
+        let fresh = self.clock.now().saturating_duration_since(p.at) <= PROBED_FOR
+            && self.tracked.read_starts(&t.id()) == p.epoch;
+        fresh.then_some(p.secret)
     }
 }
 
@@ -445,6 +268,13 @@ impl SecretSource for KubernetesSecrets {
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::NONE;
         caps.watch = true;
+        // The API server's own guidance: API Priority and Fairness rejects with 429 and
+        // `Retry-After: 1` (kubernetes/kubernetes#117734), and client-go's reflector backs off
+        // from 800 ms; so no retry sooner than a second.
+        caps.retry_floor = Duration::from_secs(1);
+        // See `version`: the client's look after its feed opens and its retries after a watch
+        // reported a deletion need no request; any other check is the one GET a read is.
+        caps.version_probe = true;
         // `binary` stays off: the unit a reference reads is the key map, JSON text. Binary keys
         // are readable with `?key=`, but a source must not declare what its plain form refuses.
         caps
@@ -453,15 +283,11 @@ impl SecretSource for KubernetesSecrets {
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
         let annotate = |e: Error| e.with_ref(r);
         let t = Target::parse(r).map_err(annotate)?;
-        let object = self.api.get_secret(&t).await.map_err(annotate)?;
-        let value = value_of(&object, &t).map_err(annotate)?;
-        let mut meta = Metadata::default();
-        if let Some(rv) = &object.metadata.resource_version {
-            self.remember(&t, rv);
-            meta.version = Some(Version::new(rv));
-        }
-        tracing::debug!(secret = %r, version = ?meta.version, "read Secret");
-        let secret = Secret::with_metadata(value, meta);
+        let secret = match self.take_probed(&t) {
+            Some(secret) => secret,
+            None => self.read(&t).await.map_err(annotate)?,
+        };
+        tracing::debug!(secret = %r, version = ?secret.version(), "read Secret");
         // The client strips `#key` and selects it itself; a direct caller gets the same result.
         match r.field() {
             Some(f) => secret.field(f).map_err(annotate),
@@ -473,10 +299,42 @@ impl SecretSource for KubernetesSecrets {
         fetch_each(self, refs, FETCH_CONCURRENCY).await
     }
 
-    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
-        Err(Error::unsupported(
-            "no cheaper probe than a read: a GET of a Secret returns its data too",
-        ))
+    /// Needs no request of its own in two cases. Right after a feed of the secret was made and
+    /// before it connected (the client looks once when it opens a feed), the probe makes the
+    /// watch's first connection and answers with the state its initial events show, which is at
+    /// least as new as the call: the look costs the watch the handle needed anyway. And once an
+    /// open watch has reported the Secret deleted, the probe answers `NotFound` from that (the
+    /// watch reports a re-creation; the client's retries do not read a Secret that is gone).
+    /// Otherwise it reads the Secret (there is no cheaper way to learn its data's version) and
+    /// keeps the result a second for the read that follows a changed version.
+    async fn version(&self, r: &SecretRef) -> Result<Option<Version>> {
+        let annotate = |e: Error| e.with_ref(r);
+        let t = Target::parse(r).map_err(annotate)?;
+        let id = t.id();
+        let watches = if *self.closed.borrow() {
+            Vec::new()
+        } else {
+            self.tracked.watches(&id)
+        };
+        for watch in watches {
+            // Locked: its feed is being polled, so it is connecting or connected already.
+            let Ok(mut watch) = watch.try_lock() else {
+                continue;
+            };
+            if watch.unconnected() && watch.look().await {
+                return match self.tracked.latest(&id) {
+                    Some(Some(version)) => Ok(Some(version)),
+                    _ => Err(annotate(deleted(&t))),
+                };
+            }
+        }
+        if let Some(None) = self.tracked.vouched(&id) {
+            return Err(annotate(deleted(&t)));
+        }
+        let secret = self.read(&t).await.map_err(annotate)?;
+        let version = secret.version().cloned();
+        self.keep_probed(&t, secret);
+        Ok(version)
     }
 
     async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
@@ -495,22 +353,23 @@ impl SecretSource for KubernetesSecrets {
                 return Some(Box::pin(futures_util::stream::once(async move { Err(e) })));
             }
         };
-        // The resume point is looked up when the stream is first polled, not now: the client
-        // reads the secret once more between opening the feed and polling it.
-        let last_read = self.last_read.clone();
-        let resume = move |t: &Target| {
-            let seen = last_read.lock().unwrap_or_else(|p| p.into_inner());
-            seen.get(&t.key()).cloned()
-        };
         Some(watch::watch(
             self.api.clone(),
             t,
-            Box::new(resume),
+            self.tracked.clone(),
+            self.fingerprint.clone(),
+            self.streaming.clone(),
             self.clock.clone(),
             self.watch_backoff,
+            self.closed.subscribe(),
         ))
     }
 
-    /// Watches end when their feeds are dropped, which the client does before this.
-    async fn shutdown(&self) {}
+    /// Ends the source's watches (their connections are let go, also of feeds still held) and
+    /// makes feeds asked for afterwards end at once. Reads still work. The source runs no task
+    /// of its own; the service-account token (a [`ProjectedToken`](crate::ProjectedToken)'s
+    /// directory watch) belongs to whoever made it.
+    async fn shutdown(&self) {
+        self.closed.send_replace(true);
+    }
 }

@@ -84,6 +84,49 @@ pub struct State {
     /// Token requests are answered with this status and `Retry-After` (seconds) until cleared:
     /// Entra ID throttling (429) or an outage (503).
     pub token_failure: Option<(u16, u64)>,
+    /// Answers for the next authorized vault requests, before anything else: each test says
+    /// what each one is shaped after.
+    pub canned: std::collections::VecDeque<Canned>,
+}
+
+/// An answer a test sets up for the vault.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: CannedBody,
+}
+
+#[derive(Clone, Debug)]
+pub enum CannedBody {
+    /// Key Vault's error JSON (`{"error":{"code","message","innererror":{"code"}}}`).
+    Json(Value),
+    /// A page of something in front of the vault (a gateway, a firewall).
+    Html(String),
+}
+
+impl Canned {
+    /// Key Vault's error body with `code`, `message` and the inner error's code, if any.
+    pub fn key_vault(status: u16, code: &str, message: &str, inner: Option<&str>) -> Self {
+        Canned {
+            status,
+            headers: Vec::new(),
+            body: CannedBody::Json(error_body(code, message, inner)),
+        }
+    }
+
+    pub fn html(status: u16, page: &str) -> Self {
+        Canned {
+            status,
+            headers: Vec::new(),
+            body: CannedBody::Html(page.to_owned()),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
 }
 
 impl State {
@@ -232,6 +275,16 @@ fn vault_answer(state: &Mutex<State>, req: &Request) -> Response {
         .is_some_and(|t| st.issued.iter().any(|i| i == t));
     if !authorized {
         return challenge(st.challenge_resource.as_deref());
+    }
+    if let Some(canned) = st.canned.pop_front() {
+        let mut r = match canned.body {
+            CannedBody::Json(body) => Response::json(canned.status, &body),
+            CannedBody::Html(page) => Response::text(canned.status, "text/html", page),
+        };
+        for (name, value) in canned.headers {
+            r = r.header(name, value);
+        }
+        return r;
     }
     if let Some((n, secs)) = st.throttle {
         st.throttle = (n > 1).then_some((n - 1, secs));
