@@ -139,7 +139,8 @@ impl VaultBuilder {
         self
     }
 
-    /// The clock the token keeper schedules by (default: the system clock).
+    /// The clock the token keeper schedules by and `Retry-After` dates are counted from
+    /// (default: the system clock).
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -233,6 +234,7 @@ impl VaultBuilder {
             client,
             address: url,
             namespace: self.namespace,
+            clock: self.clock.clone(),
         };
         let session = Session::new(http, auth, self.clock.clone());
         Ok(VaultSource::new(session, self.clock))

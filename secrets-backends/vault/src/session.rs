@@ -132,7 +132,7 @@ impl Session {
         if !self.can_login() {
             return Ok(None);
         }
-        match Auth::lookup_self(&self.http, token).await {
+        match Auth::check_alive(&self.http, token).await {
             // Alive: the 403 was about the path.
             Ok(()) => Ok(None),
             Err(e)

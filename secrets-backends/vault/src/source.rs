@@ -15,9 +15,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
-use crate::http::{Answer, Envelope};
+use crate::http::{Answer, Body, Envelope, parse};
 use crate::mounts::{Engine, Mount, Mounts, UiMount};
 use crate::session::Session;
+
+/// The shortest wait before the client asks again after a failure: the Vault Go client's
+/// `MinRetryWait` (1 s, `api.DefaultConfig`).
+const RETRY_FLOOR: Duration = Duration::from_secs(1);
 
 /// Secrets from Vault or OpenBao, addressed as `<name>://<path>`:
 ///
@@ -58,9 +62,9 @@ impl std::fmt::Debug for VaultSource {
 }
 
 #[derive(Deserialize)]
-struct Kv2Read {
-    #[serde(default)]
-    data: Option<Box<RawValue>>,
+struct Kv2Read<'a> {
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
     metadata: Kv2VersionMeta,
 }
 
@@ -104,19 +108,6 @@ struct Issued {
     expiration: Option<u64>,
 }
 
-fn parse<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T> {
-    serde_json::from_str(raw.get()).map_err(|e| {
-        Error::new(
-            ErrorKind::Backend,
-            format!(
-                "unexpected shape of Vault's {what} (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
-        )
-    })
-}
-
 fn value_of(raw: &RawValue) -> SecretValue {
     SecretValue::copy_from_slice(raw.get().as_bytes())
 }
@@ -149,7 +140,7 @@ impl VaultSource {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<&serde_json::Value>,
+        body: Option<&Body>,
     ) -> Result<Answer> {
         let session = &self.inner.session;
         let (token, generation) = session.token().await?;
@@ -198,7 +189,7 @@ impl VaultSource {
         let raw = envelope
             .data
             .ok_or_else(|| Error::new(ErrorKind::Backend, "Vault's mount answer has no data"))?;
-        let mount = Mount::from(parse::<UiMount>(&raw, "mount description")?);
+        let mount = Mount::from(parse::<UiMount>(raw.get(), "mount description")?);
         self.inner.mounts.remember(mount.clone());
         Ok(mount)
     }
@@ -219,7 +210,7 @@ impl VaultSource {
         }
         let envelope = answer.envelope().unwrap_or_default();
         let read = match envelope.data {
-            Some(raw) => parse::<Kv2Read>(&raw, "KV v2 answer")?,
+            Some(raw) => parse::<Kv2Read<'_>>(raw.get(), "KV v2 answer")?,
             None if found => {
                 return Err(Error::new(ErrorKind::Backend, "KV v2 answer without data"));
             }
@@ -232,7 +223,7 @@ impl VaultSource {
             .data
             .filter(|d| d.get() != "null")
             .ok_or_else(|| Error::new(ErrorKind::Deleted, "this version has no data"))?;
-        let mut secret = Secret::new(value_of(&data)).versioned(read.metadata.version.to_string());
+        let mut secret = Secret::new(value_of(data)).versioned(read.metadata.version.to_string());
         if let Ok(created) = humantime::parse_rfc3339_weak(&read.metadata.created_time) {
             secret = secret.created_at(created);
         }
@@ -255,7 +246,7 @@ impl VaultSource {
             .envelope()?
             .data
             .ok_or_else(|| Error::new(ErrorKind::Backend, "KV v2 metadata without data"))?;
-        let meta = parse::<Kv2Metadata>(&raw, "KV v2 metadata")?;
+        let meta = parse::<Kv2Metadata>(raw.get(), "KV v2 metadata")?;
         let served = pinned.map_or_else(|| meta.current_version.to_string(), str::to_owned);
         match meta.versions.get(&served) {
             Some(v) => {
@@ -279,7 +270,7 @@ impl VaultSource {
             .envelope()?
             .data
             .ok_or_else(|| Error::not_found("no data at this path"))?;
-        Ok(Secret::new(value_of(&raw)))
+        Ok(Secret::new(value_of(raw)))
     }
 
     /// Any other path: a read, or a write when the reference has parameters.
@@ -288,12 +279,12 @@ impl VaultSource {
         let answer = if r.params().is_empty() {
             self.call(Method::GET, path, &[], None).await?
         } else {
-            let body: serde_json::Map<String, serde_json::Value> = r
+            let fields: serde_json::Map<String, serde_json::Value> = r
                 .params()
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            self.call(Method::POST, path, &[], Some(&body.into()))
+            self.call(Method::POST, path, &[], Some(&Body::json(&fields)?))
                 .await?
         };
         if !answer.status.is_success() {
@@ -303,7 +294,6 @@ impl VaultSource {
         self.warn(&envelope, r);
         let raw = envelope
             .data
-            .as_deref()
             .ok_or_else(|| Error::not_found("no data at this path"))?;
         let issued: Issued = serde_json::from_str(raw.get()).unwrap_or_default();
         let now = self.inner.clock.wall();
@@ -335,18 +325,36 @@ impl VaultSource {
         self.inner.issued.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn warn(&self, envelope: &Envelope, r: &SecretRef) {
+    fn warn(&self, envelope: &Envelope<'_>, r: &SecretRef) {
         for w in envelope.warnings.iter().flatten() {
             tracing::debug!(secret = %r, warning = %w, "Vault warning");
         }
     }
 
-    async fn lease_call(&self, path: &str, body: serde_json::Value) -> Result<Envelope> {
-        let answer = self.call(Method::PUT, path, &[], Some(&body)).await?;
+    /// A `sys/leases/*` call on the lease `id`: the lease as Vault describes it afterwards.
+    async fn lease_call(&self, path: &str, id: &str, body: serde_json::Value) -> Result<Lease> {
+        let answer = self
+            .call(Method::PUT, path, &[], Some(&Body::json(&body)?))
+            .await?;
         if !answer.status.is_success() {
             return Err(answer.error());
         }
-        answer.envelope()
+        let envelope = answer.envelope()?;
+        for w in envelope.warnings.iter().flatten() {
+            // "TTL of … exceeded the effective max_ttl …": the shortened TTL tells the client.
+            tracing::debug!(lease_id = %id, warning = %w, "Vault warning on a lease call");
+        }
+        let id = if envelope.lease_id.is_empty() {
+            id.to_owned()
+        } else {
+            envelope.lease_id.clone()
+        };
+        Ok(Lease::new(
+            id,
+            Duration::from_secs(envelope.lease_duration),
+            envelope.renewable,
+            self.inner.clock.wall(),
+        ))
     }
 }
 
@@ -360,6 +368,7 @@ impl SecretSource for VaultSource {
         caps.revoke = true;
         // The change feed reports new logins: leases of the old token must be re-issued.
         caps.watch = self.inner.session.can_login();
+        caps.retry_floor = RETRY_FLOOR;
         caps
     }
 
@@ -408,26 +417,13 @@ impl SecretSource for VaultSource {
         if let Some(inc) = increment {
             body["increment"] = inc.as_secs().into();
         }
-        let envelope = self.lease_call("sys/leases/renew", body).await?;
-        for w in envelope.warnings.iter().flatten() {
-            // "TTL of … exceeded the effective max_ttl …": the shortened TTL tells the client.
-            tracing::debug!(lease_id = %lease.id, warning = %w, "Vault warning on renewal");
-        }
-        Ok(Lease::new(
-            if envelope.lease_id.is_empty() {
-                lease.id.clone()
-            } else {
-                envelope.lease_id
-            },
-            Duration::from_secs(envelope.lease_duration),
-            envelope.renewable,
-            self.inner.clock.wall(),
-        ))
+        self.lease_call("sys/leases/renew", &lease.id, body).await
     }
 
     async fn revoke(&self, lease: &Lease) -> Result<()> {
         self.lease_call(
             "sys/leases/revoke",
+            &lease.id,
             serde_json::json!({ "lease_id": lease.id }),
         )
         .await

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test binary uses part of this
 
+pub mod fake;
+
 use std::time::Duration;
 
 use keyrack_core::{RotationEvent, RotationEvents, Secret, SecretRef, Secrets};
