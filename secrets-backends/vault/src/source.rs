@@ -17,11 +17,7 @@ use tokio::sync::watch;
 
 use crate::http::{Answer, Body, Envelope, parse};
 use crate::mounts::{Engine, Mount, Mounts, UiMount};
-use crate::session::Session;
-
-/// The shortest wait before the client asks again after a failure: the Vault Go client's
-/// `MinRetryWait` (1 s, `api.DefaultConfig`).
-const RETRY_FLOOR: Duration = Duration::from_secs(1);
+use crate::session::{RETRY_FLOOR, Session};
 
 /// Secrets from Vault or OpenBao, addressed as `<name>://<path>`:
 ///
@@ -445,8 +441,10 @@ impl SecretSource for VaultSource {
         )
     }
 
-    /// Stops the task that keeps the source's own token alive.
+    /// Stops the task that keeps the source's own token alive and waits until it has stopped.
+    /// The keeper never starts again; direct calls still work (the conformance suite reads a
+    /// source after a client it was registered with shut down), with whatever token they get.
     async fn shutdown(&self) {
-        self.inner.session.shutdown();
+        self.inner.session.shutdown().await;
     }
 }

@@ -9,11 +9,142 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake::FakeVault;
+use common::fake::{FakeVault, idle, until};
 use common::r;
 use keyrack_core::{Clock, ErrorKind, ManualClock, SecretSource};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
+
+/// #2: once the token's end has passed and Vault keeps failing, the keeper retried in a hot
+/// loop (its next try was `min(now + delay, end)`, in the past). Budget while Vault is down: at
+/// most 8 renewals and logins in the first simulated minute, between 1 and 3 in each later one
+/// (it keeps trying, so it recovers when Vault does).
+#[tokio::test]
+async fn the_keeper_backs_off_while_vault_is_down() {
+    let vault = FakeVault::start(30).await;
+    let clock = ManualClock::new();
+    let source = vault.source(clock.clone());
+    source.fetch(&r("vault://secret/app")).await.unwrap();
+    assert!(idle(&clock, 1).await, "the keeper waits for the renewal");
+    vault.set_down(true);
+
+    let mut per_minute = Vec::new();
+    'minutes: for _ in 0..10 {
+        let before = vault.keeper_calls();
+        for _ in 0..60 {
+            clock.advance(S(1)).await;
+            if !idle(&clock, 1).await {
+                per_minute.push(vault.keeper_calls() - before);
+                break 'minutes;
+            }
+        }
+        per_minute.push(vault.keeper_calls() - before);
+    }
+    eprintln!("renewals and logins per simulated minute while Vault is down: {per_minute:?}");
+    assert_eq!(
+        per_minute.len(),
+        10,
+        "the keeper stopped waiting between tries: calls per minute {per_minute:?}"
+    );
+    assert!(
+        (1..=8).contains(&per_minute[0]),
+        "first minute: {per_minute:?}"
+    );
+    assert!(
+        per_minute[1..].iter().all(|n| (1..=3).contains(n)),
+        "later minutes: {per_minute:?}"
+    );
+
+    // Vault is back: the keeper gets a token again within the next wait (at most a minute).
+    vault.set_down(false);
+    let logins = vault.count("/v1/auth/approle/login");
+    for _ in 0..61 {
+        clock.advance(S(1)).await;
+        assert!(idle(&clock, 1).await);
+    }
+    assert!(vault.count("/v1/auth/approle/login") > logins);
+    source.fetch(&r("vault://secret/app")).await.unwrap();
+}
+
+/// #10: a renewal answered after a newer login (generation N+1) stored its token (generation N)
+/// over the newer one.
+#[tokio::test]
+async fn a_late_renewal_never_replaces_a_newer_token() {
+    let vault = FakeVault::start(30).await;
+    let clock = ManualClock::new();
+    let source = vault.source(clock.clone());
+    source.fetch(&r("vault://secret/app")).await.unwrap();
+    assert!(idle(&clock, 1).await);
+
+    // The renewal of tok-0 (due at about ⅔ of 30 s) is accepted but its answer is held back.
+    let release = vault.hold("/v1/auth/token/renew-self");
+    clock.advance(S(25)).await;
+    assert!(until(|| vault.count("/v1/auth/token/renew-self") == 1).await);
+    // Meanwhile tok-0 is revoked; a read finds out and logs in again (tok-1).
+    vault.kill("tok-0");
+    source.fetch(&r("vault://secret/second")).await.unwrap();
+    assert_eq!(
+        vault.tokens_sent_to("/v1/secret/data/second"),
+        ["tok-0", "tok-1"]
+    );
+    // Now the renewal of tok-0 lands.
+    *vault.behaviour.hold.lock().unwrap() = None;
+    release.notify_one();
+    assert!(idle(&clock, 1).await);
+
+    source.fetch(&r("vault://secret/third")).await.unwrap();
+    assert_eq!(
+        vault.tokens_sent_to("/v1/secret/data/third"),
+        ["tok-1"],
+        "the renewal of the older token replaced the newer one"
+    );
+}
+
+/// #10: after `shutdown` the keeper is gone for good: it makes no call, a login under way when
+/// the source shut down starts none, and neither does a direct read afterwards (the source stays
+/// usable for direct calls; the client makes none after its shutdown).
+#[tokio::test]
+async fn no_keeper_runs_after_shutdown() {
+    let vault = FakeVault::start(30).await;
+    let clock = ManualClock::new();
+    let source = vault.source(clock.clone());
+    source.fetch(&r("vault://secret/app")).await.unwrap();
+    assert!(idle(&clock, 1).await);
+
+    // A login under way while the source shuts down starts no keeper.
+    let other = vault.source(clock.clone());
+    let release = vault.hold("/v1/auth/approle/login");
+    let reading = tokio::spawn({
+        let other = other.clone();
+        async move { other.fetch(&r("vault://secret/app")).await }
+    });
+    assert!(until(|| vault.count("/v1/auth/approle/login") == 2).await);
+    other.shutdown().await;
+    *vault.behaviour.hold.lock().unwrap() = None;
+    release.notify_one();
+    reading.await.unwrap().unwrap();
+
+    source.shutdown().await;
+    let keeper_calls = vault.keeper_calls();
+    for _ in 0..48 {
+        clock.advance(S(1800)).await;
+        assert!(idle(&clock, 0).await);
+    }
+    // A direct read after shutdown, with a token that must be replaced: still no keeper.
+    vault.kill("tok-0");
+    source.fetch(&r("vault://secret/after")).await.unwrap();
+    let keeper_calls = keeper_calls + 1; // that read's own login
+    for _ in 0..48 {
+        clock.advance(S(1800)).await;
+        assert!(idle(&clock, 0).await);
+    }
+    assert_eq!(
+        vault.keeper_calls(),
+        keeper_calls,
+        "the keeper ran after shutdown"
+    );
+    assert_eq!(clock.sleepers(), 0, "a keeper still waits on the clock");
+}
 
 /// #8: Retry-After is kept on any status (a 503 too), on logins as on reads, and in both of its
 /// forms (seconds and an HTTP date, counted from the source's clock).
