@@ -96,6 +96,11 @@ impl Session {
         self.generation.subscribe()
     }
 
+    /// The generation of the token held now (0 before the first login).
+    pub(crate) fn generation(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |s| s.generation)
+    }
+
     /// The current token and its generation, logging in first if there is none yet.
     pub(crate) async fn token(self: &Arc<Self>) -> Result<(SecretValue, u64)> {
         if let Some(state) = self.current.load_full() {
@@ -160,14 +165,21 @@ impl Session {
     }
 
     /// After a 403 with the token of `generation`: is the token itself dead (expired, revoked)?
-    /// If so, log in again and return the new token; if not, the 403 is a policy answer.
+    /// If so, log in again and return the new token and its generation; if not, the 403 is a
+    /// policy answer.
     pub(crate) async fn recover_from_forbidden(
         self: &Arc<Self>,
         token: &SecretValue,
         generation: u64,
-    ) -> Result<Option<SecretValue>> {
+    ) -> Result<Option<(SecretValue, u64)>> {
         if !self.can_login() {
             return Ok(None);
+        }
+        // Replaced while the request was under way: try the newer token.
+        if let Some(state) = self.current.load_full()
+            && state.generation != generation
+        {
+            return Ok(Some((state.token.clone(), state.generation)));
         }
         match Auth::check_alive(&self.http, token).await {
             // Alive: the 403 was about the path.
@@ -178,8 +190,7 @@ impl Session {
                     ErrorKind::PermissionDenied | ErrorKind::Unauthenticated
                 ) =>
             {
-                let (token, _) = self.login(Some(generation)).await?;
-                Ok(Some(token))
+                self.login(Some(generation)).await.map(Some)
             }
             Err(_) => Ok(None),
         }

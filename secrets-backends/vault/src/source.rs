@@ -130,14 +130,14 @@ impl VaultSource {
     }
 
     /// Send a request with the current token; after a 403 caused by a dead token, log in again
-    /// and send it once more.
+    /// and send it once more. Also returns the generation of the token that got the answer.
     async fn call(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
         body: Option<&Body>,
-    ) -> Result<Answer> {
+    ) -> Result<(Answer, u64)> {
         let session = &self.inner.session;
         let (token, generation) = session.token().await?;
         let answer = session
@@ -145,16 +145,17 @@ impl VaultSource {
             .send(method.clone(), path, query, body, Some(&token))
             .await?;
         if answer.status != StatusCode::FORBIDDEN {
-            return Ok(answer);
+            return Ok((answer, generation));
         }
         match session.recover_from_forbidden(&token, generation).await? {
-            Some(fresh) => {
-                session
+            Some((fresh, generation)) => {
+                let answer = session
                     .http
                     .send(method, path, query, body, Some(&fresh))
-                    .await
+                    .await?;
+                Ok((answer, generation))
             }
-            None => Ok(answer),
+            None => Ok((answer, generation)),
         }
     }
 
@@ -162,7 +163,7 @@ impl VaultSource {
         if let Some(m) = self.inner.mounts.find(path) {
             return Ok(m);
         }
-        let answer = self
+        let (answer, _) = self
             .call(
                 Method::GET,
                 &format!("sys/internal/ui/mounts/{path}"),
@@ -198,7 +199,7 @@ impl VaultSource {
         };
         let query: Vec<(&str, &str)> = version.map(|v| ("version", v)).into_iter().collect();
         let data_path = format!("{}data/{}", mount.path, mount.rest(path));
-        let answer = self.call(Method::GET, &data_path, &query, None).await?;
+        let (answer, _) = self.call(Method::GET, &data_path, &query, None).await?;
         // A deleted or destroyed version answers 404 with its metadata in the body.
         let found = answer.status.is_success();
         if !found && answer.status != StatusCode::NOT_FOUND {
@@ -234,7 +235,7 @@ impl VaultSource {
         pinned: Option<&str>,
     ) -> Result<Option<Version>> {
         let meta_path = format!("{}metadata/{}", mount.path, mount.rest(path));
-        let answer = self.call(Method::GET, &meta_path, &[], None).await?;
+        let (answer, _) = self.call(Method::GET, &meta_path, &[], None).await?;
         if !answer.status.is_success() {
             return Err(answer.error());
         }
@@ -258,7 +259,7 @@ impl VaultSource {
 
     async fn kv1_read(&self, path: &str, r: &SecretRef) -> Result<Secret> {
         no_selectors(r, "KV v1")?;
-        let answer = self.call(Method::GET, path, &[], None).await?;
+        let (answer, _) = self.call(Method::GET, path, &[], None).await?;
         if !answer.status.is_success() {
             return Err(answer.error());
         }
@@ -272,22 +273,45 @@ impl VaultSource {
     /// Any other path: a read, or a write when the reference has parameters.
     async fn logical(&self, path: &str, r: &SecretRef) -> Result<Secret> {
         no_selectors(r, "this path")?;
-        let answer = if r.params().is_empty() {
-            self.call(Method::GET, path, &[], None).await?
+        let body = if r.params().is_empty() {
+            None
         } else {
             let fields: serde_json::Map<String, serde_json::Value> = r
                 .params()
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            self.call(Method::POST, path, &[], Some(&Body::json(&fields)?))
-                .await?
+            Some(Body::json(&fields)?)
         };
-        if !answer.status.is_success() {
-            return Err(answer.error());
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let mut replaced = false;
+        loop {
+            let (answer, generation) = self.call(method.clone(), path, &[], body.as_ref()).await?;
+            if !answer.status.is_success() {
+                return Err(answer.error());
+            }
+            let envelope = answer.envelope()?;
+            // A lease issued under a token replaced while the request was under way dies with
+            // that token, and the change feed already reported the new login: issue it again
+            // under the new token (once; the old lease ends with its token).
+            if !envelope.lease_id.is_empty()
+                && !replaced
+                && self.inner.session.generation() != generation
+            {
+                replaced = true;
+                tracing::debug!(secret = %r, "issued under a token replaced meanwhile; issuing again");
+                continue;
+            }
+            return self.secret_from(&envelope, r);
         }
-        let envelope = answer.envelope()?;
-        self.warn(&envelope, r);
+    }
+
+    fn secret_from(&self, envelope: &Envelope<'_>, r: &SecretRef) -> Result<Secret> {
+        self.warn(envelope, r);
         let raw = envelope
             .data
             .ok_or_else(|| Error::not_found("no data at this path"))?;
@@ -329,7 +353,7 @@ impl VaultSource {
 
     /// A `sys/leases/*` call on the lease `id`: the lease as Vault describes it afterwards.
     async fn lease_call(&self, path: &str, id: &str, body: serde_json::Value) -> Result<Lease> {
-        let answer = self
+        let (answer, _) = self
             .call(Method::PUT, path, &[], Some(&Body::json(&body)?))
             .await?;
         if !answer.status.is_success() {

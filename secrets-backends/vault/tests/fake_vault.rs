@@ -170,3 +170,34 @@ async fn retry_after_is_kept_on_any_status_in_both_forms() {
     assert_eq!(e.kind(), &ErrorKind::Unavailable, "{e}");
     assert_eq!(e.retry_after(), Some(S(30)), "a refused read: {e:?}");
 }
+
+/// #9: a dynamic secret issued under a token that was replaced while the request was under way
+/// would die with that token; it is issued again under the new one.
+#[tokio::test]
+async fn a_lease_issued_under_a_replaced_token_is_issued_again() {
+    let vault = FakeVault::start(3600).await;
+    let clock = ManualClock::new();
+    let source = vault.source(clock.clone());
+    source.fetch(&r("vault://secret/app")).await.unwrap();
+
+    let release = vault.hold("/v1/database/creds/");
+    let reading = tokio::spawn({
+        let source = source.clone();
+        async move { source.fetch(&r("vault://database/creds/app")).await }
+    });
+    assert!(until(|| vault.count("/v1/database/creds/") == 1).await);
+    vault.kill("tok-0");
+    source.fetch(&r("vault://secret/other")).await.unwrap();
+    *vault.behaviour.hold.lock().unwrap() = None;
+    release.notify_one();
+    let secret = reading.await.unwrap().unwrap();
+    assert_eq!(
+        vault.tokens_sent_to("/v1/database/creds/"),
+        ["tok-0", "tok-1"]
+    );
+    assert_eq!(
+        secret.lease().unwrap().id,
+        "database/creds/app/L1",
+        "the lease of the replaced token was served"
+    );
+}
