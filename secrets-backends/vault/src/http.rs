@@ -156,6 +156,12 @@ impl Answer {
 pub(crate) fn classify(status: StatusCode, errors: &str, retry_after: Option<Duration>) -> Error {
     let says = |what: &str| errors.to_ascii_lowercase().contains(what);
     let (kind, what) = match status.as_u16() {
+        // Only a redirect to another origin reaches here (see `redirect_policy`).
+        301 | 302 | 303 | 307 | 308 => (
+            ErrorKind::Unavailable,
+            "Vault redirected the request to another address, which is not followed: the token \
+             would go with it (point the address at the active node or at a load balancer)",
+        ),
         400 if says("lease not found") || says("invalid lease") => {
             (ErrorKind::NotFound, "lease not found")
         }
@@ -185,6 +191,26 @@ pub(crate) fn classify(status: StatusCode, errors: &str, retry_after: Option<Dur
         Some(wait) => error.with_retry_after(wait),
         None => error,
     }
+}
+
+/// Redirects are followed only within the origin of the request (at most 3): a redirect to
+/// another origin would carry `X-Vault-Token` there (reqwest strips only the standard
+/// credentials headers when the host changes). Vault's Go client follows one redirect to any
+/// host; standby nodes forward requests to the active node instead of redirecting since request
+/// forwarding (Vault 0.6.2), so a cross-origin redirect is a proxy or an old setup, and the
+/// answer says to point the address elsewhere.
+pub(crate) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if same_origin && attempt.previous().len() <= 3 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 fn transport_error(e: reqwest::Error) -> Error {
@@ -303,6 +329,7 @@ mod tests {
         assert_eq!(k(400, "missing common_name"), ErrorKind::Backend);
         assert_eq!(k(503, "Vault is sealed"), ErrorKind::Unavailable);
         assert_eq!(k(500, "internal error"), ErrorKind::Unavailable);
+        assert_eq!(k(307, ""), ErrorKind::Unavailable);
         assert!(k(502, "").is_retryable());
         let t = classify(
             StatusCode::TOO_MANY_REQUESTS,

@@ -9,9 +9,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake::{FakeVault, idle, until};
+use common::fake::{FakeVault, envelope, idle, until};
 use common::r;
 use keyrack_core::{Clock, ErrorKind, ManualClock, SecretSource};
+use keyrack_fake_server::{FakeServer, Response};
+use keyrack_vault::VaultBuilder;
+use serde_json::json;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -200,4 +203,89 @@ async fn a_lease_issued_under_a_replaced_token_is_issued_again() {
         "database/creds/app/L1",
         "the lease of the replaced token was served"
     );
+}
+
+/// #15: a redirect to another origin would carry `X-Vault-Token` there; it is not followed. One
+/// to the same origin is.
+#[tokio::test]
+async fn a_redirect_to_another_origin_gets_no_token() {
+    let elsewhere = FakeVault::start(3600).await;
+    let target = elsewhere.url();
+    let vault = FakeServer::http(move |req| {
+        let target = target.clone();
+        async move {
+            match req.path.as_str() {
+                "/v1/auth/token/lookup-self" => Response::json(
+                    200,
+                    &envelope(json!({
+                        "id": "tok-redirected", "accessor": "acc", "creation_time": 0,
+                        "creation_ttl": 0, "display_name": "token", "entity_id": "",
+                        "expire_time": null, "explicit_max_ttl": 0, "issue_time": "",
+                        "meta": null, "num_uses": 0, "orphan": true, "path": "auth/token/create",
+                        "policies": ["root"], "renewable": false, "ttl": 0, "type": "service"
+                    })),
+                ),
+                p if p.starts_with("/v1/sys/internal/ui/mounts/") => Response::json(
+                    200,
+                    &envelope(
+                        json!({ "path": "secret/", "type": "kv", "options": { "version": "2" } }),
+                    ),
+                ),
+                "/v1/secret/data/same" => {
+                    Response::status(307).header("location", "/v1/secret/data/moved")
+                }
+                "/v1/secret/data/moved" => Response::json(
+                    200,
+                    &envelope(json!({ "data": { "v": "moved" }, "metadata": { "version": 1 } })),
+                ),
+                p => Response::status(307).header("location", format!("{target}{p}")),
+            }
+        }
+    })
+    .await;
+    let source = VaultBuilder::new()
+        .with_address(vault.url())
+        .with_token("tok-redirected")
+        .with_clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let moved = source.fetch(&r("vault://secret/same")).await.unwrap();
+    assert_eq!(moved.field("v").unwrap().expose_str().unwrap(), "moved");
+
+    let e = source.fetch(&r("vault://secret/app")).await.unwrap_err();
+    assert!(
+        elsewhere.tokens_sent_to("/").is_empty(),
+        "the token was sent to another origin"
+    );
+    assert!(!e.to_string().contains(&elsewhere.url()), "{e}");
+}
+
+/// #15: over plain http the token travels in clear: only to a loopback address.
+#[test]
+fn plain_http_only_to_loopback() {
+    let build = |address: &str| {
+        VaultBuilder::new()
+            .with_address(address)
+            .with_token("x")
+            .build()
+    };
+    for ok in [
+        "http://127.0.0.1:8200",
+        "http://127.8.0.1:8200",
+        "http://localhost:8200",
+        "http://[::1]:8200",
+        "https://vault.example.com:8200",
+    ] {
+        build(ok).unwrap();
+    }
+    for refused in [
+        "http://vault.example.com:8200",
+        "http://10.0.0.5:8200",
+        "http://localhost.example.com:8200",
+        "http://127.0.0.1.example.com:8200",
+    ] {
+        let e = build(refused).unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Config, "{refused}");
+        assert!(e.to_string().contains("allow_plain_http"), "{e}");
+    }
 }
