@@ -154,8 +154,8 @@ impl VaultBuilder {
         self
     }
 
-    /// The clock the token keeper schedules by and `Retry-After` dates are counted from
-    /// (default: the system clock).
+    /// The clock the token keeper schedules by, mounts are remembered by and `Retry-After`
+    /// dates are counted from (default: the system clock).
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self

@@ -28,6 +28,10 @@ const KEEPER_BACKOFF: Backoff = Backoff {
     max: Duration::from_secs(60),
 };
 
+/// A token found alive by `lookup-self` after a refusal is not looked up again for this long:
+/// a 403 on a path the policy does not grant would otherwise cost a lookup every time.
+const LOOKUP_INTERVAL: Duration = Duration::from_secs(10);
+
 struct TokenState {
     token: SecretValue,
     ttl: Option<Duration>,
@@ -52,6 +56,8 @@ pub(crate) struct Session {
     keeper: Mutex<Option<JoinHandle<()>>>,
     /// Shut down: the keeper is stopped and never started again.
     closed: AtomicBool,
+    /// The last `lookup-self` after a refusal: the generation asked about, and when.
+    looked_up: Mutex<Option<(u64, Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +85,7 @@ impl Session {
             generation: watch::Sender::new(0),
             keeper: Mutex::new(None),
             closed: AtomicBool::new(false),
+            looked_up: Mutex::new(None),
         })
     }
 
@@ -166,7 +173,7 @@ impl Session {
 
     /// After a 403 with the token of `generation`: is the token itself dead (expired, revoked)?
     /// If so, log in again and return the new token and its generation; if not, the 403 is a
-    /// policy answer.
+    /// policy answer. A token found alive is not asked about again for [`LOOKUP_INTERVAL`].
     pub(crate) async fn recover_from_forbidden(
         self: &Arc<Self>,
         token: &SecretValue,
@@ -181,6 +188,17 @@ impl Session {
         {
             return Ok(Some((state.token.clone(), state.generation)));
         }
+        {
+            let now = self.clock.now();
+            let mut last = lock(&self.looked_up);
+            if let Some((g, at)) = *last
+                && g == generation
+                && now < at + LOOKUP_INTERVAL
+            {
+                return Ok(None);
+            }
+            *last = Some((generation, now));
+        }
         match Auth::check_alive(&self.http, token).await {
             // Alive: the 403 was about the path.
             Ok(()) => Ok(None),
@@ -190,6 +208,8 @@ impl Session {
                     ErrorKind::PermissionDenied | ErrorKind::Unauthenticated
                 ) =>
             {
+                // Dead: the next refusal may look again at once (the login may fail).
+                *lock(&self.looked_up) = None;
                 self.login(Some(generation)).await.map(Some)
             }
             Err(_) => Ok(None),

@@ -1,7 +1,8 @@
 //! [`VaultSource`]: the `SecretSource` over Vault / OpenBao.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -18,6 +19,9 @@ use tokio::sync::watch;
 use crate::http::{Answer, Body, Envelope, parse};
 use crate::mounts::{Engine, Mount, Mounts, UiMount};
 use crate::session::{RETRY_FLOOR, Session};
+
+/// Versions of issued secrets remembered (see [`Issued`]).
+const ISSUED_CAPACITY: usize = 1024;
 
 /// Secrets from Vault or OpenBao, addressed as `<name>://<path>`:
 ///
@@ -45,7 +49,58 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Last version issued per writing reference: the version probe answers it, so a routine
     /// check does not issue again (expiry drives re-issue).
-    issued: Mutex<HashMap<String, Version>>,
+    issued: Mutex<Issued>,
+}
+
+/// The version last issued per writing reference, bounded: expired entries go first, then the
+/// oldest. A forgotten reference only costs its next routine check a new issue.
+#[derive(Default)]
+struct Issued {
+    entries: HashMap<String, IssuedEntry>,
+    next: u64,
+}
+
+struct IssuedEntry {
+    version: Version,
+    expires: Option<SystemTime>,
+    order: u64,
+}
+
+impl Issued {
+    fn insert(
+        &mut self,
+        key: String,
+        version: Version,
+        expires: Option<SystemTime>,
+        now: SystemTime,
+    ) {
+        if !self.entries.contains_key(&key) && self.entries.len() >= ISSUED_CAPACITY {
+            self.entries
+                .retain(|_, e| e.expires.is_none_or(|at| at > now));
+            if self.entries.len() >= ISSUED_CAPACITY
+                && let Some(oldest) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.order)
+                    .map(|(k, _)| k.clone())
+            {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.next += 1;
+        self.entries.insert(
+            key,
+            IssuedEntry {
+                version,
+                expires,
+                order: self.next,
+            },
+        );
+    }
+
+    fn get(&self, key: &str) -> Option<Version> {
+        self.entries.get(key).map(|e| e.version.clone())
+    }
 }
 
 impl std::fmt::Debug for VaultSource {
@@ -97,7 +152,7 @@ struct Kv2Metadata {
 
 /// What a PKI issue (or similar) answers besides the value.
 #[derive(Deserialize, Default)]
-struct Issued {
+struct IssuedMeta {
     #[serde(default)]
     serial_number: Option<String>,
     #[serde(default)]
@@ -124,7 +179,7 @@ impl VaultSource {
                 session,
                 mounts: Mounts::default(),
                 clock,
-                issued: Mutex::new(HashMap::new()),
+                issued: Mutex::new(Issued::default()),
             }),
         }
     }
@@ -159,10 +214,49 @@ impl VaultSource {
         }
     }
 
-    async fn mount(&self, path: &str) -> Result<Mount> {
-        if let Some(m) = self.inner.mounts.find(path) {
-            return Ok(m);
+    /// The mount `path` lies under, and whether it came from the cache.
+    async fn mount(&self, path: &str) -> Result<(Mount, bool)> {
+        if let Some(m) = self.inner.mounts.find(path, self.inner.clock.now()) {
+            return Ok((m, true));
         }
+        self.detect_mount(path).await.map(|m| (m, false))
+    }
+
+    /// Run `op` on the mount of `path`. When a cached mount's answer is one a remount would
+    /// cause (404, 403, 405), the mount is detected again (at most once per mount and
+    /// [`RECHECK_GAP`](crate::mounts::RECHECK_GAP)) and, if it changed, `op` runs again on it.
+    async fn on_mount<'a, T, F, Fut>(&'a self, path: &'a str, op: F) -> Result<T>
+    where
+        F: Fn(Mount) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        let (mount, cached) = self.mount(path).await?;
+        let result = op(mount.clone()).await;
+        let remount_like = matches!(
+            &result,
+            Err(e) if matches!(
+                e.kind(),
+                ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::Unsupported
+            )
+        );
+        if !(cached
+            && remount_like
+            && self
+                .inner
+                .mounts
+                .may_recheck(&mount.path, self.inner.clock.now()))
+        {
+            return result;
+        }
+        let fresh = self.detect_mount(path).await?;
+        if fresh == mount {
+            return result;
+        }
+        tracing::info!(mount = %fresh.path, "the Vault mount changed; read again");
+        op(fresh).await
+    }
+
+    async fn detect_mount(&self, path: &str) -> Result<Mount> {
         let (answer, _) = self
             .call(
                 Method::GET,
@@ -187,7 +281,9 @@ impl VaultSource {
             .data
             .ok_or_else(|| Error::new(ErrorKind::Backend, "Vault's mount answer has no data"))?;
         let mount = Mount::from(parse::<UiMount>(raw.get(), "mount description")?);
-        self.inner.mounts.remember(mount.clone());
+        self.inner
+            .mounts
+            .remember(mount.clone(), self.inner.clock.now());
         Ok(mount)
     }
 
@@ -315,7 +411,7 @@ impl VaultSource {
         let raw = envelope
             .data
             .ok_or_else(|| Error::not_found("no data at this path"))?;
-        let issued: Issued = serde_json::from_str(raw.get()).unwrap_or_default();
+        let issued: IssuedMeta = serde_json::from_str(raw.get()).unwrap_or_default();
         let now = self.inner.clock.wall();
         let mut secret = Secret::new(value_of(raw)).created_at(now);
         if !envelope.lease_id.is_empty() {
@@ -330,18 +426,22 @@ impl VaultSource {
         } else if let Some(serial) = &issued.serial_number {
             secret = secret.versioned(serial.as_str());
         }
-        if let Some(exp) = issued.expiration {
-            secret = secret.expires_at(SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
+        let expires = issued
+            .expiration
+            .map(|exp| SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
+        if let Some(at) = expires {
+            secret = secret.expires_at(at);
         }
         if !r.params().is_empty()
             && let Some(v) = secret.version()
         {
-            self.lock_issued().insert(r.to_string(), v.clone());
+            self.lock_issued()
+                .insert(r.as_str().to_owned(), v.clone(), expires, now);
         }
         Ok(secret)
     }
 
-    fn lock_issued(&self) -> std::sync::MutexGuard<'_, HashMap<String, Version>> {
+    fn lock_issued(&self) -> MutexGuard<'_, Issued> {
         self.inner.issued.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -362,7 +462,7 @@ impl VaultSource {
         let envelope = answer.envelope()?;
         for w in envelope.warnings.iter().flatten() {
             // "TTL of … exceeded the effective max_ttl …": the shortened TTL tells the client.
-            tracing::debug!(lease_id = %id, warning = %w, "Vault warning on a lease call");
+            tracing::debug!(warning = %w, "Vault warning on a lease call");
         }
         let id = if envelope.lease_id.is_empty() {
             id.to_owned()
@@ -394,22 +494,24 @@ impl SecretSource for VaultSource {
 
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
         let path = r.path().trim_matches('/');
-        let mount = self.mount(path).await?;
-        match mount.engine {
-            Engine::Kv2 => {
-                if !r.params().is_empty() {
-                    return Err(Error::unsupported("KV v2 reads take no parameters"));
+        self.on_mount(path, |mount| async move {
+            match mount.engine {
+                Engine::Kv2 => {
+                    if !r.params().is_empty() {
+                        return Err(Error::unsupported("KV v2 reads take no parameters"));
+                    }
+                    self.kv2_read(&mount, path, r).await
                 }
-                self.kv2_read(&mount, path, r).await
-            }
-            Engine::Kv1 => {
-                if !r.params().is_empty() {
-                    return Err(Error::unsupported("KV v1 reads take no parameters"));
+                Engine::Kv1 => {
+                    if !r.params().is_empty() {
+                        return Err(Error::unsupported("KV v1 reads take no parameters"));
+                    }
+                    self.kv1_read(path, r).await
                 }
-                self.kv1_read(path, r).await
+                Engine::Other => self.logical(path, r).await,
             }
-            Engine::Other => self.logical(path, r).await,
-        }
+        })
+        .await
     }
 
     async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
@@ -418,18 +520,18 @@ impl SecretSource for VaultSource {
 
     async fn version(&self, r: &SecretRef) -> Result<Option<Version>> {
         let path = r.path().trim_matches('/');
-        let mount = self.mount(path).await?;
-        match mount.engine {
-            Engine::Kv2 => match r.selector() {
-                None => self.kv2_version(&mount, path, None).await,
-                Some(Selector::Version(v)) => self.kv2_version(&mount, path, Some(v)).await,
-                Some(_) => Err(Error::unsupported("KV v2 has versions, not stages")),
-            },
-            Engine::Other if !r.params().is_empty() => {
-                Ok(self.lock_issued().get(&r.to_string()).cloned())
+        self.on_mount(path, |mount| async move {
+            match mount.engine {
+                Engine::Kv2 => match r.selector() {
+                    None => self.kv2_version(&mount, path, None).await,
+                    Some(Selector::Version(v)) => self.kv2_version(&mount, path, Some(v)).await,
+                    Some(_) => Err(Error::unsupported("KV v2 has versions, not stages")),
+                },
+                Engine::Other if !r.params().is_empty() => Ok(self.lock_issued().get(r.as_str())),
+                _ => Ok(None),
             }
-            _ => Ok(None),
-        }
+        })
+        .await
     }
 
     async fn renew(&self, lease: &Lease, increment: Option<Duration>) -> Result<Lease> {

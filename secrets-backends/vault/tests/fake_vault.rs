@@ -260,6 +260,54 @@ async fn a_redirect_to_another_origin_gets_no_token() {
     assert!(!e.to_string().contains(&elsewhere.url()), "{e}");
 }
 
+/// #15: a token that is alive but refused on some paths cost a `lookup-self` per refusal; it is
+/// looked up at most once per token generation and short interval.
+#[tokio::test]
+async fn a_live_token_is_looked_up_once_for_many_refusals() {
+    let vault = FakeVault::start(3600).await;
+    let clock = ManualClock::new();
+    let source = vault.source(clock.clone());
+    source.fetch(&r("vault://secret/app")).await.unwrap();
+    for i in 0..20 {
+        let e = source
+            .fetch(&r(&format!("vault://secret/denied/x{i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::PermissionDenied, "{e}");
+    }
+    assert_eq!(vault.count("/v1/auth/token/lookup-self"), 1);
+    clock.advance(S(60)).await;
+    source
+        .fetch(&r("vault://secret/denied/later"))
+        .await
+        .unwrap_err();
+    assert_eq!(vault.count("/v1/auth/token/lookup-self"), 2);
+}
+
+/// #15: the versions of issued certificates were kept for every distinct reference ever issued.
+#[tokio::test]
+async fn issued_versions_are_bounded() {
+    let vault = FakeVault::start(3600).await;
+    let source = vault.source(ManualClock::new());
+    let issue = |i: usize| {
+        r(&format!(
+            "vault://pki/issue/app?common_name=h{i}.example.test"
+        ))
+    };
+    for i in 0..1100 {
+        source.fetch(&issue(i)).await.unwrap();
+    }
+    assert_eq!(
+        source.version(&issue(1099)).await.unwrap(),
+        Some("sn-1099".into())
+    );
+    assert_eq!(
+        source.version(&issue(0)).await.unwrap(),
+        None,
+        "every issued reference is remembered"
+    );
+}
+
 /// #15: over plain http the token travels in clear: only to a loopback address.
 #[test]
 fn plain_http_only_to_loopback() {
