@@ -163,6 +163,42 @@ fn value_of(raw: &RawValue) -> SecretValue {
     SecretValue::copy_from_slice(raw.get().as_bytes())
 }
 
+/// Whether a parameter key looks like a misspelled selector (`Version`, `versionId`,
+/// `stgae`, `Stage`): refused on writing paths, whose other parameters are the request body.
+fn looks_like_selector(key: &str) -> bool {
+    let k = key.to_ascii_lowercase().replace(['_', '-'], "");
+    ["version", "stage"].iter().any(|s| {
+        k.starts_with(s)
+            || (k.len() == s.len()
+                && k.bytes().zip(s.bytes()).filter(|(a, b)| a != b).count() == 2
+                && {
+                    let mut a: Vec<u8> = k.bytes().collect();
+                    let mut b: Vec<u8> = s.bytes().collect();
+                    a.sort_unstable();
+                    b.sort_unstable();
+                    a == b
+                })
+    })
+}
+
+/// Refuse parameters the engine does not take: none on KV paths (a KV read has only
+/// `?version=`), and selector look-alikes on other paths (a parameter there makes the read a
+/// write).
+fn check_params(r: &SecretRef, engine: &Engine) -> Result<()> {
+    match engine {
+        Engine::Kv1 | Engine::Kv2 => r.expect_params(&[]),
+        Engine::Other => {
+            let known: Vec<&str> = r
+                .params()
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| !looks_like_selector(k))
+                .collect();
+            r.expect_params(&known)
+        }
+    }
+}
+
 fn no_selectors(r: &SecretRef, what: &str) -> Result<()> {
     if r.selector().is_some() {
         return Err(Error::unsupported(format!(
@@ -495,19 +531,10 @@ impl SecretSource for VaultSource {
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
         let path = r.path().trim_matches('/');
         self.on_mount(path, |mount| async move {
+            check_params(r, &mount.engine)?;
             match mount.engine {
-                Engine::Kv2 => {
-                    if !r.params().is_empty() {
-                        return Err(Error::unsupported("KV v2 reads take no parameters"));
-                    }
-                    self.kv2_read(&mount, path, r).await
-                }
-                Engine::Kv1 => {
-                    if !r.params().is_empty() {
-                        return Err(Error::unsupported("KV v1 reads take no parameters"));
-                    }
-                    self.kv1_read(path, r).await
-                }
+                Engine::Kv2 => self.kv2_read(&mount, path, r).await,
+                Engine::Kv1 => self.kv1_read(path, r).await,
                 Engine::Other => self.logical(path, r).await,
             }
         })
@@ -521,6 +548,7 @@ impl SecretSource for VaultSource {
     async fn version(&self, r: &SecretRef) -> Result<Option<Version>> {
         let path = r.path().trim_matches('/');
         self.on_mount(path, |mount| async move {
+            check_params(r, &mount.engine)?;
             match mount.engine {
                 Engine::Kv2 => match r.selector() {
                     None => self.kv2_version(&mount, path, None).await,

@@ -308,6 +308,43 @@ async fn issued_versions_are_bounded() {
     );
 }
 
+/// #12: parameters a read does not know are refused instead of reading something else (a KV
+/// read ignoring `?Version=`) or writing (`?stgae=` made a read of a dynamic secret a POST).
+#[tokio::test]
+async fn unknown_parameters_are_refused() {
+    let vault = FakeVault::start(3600).await;
+    let source = vault.source(ManualClock::new());
+    source.fetch(&r("vault://secret/app")).await.unwrap();
+    let before = vault.server.requests().len();
+    for (uri, hint) in [
+        ("vault://secret/app?Version=2", "version"),
+        ("vault://secret/app?versionId=2", "version"),
+        ("vault://database/creds/app?stgae=current", "stage"),
+        ("vault://database/creds/app?Stage=current", "stage"),
+    ] {
+        let e = source.fetch(&r(uri)).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{uri}: {e}");
+        assert!(e.to_string().contains(hint), "{uri}: {e}");
+        let e = source.version(&r(uri)).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{uri}: {e}");
+    }
+    assert_eq!(
+        vault.server.requests()[before..]
+            .iter()
+            .filter(|q| !q.path.starts_with("/v1/sys/internal/ui/mounts/"))
+            .count(),
+        0,
+        "a refused reference reached Vault"
+    );
+    // An issuing endpoint takes its own parameters.
+    source
+        .fetch(&r(
+            "vault://pki/issue/app?common_name=a.example.test&ttl=1h",
+        ))
+        .await
+        .unwrap();
+}
+
 /// #15: over plain http the token travels in clear: only to a loopback address.
 #[test]
 fn plain_http_only_to_loopback() {
