@@ -213,7 +213,8 @@ impl AwsBuilder {
         self
     }
 
-    /// The clock the batch fallback sleeps on.
+    /// The clock the batch fallback sleeps on and `Retry-After` dates are counted from (default:
+    /// the system clock).
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self

@@ -25,6 +25,11 @@ const BATCH_SIZE: usize = 20;
 /// Batches of one `fetch_many` in flight at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// The shortest wait before the client asks again after a failure: the base delay of the AWS
+/// SDKs' standard retry mode (1 s, `RetryConfig::standard()` in aws-smithy-types; the AWS SDKs
+/// and Tools reference guide, "Retry behavior").
+const RETRY_FLOOR: Duration = Duration::from_secs(1);
+
 /// Settings of [`AwsSource`] that [`AwsBuilder`](crate::AwsBuilder) exposes.
 #[derive(Clone, Debug)]
 pub(crate) struct Tuning {
@@ -185,7 +190,7 @@ impl AwsSource {
         let out = request
             .send()
             .await
-            .map_err(|e| from_sdk("GetSecretValue", e))?;
+            .map_err(|e| from_sdk("GetSecretValue", e, self.clock.wall()))?;
         secret_from(
             out.secret_string,
             out.secret_binary,
@@ -237,7 +242,7 @@ impl AwsSource {
             .set_secret_id_list(Some(ids.to_vec()))
             .send()
             .await
-            .map_err(|e| from_sdk("BatchGetSecretValue", e));
+            .map_err(|e| from_sdk("BatchGetSecretValue", e, self.clock.wall()));
         let mut slots: Vec<Option<Result<Secret>>> = vec![None; ids.len()];
         match response {
             Ok(out) => {
@@ -306,6 +311,7 @@ impl SecretSource for AwsSource {
         caps.versions = true;
         caps.stages = true;
         caps.binary = true;
+        caps.retry_floor = RETRY_FLOOR;
         caps
     }
 
@@ -324,7 +330,7 @@ impl SecretSource for AwsSource {
                 None => Ok(secret),
             },
             Err(e) => {
-                let e = from_sdk("DescribeSecret", e);
+                let e = from_sdk("DescribeSecret", e, self.clock.wall());
                 tracing::debug!(secret = id, error = %e, "no rotation schedule");
                 Ok(secret)
             }
@@ -387,7 +393,7 @@ impl SecretSource for AwsSource {
             .secret_id(id)
             .send()
             .await
-            .map_err(|e| from_sdk("DescribeSecret", e))?;
+            .map_err(|e| from_sdk("DescribeSecret", e, self.clock.wall()))?;
         if d.deleted_date().is_some() {
             return Err(Error::new(
                 ErrorKind::Deleted,
