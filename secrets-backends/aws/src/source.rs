@@ -25,6 +25,11 @@ const BATCH_SIZE: usize = 20;
 /// Batches of one `fetch_many` in flight at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// The longest secret name Secrets Manager accepts, in characters (CreateSecret `Name`).
+const MAX_NAME: usize = 256;
+/// The longest secret id it accepts, an ARN (GetSecretValue `SecretId`).
+const MAX_ARN: usize = 2048;
+
 /// The shortest wait before the client asks again after a failure: the base delay of the AWS
 /// SDKs' standard retry mode (1 s, `RetryConfig::standard()` in aws-smithy-types; the AWS SDKs
 /// and Tools reference guide, "Retry behavior").
@@ -84,6 +89,11 @@ impl Default for Tuning {
 /// jittered backoff (at most 4 attempts); see
 /// [`AwsBuilder::with_batch_fallback`](crate::AwsBuilder::with_batch_fallback).
 ///
+/// **References.** Only the `?version=` and `?stage=` selectors are taken: any other parameter
+/// (`?Stage=`, `?versionId=`) is refused as `InvalidRef` rather than ignored. Names longer than
+/// 256 characters and ARNs longer than 2,048 (the service's limits) are refused the same way,
+/// without a request.
+///
 /// **Errors.** ResourceNotFoundException → `NotFound`; AccessDeniedException →
 /// `PermissionDenied`; ThrottlingException / HTTP 429 → `Throttled` (retryable); a secret
 /// scheduled for deletion → `Deleted`; DecryptionFailure → `Corrupted`; InternalServiceError,
@@ -124,14 +134,30 @@ fn pick(r: &SecretRef) -> Result<Pick<'_>> {
     }
 }
 
+/// The secret id of `r`, after refusing what Secrets Manager would not take: parameters other
+/// than the selectors, an empty id, names and ARNs over the service's limits. Errors do not
+/// quote the id (it may be a value passed by mistake).
 fn secret_id(r: &SecretRef) -> Result<&str> {
-    match r.path() {
-        "" => Err(Error::new(
-            ErrorKind::InvalidRef,
-            "an aws-sm reference needs a secret name or ARN",
-        )),
-        id => Ok(id),
+    r.expect_params(&[])?;
+    let id = r.path();
+    let invalid = |m: String| Error::new(ErrorKind::InvalidRef, m);
+    if id.is_empty() {
+        return Err(invalid(
+            "an aws-sm reference needs a secret name or ARN".into(),
+        ));
     }
+    let (what, max) = if id.starts_with("arn:") {
+        ("ARN", MAX_ARN)
+    } else {
+        ("name", MAX_NAME)
+    };
+    let len = id.chars().count();
+    if len > max {
+        return Err(invalid(format!(
+            "the secret {what} is {len} characters long; Secrets Manager takes at most {max}"
+        )));
+    }
+    Ok(id)
 }
 
 fn wall(t: &DateTime) -> Option<SystemTime> {
@@ -415,8 +441,8 @@ impl SecretSource for AwsSource {
         match found {
             Some(id) => Ok(Some(Version::new(id))),
             None => Err(Error::not_found(match pick {
-                Pick::Version(v) => format!("version {v} no longer exists"),
-                Pick::Stage(s) => format!("no version carries the stage {s}"),
+                Pick::Version(_) => "the pinned version no longer exists",
+                Pick::Stage(_) => "no version carries the requested stage",
             })),
         }
     }

@@ -1,5 +1,6 @@
 //! Faults and misuse against moto, with the faults made by an interceptor (moto cannot throttle
-//! or fail on demand) and every request counted: Retry-After in both forms on any status (#8).
+//! or fail on demand) and every request counted: Retry-After in both forms on any status (#8),
+//! parameters and names Secrets Manager does not take (#12).
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use keyrack_core::{Clock, ErrorKind, ManualClock, SecretSource};
+use keyrack_core::{Clock, ErrorKind, ManualClock, SecretRef, SecretSource};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -40,4 +41,76 @@ async fn retry_after_is_kept_on_any_status_in_both_forms() {
     let e = src.fetch(&aws_ref(&name)).await.unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::Throttled, "{e}");
     assert_eq!(e.retry_after(), Some(S(7)), "{e:?}");
+}
+
+/// #12: a parameter Secrets Manager does not take was ignored (`?Stage=AWSPENDING`,
+/// `?stgae=`, `?versionId=` read AWSCURRENT); names and ARNs longer than the service allows
+/// were sent. Both are InvalidRef now, without a request and without quoting the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_parameters_and_overlong_names_are_refused() {
+    let log = RequestLog::default();
+    let src = builder()
+        .with_interceptor(log.clone())
+        .build()
+        .await
+        .unwrap();
+    let name = uniq("params");
+    put(&src, &name, b"current").await.unwrap();
+    log.clear();
+
+    let base = aws_ref(&name);
+    let cases = [
+        (
+            base.clone().with_param("Stage", "AWSPENDING").unwrap(),
+            "stage",
+        ),
+        (
+            base.clone().with_param("stgae", "AWSPENDING").unwrap(),
+            "stage",
+        ),
+        (
+            base.clone().with_param("versionId", "x").unwrap(),
+            "version",
+        ),
+    ];
+    for (r, hint) in &cases {
+        let e = src.fetch(r).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{r}: {e}");
+        assert!(e.message().contains(hint), "{r}: {e}");
+        assert_eq!(
+            src.version(r).await.unwrap_err().kind(),
+            &ErrorKind::InvalidRef
+        );
+    }
+    let long_name = format!("n{}", "x".repeat(256));
+    let long_arn = format!(
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:{}",
+        "y".repeat(2048)
+    );
+    for id in [&long_name, &long_arn] {
+        let r = SecretRef::new("aws-sm", id).unwrap();
+        let e = src.fetch(&r).await.unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::InvalidRef, "{e}");
+        assert!(!e.message().contains("xxxxxxxx") && !e.message().contains("yyyyyyyy"));
+        assert_eq!(
+            src.version(&r).await.unwrap_err().kind(),
+            &ErrorKind::InvalidRef
+        );
+    }
+    let refs: Vec<SecretRef> = cases.iter().map(|(r, _)| r.clone()).collect();
+    for result in src.fetch_many(&refs).await {
+        assert_eq!(result.unwrap_err().kind(), &ErrorKind::InvalidRef);
+    }
+    assert_eq!(
+        log.operations(),
+        Vec::<String>::new(),
+        "refused references were sent"
+    );
+
+    // At the limits, names are sent (and simply not found).
+    let at_limit = SecretRef::new("aws-sm", &"z".repeat(256)).unwrap();
+    assert_eq!(
+        src.fetch(&at_limit).await.unwrap_err().kind(),
+        &ErrorKind::NotFound
+    );
 }

@@ -434,6 +434,20 @@ async fn secret_values_never_appear_in_debug_display_or_errors() {
         s.json::<u32>().unwrap_err(),
         s.field("password").unwrap_err(),
     ];
+    // A value passed where a name belongs, too long to be one: refused without quoting it.
+    let pasted = [
+        format!("{canary}-{}", "x".repeat(300)),
+        format!(
+            "arn:aws:secretsmanager:us-east-1:1:secret:{canary}-{}",
+            "x".repeat(2100)
+        ),
+    ];
+    let mut errors = errors;
+    for id in &pasted {
+        let r = SecretRef::new("aws-sm", id).unwrap();
+        errors.push(src.fetch(&r).await.unwrap_err());
+        errors.push(src.version(&r).await.unwrap_err());
+    }
     let secrets = client(src.clone());
     let mut all_errors = errors;
     all_errors.push(
