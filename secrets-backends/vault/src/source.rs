@@ -37,6 +37,11 @@ const ISSUED_CAPACITY: usize = 1024;
 ///   each fetch issues anew; a certificate's `expiration` becomes the value's expiry, its serial
 ///   number the version.
 ///
+/// Parameters a path does not take are refused as [`ErrorKind::InvalidRef`], with a hint: any
+/// on a KV path (only the `?version=` selector is), and on other paths a key that looks like a
+/// misspelled selector (`?Version=`, `?Stage=`, `?stgae=`, `?versionId=`), which would otherwise
+/// turn a read into a write.
+///
 /// Build one with [`VaultBuilder`](crate::VaultBuilder).
 #[derive(Clone)]
 pub struct VaultSource {
