@@ -15,7 +15,7 @@ use aws_sdk_secretsmanager::config::{
     SharedHttpClient, SharedInterceptor,
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SystemClock};
+use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 
 use crate::source::{AwsSource, Tuning};
 
@@ -198,22 +198,15 @@ impl AwsBuilder {
         self
     }
 
-    /// How a throttled batch falls back to single reads: at most `concurrency` requests at a
-    /// time, each tried at most `attempts` times with `backoff` (full jitter) between throttled
-    /// attempts. Defaults: 8, 4, 100 ms..2 s.
-    pub fn with_batch_fallback(
-        mut self,
-        concurrency: usize,
-        attempts: u32,
-        backoff: Backoff,
-    ) -> Self {
+    /// How many single reads a throttled or refused batch falls back to at a time (default
+    /// 8). The fallback stops as soon as a single read is throttled too (see [`AwsSource`]).
+    pub fn with_batch_fallback(mut self, concurrency: usize) -> Self {
         self.tuning.fallback_concurrency = concurrency.max(1);
-        self.tuning.fallback_attempts = attempts.max(1);
-        self.tuning.fallback_backoff = backoff;
         self
     }
 
-    /// The clock the batch fallback sleeps on.
+    /// The clock `Retry-After` dates are counted from and a probe's rotation date is kept by
+    /// (default: the system clock).
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self

@@ -5,10 +5,11 @@
 //! (which never contain a secret value) or ours; a response that could not be parsed is reported
 //! without its details, since its body may hold a value.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use keyrack_core::backoff::parse_retry_after;
 use keyrack_core::{Error, ErrorKind};
 
 /// The kind of a Secrets Manager error from its code, message and HTTP status.
@@ -78,16 +79,17 @@ fn describe(op: &str, kind: &ErrorKind, code: Option<&str>, message: Option<&str
     s
 }
 
-/// `Retry-After` in seconds, if the response carries one (Secrets Manager rarely does).
-fn retry_after(raw: &HttpResponse) -> Option<Duration> {
+/// `Retry-After`, if the response carries one (Secrets Manager rarely does; a proxy or a load
+/// balancer in front of it may, on any status): seconds or an HTTP date, counted from `now`.
+fn retry_after(raw: &HttpResponse, now: SystemTime) -> Option<Duration> {
     raw.headers()
         .get("retry-after")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(|v| parse_retry_after(v, now))
 }
 
-/// Map an SDK error of operation `op` (e.g. `GetSecretValue`).
-pub(crate) fn from_sdk<E>(op: &str, err: SdkError<E, HttpResponse>) -> Error
+/// Map an SDK error of operation `op` (e.g. `GetSecretValue`); `now` is the wall time of the
+/// source's clock, which a `Retry-After` date is counted from.
+pub(crate) fn from_sdk<E>(op: &str, err: SdkError<E, HttpResponse>, now: SystemTime) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -97,7 +99,7 @@ where
             let e = ctx.err();
             let kind = kind_for(e.code(), e.message(), Some(raw.status().as_u16()));
             let error = Error::new(kind.clone(), describe(op, &kind, e.code(), e.message()));
-            match retry_after(raw) {
+            match retry_after(raw, now) {
                 Some(wait) => error.with_retry_after(wait),
                 None => error,
             }
@@ -150,7 +152,11 @@ mod tests {
         let meta = ErrorMetadata::builder().code(code).message(message).build();
         let err = GetSecretValueError::generic(meta);
         let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
-        from_sdk("GetSecretValue", SdkError::service_error(err, raw))
+        from_sdk(
+            "GetSecretValue",
+            SdkError::service_error(err, raw),
+            SystemTime::UNIX_EPOCH,
+        )
     }
 
     #[test]
@@ -230,9 +236,23 @@ mod tests {
         let e = from_sdk(
             "GetSecretValue",
             SdkError::service_error(GetSecretValueError::generic(meta), raw),
+            SystemTime::UNIX_EPOCH,
         );
         assert!(e.is_retryable());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        // Any status, and the HTTP-date form, counted from the given wall time.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let meta = ErrorMetadata::builder().code("ServiceUnavailable").build();
+        let mut raw = HttpResponse::new(503.try_into().unwrap(), SdkBody::empty());
+        raw.headers_mut()
+            .insert("retry-after", "Wed, 21 Oct 2015 07:28:30 GMT");
+        let e = from_sdk(
+            "GetSecretValue",
+            SdkError::service_error(GetSecretValueError::generic(meta), raw),
+            now,
+        );
+        assert_eq!(e.kind(), &ErrorKind::Unavailable);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
         assert!(service_error("InternalServiceError", "x", 500).is_retryable());
         assert!(!service_error("DecryptionFailure", "x", 400).is_retryable());
     }
@@ -252,6 +272,7 @@ mod tests {
         let e = from_sdk::<GetSecretValueError>(
             "GetSecretValue",
             SdkError::response_error(std::io::Error::other("parse error near hunter2"), raw),
+            SystemTime::UNIX_EPOCH,
         );
         assert_eq!(e.kind(), &ErrorKind::Unavailable);
         assert!(!format!("{e} {e:?}").contains("hunter2"));

@@ -20,6 +20,21 @@
 //! What references read and how errors map is described on [`AwsSource`]; configuration on
 //! [`AwsBuilder`].
 //!
+//! # Permissions
+//!
+//! The IAM actions the source calls, on the secrets it reads (`Resource` their ARNs):
+//!
+//! | action | called by | needed |
+//! |---|---|---|
+//! | `secretsmanager:GetSecretValue` | every read, and the single reads a batch falls back to | yes |
+//! | `secretsmanager:DescribeSecret` | the version probe of routine checks, and `NextRotationDate` for the first read | optional: when it is refused, checks read the value instead (the client warns once per secret) and no rotation date is known |
+//! | `secretsmanager:BatchGetSecretValue` | `prefetch` / `fetch_many` of `AWSCURRENT` references (AWS's example policy grants it on `"Resource": "*"`; each secret read still needs `GetSecretValue`) | optional: a refused batch is read one by one |
+//! | `kms:Decrypt` | on the key of a secret encrypted with a customer managed key | for such secrets |
+//!
+//! `secretsmanager:ListSecrets` is not needed: batches name their secrets (`SecretIdList`), never
+//! filters. With web identity (IRSA) the role's trust policy must allow
+//! `sts:AssumeRoleWithWebIdentity` for the pod's service account.
+//!
 //! **Rotation window.** While a rotation is under way (`AWSPENDING` exists) a handle keeps
 //! serving `AWSCURRENT`. An application whose login fails with the current value can ask for an
 //! immediate re-check with

@@ -2,15 +2,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use keyrack_core::{
-    Backoff, Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
+    Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
     SecretValue, Selector, SourceEvent, Version, async_trait,
 };
 use tokio::sync::Semaphore;
@@ -25,13 +25,24 @@ const BATCH_SIZE: usize = 20;
 /// Batches of one `fetch_many` in flight at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// The longest secret name Secrets Manager accepts, in characters (CreateSecret `Name`).
+const MAX_NAME: usize = 256;
+/// The longest secret id it accepts, an ARN (GetSecretValue `SecretId`).
+const MAX_ARN: usize = 2048;
+
+/// How long a version probe's `NextRotationDate` serves the read that follows it.
+const DESCRIBED_FRESH: Duration = Duration::from_secs(10);
+
+/// The shortest wait before the client asks again after a failure: the base delay of the AWS
+/// SDKs' standard retry mode (1 s, `RetryConfig::standard()` in aws-smithy-types; the AWS SDKs
+/// and Tools reference guide, "Retry behavior").
+const RETRY_FLOOR: Duration = Duration::from_secs(1);
+
 /// Settings of [`AwsSource`] that [`AwsBuilder`](crate::AwsBuilder) exposes.
 #[derive(Clone, Debug)]
 pub(crate) struct Tuning {
     pub(crate) rotation_schedule: bool,
     pub(crate) fallback_concurrency: usize,
-    pub(crate) fallback_attempts: u32,
-    pub(crate) fallback_backoff: Backoff,
 }
 
 impl Default for Tuning {
@@ -39,11 +50,6 @@ impl Default for Tuning {
         Tuning {
             rotation_schedule: true,
             fallback_concurrency: 8,
-            fallback_attempts: 4,
-            fallback_backoff: Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(2),
-            },
         }
     }
 }
@@ -60,10 +66,13 @@ impl Default for Tuning {
 /// `SecretString` is returned as its UTF-8 bytes, `SecretBinary` as the raw bytes. The version
 /// is the `VersionId`, `created_at` the version's `CreatedDate`.
 ///
-/// **Rotation schedule.** `fetch` also calls DescribeSecret (concurrently, for unpinned
-/// references) and sets [`Metadata::next_rotation`](keyrack_core::Metadata) from
-/// `NextRotationDate`, so the engine checks right after a planned rotation; a failing
-/// DescribeSecret (e.g. not allowed by the policy) only loses that hint. Turn it off with
+/// **Rotation schedule.** `fetch` also learns `NextRotationDate` from DescribeSecret and sets
+/// [`Metadata::next_rotation`](keyrack_core::Metadata), so the engine checks right after a
+/// planned rotation. The engine's checks probe with DescribeSecret first (below) and read only
+/// when the version moved: that read takes the date from the probe's answer, so a check costs
+/// one DescribeSecret. A read without a probe just before (the first read, a forced refresh)
+/// calls DescribeSecret concurrently with GetSecretValue (not for `?version=` references). A
+/// failing DescribeSecret (e.g. not allowed by the policy) only loses the hint. Turn it off with
 /// [`AwsBuilder::with_rotation_schedule`](crate::AwsBuilder::with_rotation_schedule). Secrets
 /// read through `fetch_many` carry no rotation date (the batch API does not return it).
 ///
@@ -75,9 +84,16 @@ impl Default for Tuning {
 /// **Batches.** `fetch_many` reads `AWSCURRENT` references with BatchGetSecretValue, 20 ids per
 /// request, keeping each secret's own error; other references are read one by one. A batch
 /// that is throttled (its quota is 100 requests/s, GetSecretValue's 10,000/s) or refused is
-/// replaced by single GetSecretValue calls, at most 8 at a time, each retried on throttling with
-/// jittered backoff (at most 4 attempts); see
-/// [`AwsBuilder::with_batch_fallback`](crate::AwsBuilder::with_batch_fallback).
+/// replaced by single GetSecretValue calls, at most 8 at a time
+/// ([`AwsBuilder::with_batch_fallback`](crate::AwsBuilder::with_batch_fallback)). Once a
+/// single read is throttled too, the fallback stops: no single read is tried again or started,
+/// and every secret left answers `Throttled` with the service's `Retry-After`, for the client's
+/// backoff to handle. A throttled account costs the batches plus the single reads in flight.
+///
+/// **References.** Only the `?version=` and `?stage=` selectors are taken: any other parameter
+/// (`?Stage=`, `?versionId=`) is refused as `InvalidRef` rather than ignored. Names longer than
+/// 256 characters and ARNs longer than 2,048 (the service's limits) are refused the same way,
+/// without a request.
 ///
 /// **Errors.** ResourceNotFoundException → `NotFound`; AccessDeniedException →
 /// `PermissionDenied`; ThrottlingException / HTTP 429 → `Throttled` (retryable); a secret
@@ -91,7 +107,12 @@ pub struct AwsSource {
     tuning: Tuning,
     clock: Arc<dyn Clock>,
     fallback_permits: Arc<Semaphore>,
+    /// `NextRotationDate` from recent version probes, per secret id, for the read that follows.
+    described: Arc<Mutex<Described>>,
 }
+
+/// Per secret id: when a probe described it, and the `NextRotationDate` it saw.
+type Described = HashMap<String, (Instant, Option<SystemTime>)>;
 
 impl fmt::Debug for AwsSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -99,6 +120,23 @@ impl fmt::Debug for AwsSource {
             .field("region", &self.client.config().region())
             .field("tuning", &self.tuning)
             .finish_non_exhaustive()
+    }
+}
+
+/// The first throttled answer of a `fetch_many`'s fallback reads: once set, no more are made.
+#[derive(Default)]
+struct FallbackStop(Mutex<Option<Error>>);
+
+impl FallbackStop {
+    fn get(&self) -> Option<Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, e: Error) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
     }
 }
 
@@ -119,14 +157,30 @@ fn pick(r: &SecretRef) -> Result<Pick<'_>> {
     }
 }
 
+/// The secret id of `r`, after refusing what Secrets Manager would not take: parameters other
+/// than the selectors, an empty id, names and ARNs over the service's limits. Errors do not
+/// quote the id (it may be a value passed by mistake).
 fn secret_id(r: &SecretRef) -> Result<&str> {
-    match r.path() {
-        "" => Err(Error::new(
-            ErrorKind::InvalidRef,
-            "an aws-sm reference needs a secret name or ARN",
-        )),
-        id => Ok(id),
+    r.expect_params(&[])?;
+    let id = r.path();
+    let invalid = |m: String| Error::new(ErrorKind::InvalidRef, m);
+    if id.is_empty() {
+        return Err(invalid(
+            "an aws-sm reference needs a secret name or ARN".into(),
+        ));
     }
+    let (what, max) = if id.starts_with("arn:") {
+        ("ARN", MAX_ARN)
+    } else {
+        ("name", MAX_NAME)
+    };
+    let len = id.chars().count();
+    if len > max {
+        return Err(invalid(format!(
+            "the secret {what} is {len} characters long; Secrets Manager takes at most {max}"
+        )));
+    }
+    Ok(id)
 }
 
 fn wall(t: &DateTime) -> Option<SystemTime> {
@@ -166,6 +220,7 @@ impl AwsSource {
             client,
             tuning,
             clock,
+            described: Arc::default(),
         }
     }
 
@@ -185,7 +240,7 @@ impl AwsSource {
         let out = request
             .send()
             .await
-            .map_err(|e| from_sdk("GetSecretValue", e))?;
+            .map_err(|e| from_sdk("GetSecretValue", e, self.clock.wall()))?;
         secret_from(
             out.secret_string,
             out.secret_binary,
@@ -194,50 +249,60 @@ impl AwsSource {
         )
     }
 
-    /// GetSecretValue of `AWSCURRENT` for the batch fallback: bounded concurrency, throttled
-    /// attempts retried with jittered backoff.
-    async fn get_current_retrying(&self, id: &str) -> Result<Secret> {
+    /// GetSecretValue of `AWSCURRENT` for the batch fallback: bounded concurrency, and none at
+    /// all once a fallback read of this `fetch_many` was throttled.
+    async fn fallback_read(&self, id: &str, stop: &FallbackStop) -> Result<Secret> {
+        if let Some(e) = stop.get() {
+            return Err(e);
+        }
         let _permit = self
             .fallback_permits
             .acquire()
             .await
             .map_err(|_| Error::new(ErrorKind::Shutdown, "source closed"))?;
-        let mut attempt = 0;
-        loop {
-            match self.get_value(id, &Pick::Stage(AWSCURRENT)).await {
-                Err(e)
-                    if matches!(e.kind(), ErrorKind::Throttled)
-                        && attempt + 1 < self.tuning.fallback_attempts =>
-                {
-                    let wait = self.tuning.fallback_backoff.delay(
-                        attempt,
-                        &e,
-                        Duration::ZERO,
-                        fastrand::f64(),
-                    );
-                    tracing::debug!(
-                        secret = id,
-                        attempt,
-                        ?wait,
-                        "GetSecretValue throttled; backing off"
-                    );
-                    self.clock.sleep_until(self.clock.now() + wait).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
+        if let Some(e) = stop.get() {
+            return Err(e);
         }
+        let result = self.get_value(id, &Pick::Stage(AWSCURRENT)).await;
+        if let Err(e) = &result
+            && e.kind() == &ErrorKind::Throttled
+        {
+            tracing::debug!(error = %e, "GetSecretValue throttled too; the batch fallback stops");
+            stop.set(e.clone());
+        }
+        result
+    }
+
+    fn lock_described(&self) -> MutexGuard<'_, Described> {
+        self.described.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remember what a probe's DescribeSecret said about `id`'s rotation schedule.
+    fn note_described(&self, id: &str, next_rotation: Option<SystemTime>) {
+        let now = self.clock.now();
+        let mut described = self.lock_described();
+        described.retain(|_, (at, _)| now < *at + DESCRIBED_FRESH);
+        described.insert(id.to_owned(), (now, next_rotation));
+    }
+
+    /// The rotation schedule a probe just read for `id`, if it is fresh (taken: used once).
+    fn take_described(&self, id: &str) -> Option<Option<SystemTime>> {
+        let now = self.clock.now();
+        self.lock_described()
+            .remove(id)
+            .filter(|(at, _)| now < *at + DESCRIBED_FRESH)
+            .map(|(_, next)| next)
     }
 
     /// One BatchGetSecretValue of up to 20 distinct ids; one result per id, in order.
-    async fn batch(&self, ids: &[String]) -> Vec<Result<Secret>> {
+    async fn batch(&self, ids: &[String], stop: &FallbackStop) -> Vec<Result<Secret>> {
         let response = self
             .client
             .batch_get_secret_value()
             .set_secret_id_list(Some(ids.to_vec()))
             .send()
             .await
-            .map_err(|e| from_sdk("BatchGetSecretValue", e));
+            .map_err(|e| from_sdk("BatchGetSecretValue", e, self.clock.wall()));
         let mut slots: Vec<Option<Result<Secret>>> = vec![None; ids.len()];
         match response {
             Ok(out) => {
@@ -285,7 +350,7 @@ impl AwsSource {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.is_none())
-            .map(|(i, _)| async move { (i, self.get_current_retrying(&ids[i]).await) })
+            .map(|(i, _)| async move { (i, self.fallback_read(&ids[i], stop).await) })
             .collect();
         for (i, result) in futures_util::future::join_all(rest).await {
             slots[i] = Some(result);
@@ -306,6 +371,7 @@ impl SecretSource for AwsSource {
         caps.versions = true;
         caps.stages = true;
         caps.binary = true;
+        caps.retry_floor = RETRY_FLOOR;
         caps
     }
 
@@ -314,6 +380,14 @@ impl SecretSource for AwsSource {
         let pick = pick(r)?;
         if !self.tuning.rotation_schedule || matches!(pick, Pick::Version(_)) {
             return self.get_value(id, &pick).await;
+        }
+        // The probe just before this read (a routine check) described the secret already.
+        if let Some(next_rotation) = self.take_described(id) {
+            let secret = self.get_value(id, &pick).await?;
+            return Ok(match next_rotation {
+                Some(at) => secret.next_rotation(at),
+                None => secret,
+            });
         }
         let describe = self.client.describe_secret().secret_id(id).send();
         let (value, described) = tokio::join!(self.get_value(id, &pick), describe);
@@ -324,7 +398,7 @@ impl SecretSource for AwsSource {
                 None => Ok(secret),
             },
             Err(e) => {
-                let e = from_sdk("DescribeSecret", e);
+                let e = from_sdk("DescribeSecret", e, self.clock.wall());
                 tracing::debug!(secret = id, error = %e, "no rotation schedule");
                 Ok(secret)
             }
@@ -351,7 +425,11 @@ impl SecretSource for AwsSource {
         }
         // Collected first: a lazily mapped iterator in the stream makes the future's `Send`-ness
         // unprovable inside `#[async_trait]`.
-        let batch_calls: Vec<_> = ids.chunks(BATCH_SIZE).map(|c| self.batch(c)).collect();
+        let stop = FallbackStop::default();
+        let batch_calls: Vec<_> = ids
+            .chunks(BATCH_SIZE)
+            .map(|c| self.batch(c, &stop))
+            .collect();
         let batches = futures_util::stream::iter(batch_calls)
             .buffered(BATCHES_IN_FLIGHT)
             .collect::<Vec<_>>();
@@ -387,13 +465,16 @@ impl SecretSource for AwsSource {
             .secret_id(id)
             .send()
             .await
-            .map_err(|e| from_sdk("DescribeSecret", e))?;
+            .map_err(|e| from_sdk("DescribeSecret", e, self.clock.wall()))?;
         if d.deleted_date().is_some() {
             return Err(Error::new(
                 ErrorKind::Deleted,
                 "the secret is scheduled for deletion: restore it with RestoreSecret or stop \
                  referring to it",
             ));
+        }
+        if self.tuning.rotation_schedule {
+            self.note_described(id, d.next_rotation_date().and_then(wall));
         }
         let versions = d.version_ids_to_stages();
         let found = match pick {
@@ -409,8 +490,8 @@ impl SecretSource for AwsSource {
         match found {
             Some(id) => Ok(Some(Version::new(id))),
             None => Err(Error::not_found(match pick {
-                Pick::Version(v) => format!("version {v} no longer exists"),
-                Pick::Stage(s) => format!("no version carries the stage {s}"),
+                Pick::Version(_) => "the pinned version no longer exists",
+                Pick::Stage(_) => "no version carries the requested stage",
             })),
         }
     }

@@ -323,14 +323,7 @@ async fn throttled_batch_falls_back_to_single_reads() {
     let src = builder()
         .with_interceptor(throttler.clone())
         .with_interceptor(log.clone())
-        .with_batch_fallback(
-            8,
-            4,
-            Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(50),
-            },
-        )
+        .with_batch_fallback(8)
         .build()
         .await
         .unwrap();
@@ -340,7 +333,7 @@ async fn throttled_batch_falls_back_to_single_reads() {
     }
     log.clear();
     let refs: Vec<SecretRef> = names.iter().map(|n| aws_ref(n)).collect();
-    // Both batches throttled, then the first 5 single reads as well.
+    // Both batches throttled: every secret is read one by one.
     throttler.arm("BatchGetSecretValue", 2);
     let out = src.fetch_many(&refs).await;
     assert_eq!(throttler.throttled(), 2);
@@ -434,6 +427,20 @@ async fn secret_values_never_appear_in_debug_display_or_errors() {
         s.json::<u32>().unwrap_err(),
         s.field("password").unwrap_err(),
     ];
+    // A value passed where a name belongs, too long to be one: refused without quoting it.
+    let pasted = [
+        format!("{canary}-{}", "x".repeat(300)),
+        format!(
+            "arn:aws:secretsmanager:us-east-1:1:secret:{canary}-{}",
+            "x".repeat(2100)
+        ),
+    ];
+    let mut errors = errors;
+    for id in &pasted {
+        let r = SecretRef::new("aws-sm", id).unwrap();
+        errors.push(src.fetch(&r).await.unwrap_err());
+        errors.push(src.version(&r).await.unwrap_err());
+    }
     let secrets = client(src.clone());
     let mut all_errors = errors;
     all_errors.push(

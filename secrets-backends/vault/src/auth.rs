@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyrack_core::{Error, ErrorKind, IdentityToken, Result, SecretValue};
-use vaultrs::api::EndpointMiddleware;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
-use vaultrs::error::ClientError;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
 
-use crate::http::{Http, classify};
+use crate::http::{Answer, Body, Http, parse};
 
 /// A login method.
 #[derive(Clone)]
@@ -134,61 +133,61 @@ pub(crate) struct Login {
     pub(crate) renewable: bool,
 }
 
-/// A vaultrs client over our HTTP client, for the endpoints we take from vaultrs.
-fn vaultrs_client(http: &Http, token: &str) -> Result<VaultClient> {
-    let address = http.address.as_str().trim_end_matches('/');
-    let mut settings = VaultClientSettingsBuilder::default();
-    settings
-        .address(address)
-        .token(token)
-        .verify(true)
-        .ca_certs(Vec::new())
-        .identity(None);
-    if let Some(ns) = &http.namespace {
-        settings.set_namespace(ns.clone());
-    }
-    let settings = settings
-        .build()
-        .map_err(|e| Error::new(ErrorKind::Config, format!("Vault client settings: {e}")))?;
-    Ok(VaultClient {
-        http: rustify::clients::reqwest::Client::new(address, http.client.clone()),
-        middle: EndpointMiddleware {
-            token: token.to_owned(),
-            version: "v1".into(),
-            wrap: None,
-            namespace: http.namespace.clone(),
-        },
-        settings,
-    })
+/// The `auth` part of a login's or renew-self's answer. The token is borrowed from the answer's
+/// (wiped) body and copied once, into the zeroizing [`SecretValue`].
+#[derive(Deserialize)]
+struct AuthInfo<'a> {
+    #[serde(borrow)]
+    client_token: &'a str,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
 }
 
-/// Map a vaultrs error (it carries no secret values: API errors are Vault's messages).
-pub(crate) fn from_vaultrs(e: ClientError) -> Error {
-    match e {
-        ClientError::APIError { code, errors } => match reqwest::StatusCode::from_u16(code) {
-            Ok(status) => classify(status, &errors.join("; "), None),
-            Err(_) => Error::new(ErrorKind::Backend, format!("Vault answered status {code}")),
-        },
-        ClientError::RestClientError { source } => {
-            Error::new(ErrorKind::Unavailable, "could not reach Vault").with_cause(source)
-        }
-        other => Error::new(ErrorKind::Backend, other.to_string()),
-    }
+/// The part of `lookup-self`'s `data` we read (it also holds the token itself, as `id`, which
+/// is skipped unread).
+#[derive(Deserialize)]
+struct TokenInfo {
+    #[serde(default)]
+    ttl: u64,
+    #[serde(default)]
+    renewable: bool,
 }
 
-fn text(value: &SecretValue, what: &str) -> Result<String> {
+#[derive(Serialize)]
+struct AppRoleLogin<'a> {
+    role_id: &'a str,
+    secret_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct RoleLogin<'a> {
+    role: &'a str,
+    jwt: &'a str,
+}
+
+fn text<'a>(value: &'a SecretValue, what: &str) -> Result<&'a str> {
     value
         .expose_str()
-        .map(str::to_owned)
         .map_err(|_| Error::new(ErrorKind::Config, format!("the {what} is not UTF-8 text")))
 }
 
-fn login_from(info: vaultrs::api::AuthInfo) -> Login {
-    Login {
+/// The token an answer's `auth` carries.
+fn auth_of(answer: &Answer, what: &str) -> Result<Login> {
+    let envelope = answer.envelope()?;
+    let raw = envelope.auth.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Backend,
+            format!("Vault's answer to {what} has no auth"),
+        )
+    })?;
+    let info: AuthInfo<'_> = parse(raw.get(), &format!("answer to {what}"))?;
+    Ok(Login {
         ttl: (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration)),
         renewable: info.renewable,
-        token: SecretValue::from_string(info.client_token),
-    }
+        token: SecretValue::copy_from_slice(info.client_token.as_bytes()),
+    })
 }
 
 impl Auth {
@@ -196,14 +195,11 @@ impl Auth {
     pub(crate) async fn login(&self, http: &Http) -> Result<Login> {
         match self {
             Auth::Token(token) => {
-                let client = vaultrs_client(http, &text(token, "Vault token")?)?;
-                let info = vaultrs::token::lookup_self(&client)
-                    .await
-                    .map_err(from_vaultrs)?;
+                let info = Self::lookup_self(http, token).await?;
                 Ok(Login {
                     token: token.clone(),
                     ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
-                    renewable: info.renewable.unwrap_or(false),
+                    renewable: info.renewable,
                 })
             }
             Auth::AppRole {
@@ -211,82 +207,99 @@ impl Auth {
                 role_id,
                 secret_id,
             } => {
-                let client = vaultrs_client(http, "")?;
-                let info = vaultrs::auth::approle::login(
-                    &client,
-                    mount,
+                let body = Body::json(&AppRoleLogin {
                     role_id,
-                    &text(secret_id, "AppRole secret id")?,
-                )
-                .await
-                .map_err(from_vaultrs)?;
-                Ok(login_from(info))
+                    secret_id: text(secret_id, "AppRole secret id")?,
+                })?;
+                Self::login_at(http, mount, &body, None).await
             }
-            Auth::Jwt { mount, role, token } => {
+            Auth::Jwt { mount, role, token } | Auth::Kubernetes { mount, role, token } => {
                 let jwt = token.token().await?;
-                let client = vaultrs_client(http, "")?;
-                let result = vaultrs::auth::oidc::login(
-                    &client,
-                    mount,
-                    &text(&jwt, "JWT")?,
-                    Some(role.clone()),
-                )
-                .await;
-                Self::identity_result(result, token.as_ref())
-            }
-            Auth::Kubernetes { mount, role, token } => {
-                let jwt = token.token().await?;
-                let client = vaultrs_client(http, "")?;
-                let result =
-                    vaultrs::auth::kubernetes::login(&client, mount, role, &text(&jwt, "JWT")?)
-                        .await;
-                Self::identity_result(result, token.as_ref())
+                let body = Body::json(&RoleLogin {
+                    role,
+                    jwt: text(&jwt, "JWT")?,
+                })?;
+                Self::login_at(http, mount, &body, Some(token.as_ref())).await
             }
         }
     }
 
-    /// A refused identity token is forgotten, so the next login reads a fresh one; Vault answers
-    /// a bad signature or an expired token with 400 or 403, both of which mean "not you".
-    fn identity_result(
-        result: std::result::Result<vaultrs::api::AuthInfo, ClientError>,
-        token: &dyn IdentityToken,
+    /// `auth/<mount>/login`. A refusal (400, 401, 403: a bad secret id, signature, audience or
+    /// an expired token) is `Unauthenticated`, and a refused identity token is forgotten so the
+    /// next login reads a fresh one.
+    async fn login_at(
+        http: &Http,
+        mount: &str,
+        body: &Body,
+        identity: Option<&dyn IdentityToken>,
     ) -> Result<Login> {
-        match result {
-            Ok(info) => Ok(login_from(info)),
-            Err(ClientError::APIError { code, errors })
-                if code == 400 || code == 401 || code == 403 =>
-            {
-                token.invalidate();
-                Err(Error::new(
-                    ErrorKind::Unauthenticated,
-                    format!(
-                        "Vault refused the identity token (HTTP {code}): {}",
-                        errors.join("; ")
-                    ),
-                ))
+        let path = format!("auth/{}/login", mount.trim_matches('/'));
+        let answer = http
+            .send(Method::POST, &path, &[], Some(body), None)
+            .await?;
+        let code = answer.status.as_u16();
+        if matches!(code, 400 | 401 | 403) {
+            if let Some(identity) = identity {
+                identity.invalidate();
             }
-            Err(e) => Err(from_vaultrs(e)),
+            let what = if identity.is_some() {
+                "the identity token"
+            } else {
+                "the login"
+            };
+            return Err(Error::new(
+                ErrorKind::Unauthenticated,
+                format!("Vault refused {what} (HTTP {code}): {}", answer.errors()),
+            ));
         }
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        auth_of(&answer, "a login")
+    }
+
+    /// `auth/token/lookup-self`: whether `token` is valid, and its TTL.
+    async fn lookup_self(http: &Http, token: &SecretValue) -> Result<TokenInfo> {
+        let answer = http
+            .send(
+                Method::GET,
+                "auth/token/lookup-self",
+                &[],
+                None,
+                Some(token),
+            )
+            .await?;
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        let envelope = answer.envelope()?;
+        let raw = envelope
+            .data
+            .ok_or_else(|| Error::new(ErrorKind::Backend, "Vault's token lookup has no data"))?;
+        parse(raw.get(), "token lookup")
     }
 
     /// Whether `token` is still valid (`auth/token/lookup-self`).
-    pub(crate) async fn lookup_self(http: &Http, token: &SecretValue) -> Result<()> {
-        let client = vaultrs_client(http, &text(token, "Vault token")?)?;
-        // The answer carries the token itself: it is dropped here, unread.
-        vaultrs::token::lookup_self(&client)
-            .await
-            .map(|_| ())
-            .map_err(from_vaultrs)
+    pub(crate) async fn check_alive(http: &Http, token: &SecretValue) -> Result<()> {
+        Self::lookup_self(http, token).await.map(|_| ())
     }
 
     /// Renew `token` (`auth/token/renew-self`).
     pub(crate) async fn renew_self(http: &Http, token: &SecretValue) -> Result<Login> {
-        let client = vaultrs_client(http, &text(token, "Vault token")?)?;
-        let info = vaultrs::token::renew_self(&client, None)
-            .await
-            .map_err(from_vaultrs)?;
-        let mut login = login_from(info);
-        // renew-self answers with the same token; keep ours (the answer's copy is dropped).
+        let answer = http
+            .send(
+                Method::POST,
+                "auth/token/renew-self",
+                &[],
+                Some(&Body::json(&serde_json::json!({}))?),
+                Some(token),
+            )
+            .await?;
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        let mut login = auth_of(&answer, "renew-self")?;
+        // renew-self answers with the same token; keep ours (the answer's copy is wiped).
         login.token = token.clone();
         Ok(login)
     }

@@ -27,6 +27,7 @@ pub struct VaultBuilder {
     client_cert: Option<(PathBuf, PathBuf)>,
     skip_verify: bool,
     allow_skip_verify_remote: bool,
+    allow_plain_http_remote: bool,
     timeout: Duration,
     clock: Arc<dyn Clock>,
 }
@@ -53,6 +54,7 @@ impl VaultBuilder {
             client_cert: None,
             skip_verify: false,
             allow_skip_verify_remote: false,
+            allow_plain_http_remote: false,
             timeout: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
         }
@@ -64,8 +66,8 @@ impl VaultBuilder {
     /// |---|---|
     /// | `VAULT_ADDR` | the address |
     /// | `VAULT_TOKEN` | a static token ([`Auth::Token`]), unless a login method is set later |
-    /// | `VAULT_CACERT` | a PEM file of CA certificates to trust |
-    /// | `VAULT_CAPATH` | a directory of PEM CA certificates to trust |
+    /// | `VAULT_CACERT` | a PEM file of CA certificates to trust instead of the platform's (as the Vault CLI does) |
+    /// | `VAULT_CAPATH` | a directory of PEM CA certificates to trust instead of the platform's |
     /// | `VAULT_CLIENT_CERT`, `VAULT_CLIENT_KEY` | a client certificate and its key (PEM) |
     /// | `VAULT_NAMESPACE` | the namespace (Vault Enterprise, OpenBao) |
     /// | `VAULT_SKIP_VERIFY` | `1`/`true`: skip certificate verification — refused by `build` for a non-loopback address unless [`allow_skip_verify_for_remote`](Self::allow_skip_verify_for_remote) |
@@ -84,7 +86,10 @@ impl VaultBuilder {
         b
     }
 
-    /// The server address (`https://vault.example:8200`).
+    /// The server address (`https://vault.example:8200`). Plain `http` is accepted only for a
+    /// loopback address (`127.0.0.0/8`, `::1`, `localhost`) unless
+    /// [`allow_plain_http_for_remote`](Self::allow_plain_http_for_remote) is set: every request
+    /// carries the token.
     pub fn with_address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
         self
@@ -107,7 +112,9 @@ impl VaultBuilder {
         self
     }
 
-    /// Trust the CA certificates in this PEM file.
+    /// Trust the CA certificates in this PEM file, and no others: once any CA file (or
+    /// `VAULT_CAPATH` directory) is given, the platform's trust store is not used, as with the
+    /// Vault CLI.
     pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca_files.push(path.into());
         self
@@ -133,13 +140,22 @@ impl VaultBuilder {
         self
     }
 
+    /// Allow a plain `http` address that is not loopback. The token and every secret then
+    /// travel in clear: only for a network that is otherwise protected (a service mesh sidecar
+    /// that encrypts, say).
+    pub fn allow_plain_http_for_remote(mut self, allow: bool) -> Self {
+        self.allow_plain_http_remote = allow;
+        self
+    }
+
     /// Timeout of each request (default 30 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// The clock the token keeper schedules by (default: the system clock).
+    /// The clock the token keeper schedules by, mounts are remembered by and `Retry-After`
+    /// dates are counted from (default: the system clock).
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -167,6 +183,13 @@ impl VaultBuilder {
             Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
             None => false,
         };
+        if url.scheme() == "http" && !loopback && !self.allow_plain_http_remote {
+            return Err(config(format!(
+                "refusing plain http to the non-loopback address `{address}`: the token would \
+                 travel in clear (use https, or allow it explicitly with \
+                 allow_plain_http_for_remote)"
+            )));
+        }
         if self.skip_verify && !loopback && !self.allow_skip_verify_remote {
             return Err(config(format!(
                 "refusing to skip TLS verification for non-loopback address `{address}` \
@@ -177,7 +200,8 @@ impl VaultBuilder {
         keyrack_core::tls::ensure_crypto_provider();
         let mut client = reqwest::Client::builder()
             .timeout(self.timeout)
-            .connect_timeout(self.timeout.min(Duration::from_secs(10)));
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .redirect(crate::http::redirect_policy());
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| {
                 Error::new(ErrorKind::Config, format!("cannot read `{}`", p.display()))
@@ -198,7 +222,10 @@ impl VaultBuilder {
         if url.scheme() == "http" {
             // Plain HTTP: no trust store to load (reqwest would otherwise load the platform's).
             client = client.tls_certs_only(Vec::new());
-        } else {
+        } else if !ca_files.is_empty() {
+            // The given CAs replace the platform's, as VAULT_CACERT / VAULT_CAPATH do for the
+            // Vault CLI: a private CA is trusted for this Vault, and nothing else is.
+            let mut trusted = Vec::new();
             for path in &ca_files {
                 let certs = reqwest::Certificate::from_pem_bundle(&read(path)?).map_err(|e| {
                     Error::new(
@@ -207,8 +234,9 @@ impl VaultBuilder {
                     )
                     .with_cause(e)
                 })?;
-                client = client.tls_certs_merge(certs);
+                trusted.extend(certs);
             }
+            client = client.tls_certs_only(trusted);
         }
         if let Some((cert, key)) = &self.client_cert {
             let mut pem = read(cert)?;
@@ -233,6 +261,7 @@ impl VaultBuilder {
             client,
             address: url,
             namespace: self.namespace,
+            clock: self.clock.clone(),
         };
         let session = Session::new(http, auth, self.clock.clone());
         Ok(VaultSource::new(session, self.clock))

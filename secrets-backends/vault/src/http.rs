@@ -1,16 +1,31 @@
 //! Requests to Vault's HTTP API and the mapping of its answers to [`ErrorKind`]s.
 //!
-//! Logical reads go through here rather than through vaultrs because vaultrs keeps only `data`:
-//! the lease (`lease_id`, `lease_duration`, `renewable`) of dynamic secrets is dropped
-//! (vaultrs#144), and it has no `sys/leases/*` endpoints.
+//! Every call goes through here, logins and token renewal included: vaultrs keeps only `data`
+//! (the lease of dynamic secrets is dropped, vaultrs#144), has no `sys/leases/*` endpoints, copies
+//! the token into plain `String`s for each client it builds, and drops `Retry-After`.
+//!
+//! What holds a secret here is wiped when dropped: request bodies (a login's secret id or JWT)
+//! and response bodies (a value, a token) live in [`Zeroizing`] buffers sized before they are
+//! filled (a `Vec` that grows leaves its old block behind unwiped), the token header shares the
+//! token's own zeroizing allocation, and answers are parsed in place (`&RawValue`, `&str`), not
+//! copied. What reqwest and hyper copy into their own buffers (the header and body on their
+//! way out, each chunk read from the socket) is out of reach and not wiped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use keyrack_core::{Error, ErrorKind, Result, SecretValue};
+use bytes::Bytes;
+use keyrack_core::backoff::parse_retry_after;
+use keyrack_core::{Clock, Error, ErrorKind, Result, SecretValue};
+use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use url::Url;
+use zeroize::Zeroizing;
+
+/// The largest answer read (Vault's own default `max_request_size` is 32 MiB).
+const MAX_BODY: usize = 32 << 20;
 
 /// An HTTP client bound to one Vault address (and namespace).
 #[derive(Clone, Debug)]
@@ -18,19 +33,62 @@ pub(crate) struct Http {
     pub(crate) client: reqwest::Client,
     pub(crate) address: Url,
     pub(crate) namespace: Option<String>,
+    /// `Retry-After` dates are counted from this clock's wall time.
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
-/// The envelope of every Vault answer.
+/// A JSON request body in a buffer that is wiped once the request is done with it.
+#[derive(Clone)]
+pub(crate) struct Body(Zeroizing<Vec<u8>>);
+
+/// Counts the bytes a serializer writes, to size a buffer before filling it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Body {
+    /// `value` as JSON, written once into a buffer of exactly its size.
+    pub(crate) fn json(value: &impl Serialize) -> Result<Self> {
+        let failed = |_| Error::new(ErrorKind::Backend, "a request body could not be written");
+        let mut size = Counter(0);
+        serde_json::to_writer(&mut size, value).map_err(failed)?;
+        let mut buf = Zeroizing::new(Vec::with_capacity(size.0));
+        serde_json::to_writer(&mut *buf, value).map_err(failed)?;
+        Ok(Body(buf))
+    }
+}
+
+/// Lends a token's zeroizing allocation to a header without copying it.
+struct Shared(SecretValue);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.expose_bytes()
+    }
+}
+
+/// The envelope of every Vault answer, borrowing from the answer's body.
 #[derive(Deserialize, Debug, Default)]
-pub(crate) struct Envelope {
+pub(crate) struct Envelope<'a> {
     #[serde(default)]
     pub(crate) lease_id: String,
     #[serde(default)]
     pub(crate) lease_duration: u64,
     #[serde(default)]
     pub(crate) renewable: bool,
-    #[serde(default)]
-    pub(crate) data: Option<Box<RawValue>>,
+    #[serde(default, borrow)]
+    pub(crate) data: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub(crate) auth: Option<&'a RawValue>,
     #[serde(default)]
     pub(crate) warnings: Option<Vec<String>>,
 }
@@ -45,12 +103,27 @@ struct ErrorBody {
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) retry_after: Option<Duration>,
-    pub(crate) body: Vec<u8>,
+    body: Zeroizing<Vec<u8>>,
+}
+
+/// Parse `raw` (a part of an answer) as `T`, borrowing from it; errors name the part and the
+/// position, never the content.
+pub(crate) fn parse<'a, T: Deserialize<'a>>(raw: &'a str, what: &str) -> Result<T> {
+    serde_json::from_str(raw).map_err(|e| {
+        Error::new(
+            ErrorKind::Backend,
+            format!(
+                "unexpected shape of Vault's {what} (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
 }
 
 impl Answer {
     /// The envelope of a successful answer (204 and empty bodies give an empty envelope).
-    pub(crate) fn envelope(&self) -> Result<Envelope> {
+    pub(crate) fn envelope(&self) -> Result<Envelope<'_>> {
         if self.body.is_empty() {
             return Ok(Envelope::default());
         }
@@ -83,6 +156,12 @@ impl Answer {
 pub(crate) fn classify(status: StatusCode, errors: &str, retry_after: Option<Duration>) -> Error {
     let says = |what: &str| errors.to_ascii_lowercase().contains(what);
     let (kind, what) = match status.as_u16() {
+        // Only a redirect to another origin reaches here (see `redirect_policy`).
+        301 | 302 | 303 | 307 | 308 => (
+            ErrorKind::Unavailable,
+            "Vault redirected the request to another address, which is not followed: the token \
+             would go with it (point the address at the active node or at a load balancer)",
+        ),
         400 if says("lease not found") || says("invalid lease") => {
             (ErrorKind::NotFound, "lease not found")
         }
@@ -114,6 +193,26 @@ pub(crate) fn classify(status: StatusCode, errors: &str, retry_after: Option<Dur
     }
 }
 
+/// Redirects are followed only within the origin of the request (at most 3): a redirect to
+/// another origin would carry `X-Vault-Token` there (reqwest strips only the standard
+/// credentials headers when the host changes). Vault's Go client follows one redirect to any
+/// host; standby nodes forward requests to the active node instead of redirecting since request
+/// forwarding (Vault 0.6.2), so a cross-origin redirect is a proxy or an old setup, and the
+/// answer says to point the address elsewhere.
+pub(crate) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if same_origin && attempt.previous().len() <= 3 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
 fn transport_error(e: reqwest::Error) -> Error {
     let kind = if e.is_timeout() {
         ErrorKind::Timeout
@@ -121,6 +220,30 @@ fn transport_error(e: reqwest::Error) -> Error {
         ErrorKind::Unavailable
     };
     Error::new(kind, "could not reach Vault").with_cause(e.without_url())
+}
+
+/// The whole body, into a wiped buffer that never grows in place.
+async fn read_body(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>> {
+    let hint = response
+        .content_length()
+        .map_or(0, |n| usize::try_from(n).unwrap_or(MAX_BODY).min(MAX_BODY));
+    let mut body = Zeroizing::new(Vec::with_capacity(hint));
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        let needed = body.len() + chunk.len();
+        if needed > MAX_BODY {
+            return Err(Error::new(
+                ErrorKind::Backend,
+                "Vault's answer is larger than 32 MiB",
+            ));
+        }
+        if needed > body.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(body.capacity() * 2)));
+            bigger.extend_from_slice(&body);
+            body = bigger; // the smaller buffer is wiped as it drops
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl Http {
@@ -131,7 +254,7 @@ impl Http {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<&serde_json::Value>,
+        body: Option<&Body>,
         token: Option<&SecretValue>,
     ) -> Result<Answer> {
         let mut url = self.address.clone();
@@ -149,14 +272,15 @@ impl Http {
         }
         let mut request = self.client.request(method, url);
         if let Some(token) = token {
-            let value =
-                reqwest::header::HeaderValue::from_bytes(token.expose_bytes()).map_err(|_| {
-                    Error::new(
-                        ErrorKind::Config,
-                        "the Vault token is not a valid header value",
-                    )
-                })?;
-            let mut value = value;
+            let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(Shared(
+                token.clone(),
+            )))
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    "the Vault token is not a valid header value",
+                )
+            })?;
             value.set_sensitive(true);
             request = request.header("X-Vault-Token", value);
         }
@@ -165,7 +289,9 @@ impl Http {
         }
         request = request.header("X-Vault-Request", "true");
         if let Some(body) = body {
-            request = request.json(body);
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(Bytes::from_owner(body.0.clone()));
         }
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
@@ -173,9 +299,8 @@ impl Http {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response.bytes().await.map_err(transport_error)?.to_vec();
+            .and_then(|v| parse_retry_after(v, self.clock.wall()));
+        let body = read_body(response).await?;
         Ok(Answer {
             status,
             retry_after,
@@ -204,6 +329,7 @@ mod tests {
         assert_eq!(k(400, "missing common_name"), ErrorKind::Backend);
         assert_eq!(k(503, "Vault is sealed"), ErrorKind::Unavailable);
         assert_eq!(k(500, "internal error"), ErrorKind::Unavailable);
+        assert_eq!(k(307, ""), ErrorKind::Unavailable);
         assert!(k(502, "").is_retryable());
         let t = classify(
             StatusCode::TOO_MANY_REQUESTS,
@@ -211,10 +337,24 @@ mod tests {
             Some(Duration::from_secs(3)),
         );
         assert_eq!(t.retry_after(), Some(Duration::from_secs(3)));
+        let u = classify(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            Some(Duration::from_secs(4)),
+        );
+        assert_eq!(u.retry_after(), Some(Duration::from_secs(4)));
         assert!(
             classify(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed", None)
                 .to_string()
                 .contains("sealed")
         );
+    }
+
+    #[test]
+    fn bodies_are_exactly_sized() {
+        let body = Body::json(&serde_json::json!({ "role_id": "r", "secret_id": "s\"x" })).unwrap();
+        assert_eq!(body.0.len(), body.0.capacity());
+        let back: serde_json::Value = serde_json::from_slice(&body.0).unwrap();
+        assert_eq!(back["secret_id"], "s\"x");
     }
 }

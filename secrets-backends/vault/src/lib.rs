@@ -19,7 +19,49 @@
 //! What each kind of path reads is described on [`VaultSource`]; login methods on [`Auth`].
 //! The source's own token is renewed at about ⅔ of its TTL and obtained anew by login when
 //! renewal stops extending it or Vault refuses it; every dynamic secret issued under the old token
-//! is then re-issued (leases die with their token) and the client emits `Rotated`.
+//! is then re-issued (leases die with their token) and the client emits `Rotated`. While Vault
+//! is down the token keeper retries after 1 s, then waits longer each time (up to a minute,
+//! and at least as long as a `Retry-After` says).
+//!
+//! # Permissions
+//!
+//! The policy of the token the source logs in with needs these capabilities (paths as Vault
+//! sees them; `secret`, `kv1`, `database`, `pki` stand for your mounts):
+//!
+//! | reference | path | capability | needed for |
+//! |---|---|---|---|
+//! | KV v2 `vault://secret/app` | `secret/data/app` | `read` | every read (`?version=N` too) |
+//! | | `secret/metadata/app` | `read` | the version probe of routine checks; optional: when it is refused, checks read the value instead (the client warns once per secret) |
+//! | KV v1 `vault://kv1/app` | `kv1/app` | `read` | every read |
+//! | dynamic secret `vault://database/creds/app` | `database/creds/app` | `read` | every issue |
+//! | | `sys/leases/renew` | `update` | renewing its lease |
+//! | | `sys/leases/revoke` | `update` | only if the client revokes leases (replaced ones, or at shutdown) |
+//! | issuing write `vault://pki/issue/web?common_name=…` | `pki/issue/web` | `create`, `update` | every issue (a POST) |
+//! | any | `sys/internal/ui/mounts/<path>` | none: Vault answers it for any token with a capability on `<path>` | finding the engine; if refused, the path is read as given, as a plain logical path |
+//! | the source's own token | `auth/token/renew-self` | `update` | renewal (granted by Vault's `default` policy) |
+//! | | `auth/token/lookup-self` | `read` | a static token's TTL at start, and after a 403 whether the token itself is dead (granted by `default`) |
+//!
+//! Logins (`auth/<mount>/login` for AppRole, JWT and Kubernetes) need no policy.
+//!
+//! # Transport
+//!
+//! * `https`, or plain `http` to a loopback address only, unless
+//!   [`VaultBuilder::allow_plain_http_for_remote`] is set: every request carries the token.
+//! * A CA file or directory (`VAULT_CACERT`, `VAULT_CAPATH`, [`VaultBuilder::with_ca_file`])
+//!   replaces the platform's trust store, as with the Vault CLI.
+//! * Redirects are followed only to the same origin; one to another address is an error
+//!   (`Unavailable`) rather than a request carrying the token elsewhere.
+//!
+//! # Secrets in memory
+//!
+//! Wiped when dropped: the token and the AppRole secret id ([`SecretValue`]s; the token header
+//! shares the token's allocation rather than copying it), JWTs read for a login, login request
+//! bodies, and every response body (read into a buffer sized once and parsed in place, so a
+//! value or a token is copied once, into the zeroizing value the engine gets). Not wiped: the
+//! copies reqwest and hyper make on the way (the header and body in their write buffer, each
+//! chunk read from the socket), lease ids, and what Vault says in `errors` and `warnings`.
+//!
+//! [`SecretValue`]: keyrack_core::SecretValue
 
 mod auth;
 mod builder;

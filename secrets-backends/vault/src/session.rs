@@ -4,15 +4,33 @@
 //! Leases die with the token that created them, so every new login bumps a generation that the
 //! source's change feed reports: the client then re-issues the dynamic secrets it holds.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SecretValue, schedule};
+use keyrack_core::backoff::MAX_RETRY_AFTER;
+use keyrack_core::{Backoff, Clock, ErrorKind, Result, SecretValue, schedule};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::auth::{Auth, Login};
 use crate::http::Http;
+
+/// The shortest wait before the keeper tries again, and between two of its calls: the Vault Go
+/// client's `MinRetryWait` (1 s, `api.DefaultConfig`).
+pub(crate) const RETRY_FLOOR: Duration = Duration::from_secs(1);
+
+/// The keeper's waits after failures grow from the floor to a minute ("equal jitter": between
+/// half and all of `initial·2ⁿ`, so a run of failures cannot stay at the floor by chance).
+const KEEPER_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
+
+/// A token found alive by `lookup-self` after a refusal is not looked up again for this long:
+/// a 403 on a path the policy does not grant would otherwise cost a lookup every time.
+const LOOKUP_INTERVAL: Duration = Duration::from_secs(10);
 
 struct TokenState {
     token: SecretValue,
@@ -31,16 +49,25 @@ pub(crate) struct Session {
     clock: Arc<dyn Clock>,
     current: ArcSwapOption<TokenState>,
     login_lock: tokio::sync::Mutex<()>,
+    /// Taken for a store of the current token, so a renewal is stored only over its own
+    /// generation (a login of a newer one may land while the renewal is under way).
+    store_lock: Mutex<()>,
     generation: watch::Sender<u64>,
-    keeper: Mutex<Option<tokio::task::AbortHandle>>,
+    keeper: Mutex<Option<JoinHandle<()>>>,
     /// Shut down: the keeper is stopped and never started again.
-    closed: std::sync::atomic::AtomicBool,
-    backoff: Backoff,
+    closed: AtomicBool,
+    /// The last `lookup-self` after a refusal: the generation asked about, and when.
+    looked_up: Mutex<Option<(u64, Instant)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are plain data: a panic elsewhere cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if let Some(task) = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(task) = lock(&self.keeper).take() {
             task.abort();
         }
     }
@@ -54,13 +81,11 @@ impl Session {
             clock,
             current: ArcSwapOption::empty(),
             login_lock: tokio::sync::Mutex::new(()),
+            store_lock: Mutex::new(()),
             generation: watch::Sender::new(0),
             keeper: Mutex::new(None),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            backoff: Backoff {
-                initial: Duration::from_millis(500),
-                max: Duration::from_secs(60),
-            },
+            closed: AtomicBool::new(false),
+            looked_up: Mutex::new(None),
         })
     }
 
@@ -69,9 +94,18 @@ impl Session {
         self.auth.can_login()
     }
 
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Bumped at every login after the first: leases of older tokens are gone.
     pub(crate) fn generations(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// The generation of the token held now (0 before the first login).
+    pub(crate) fn generation(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |s| s.generation)
     }
 
     /// The current token and its generation, logging in first if there is none yet.
@@ -111,6 +145,7 @@ impl Session {
         let grace = login.ttl.map_or(Duration::ZERO, |ttl| {
             schedule::grace(ttl, None, fastrand::f64())
         });
+        let _store = lock(&self.store_lock);
         self.current.store(Some(Arc::new(TokenState {
             token: login.token,
             ttl: login.ttl,
@@ -122,17 +157,49 @@ impl Session {
         })));
     }
 
+    /// Store a renewed token, unless the session moved on to another generation meanwhile.
+    fn store_renewed(&self, renewed: TokenState) -> bool {
+        let _store = lock(&self.store_lock);
+        let same = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|s| s.generation == renewed.generation);
+        if same {
+            self.current.store(Some(Arc::new(renewed)));
+        }
+        same
+    }
+
     /// After a 403 with the token of `generation`: is the token itself dead (expired, revoked)?
-    /// If so, log in again and return the new token; if not, the 403 is a policy answer.
+    /// If so, log in again and return the new token and its generation; if not, the 403 is a
+    /// policy answer. A token found alive is not asked about again for [`LOOKUP_INTERVAL`].
     pub(crate) async fn recover_from_forbidden(
         self: &Arc<Self>,
         token: &SecretValue,
         generation: u64,
-    ) -> Result<Option<SecretValue>> {
+    ) -> Result<Option<(SecretValue, u64)>> {
         if !self.can_login() {
             return Ok(None);
         }
-        match Auth::lookup_self(&self.http, token).await {
+        // Replaced while the request was under way: try the newer token.
+        if let Some(state) = self.current.load_full()
+            && state.generation != generation
+        {
+            return Ok(Some((state.token.clone(), state.generation)));
+        }
+        {
+            let now = self.clock.now();
+            let mut last = lock(&self.looked_up);
+            if let Some((g, at)) = *last
+                && g == generation
+                && now < at + LOOKUP_INTERVAL
+            {
+                return Ok(None);
+            }
+            *last = Some((generation, now));
+        }
+        match Auth::check_alive(&self.http, token).await {
             // Alive: the 403 was about the path.
             Ok(()) => Ok(None),
             Err(e)
@@ -141,84 +208,133 @@ impl Session {
                     ErrorKind::PermissionDenied | ErrorKind::Unauthenticated
                 ) =>
             {
-                let (token, _) = self.login(Some(generation)).await?;
-                Ok(Some(token))
+                // Dead: the next refusal may look again at once (the login may fail).
+                *lock(&self.looked_up) = None;
+                self.login(Some(generation)).await.map(Some)
             }
             Err(_) => Ok(None),
         }
     }
 
-    /// Stop keeping the token alive, for good.
-    pub(crate) fn shutdown(&self) {
-        let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        if let Some(task) = keeper.take() {
+    /// Stop keeping the token alive, for good, and wait until the keeper has stopped: it makes
+    /// no call after this returns.
+    pub(crate) async fn shutdown(&self) {
+        let task = {
+            let mut keeper = lock(&self.keeper);
+            self.closed.store(true, Ordering::Release);
+            keeper.take()
+        };
+        if let Some(task) = task {
             task.abort();
+            let _ = task.await;
         }
     }
 
     fn ensure_keeper(self: &Arc<Self>) {
-        let mut keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner());
-        if keeper.is_none() && !self.closed.load(std::sync::atomic::Ordering::Acquire) {
+        let mut keeper = lock(&self.keeper);
+        if keeper.is_none() && !self.is_closed() {
             let weak = Arc::downgrade(self);
-            *keeper = Some(tokio::spawn(keep(weak)).abort_handle());
+            *keeper = Some(tokio::spawn(keep(weak)));
         }
+    }
+
+    /// One turn of the keeper: renew the token, or log in when it cannot be renewed (any more).
+    /// `None` when there is nothing left to do (a static token that can only expire).
+    async fn keep_once(self: &Arc<Self>, state: &TokenState) -> Option<Result<()>> {
+        let ended = state
+            .ttl
+            .is_some_and(|ttl| self.clock.now() >= state.obtained + ttl);
+        if state.renewable && !state.capped && !ended {
+            return Some(match renew(self, state).await {
+                // Renewal refused: the token is gone; a new one is the way forward.
+                Err(e) if !e.is_retryable() && self.can_login() => {
+                    self.login(Some(state.generation)).await.map(|_| ())
+                }
+                other => other,
+            });
+        }
+        if self.can_login() {
+            return Some(self.login(Some(state.generation)).await.map(|_| ()));
+        }
+        tracing::warn!(
+            "the Vault token cannot be renewed further and no login method is configured; it will expire"
+        );
+        None
     }
 }
 
-/// Keep the token alive until the session is dropped.
+/// Keep the token alive until the session is dropped or shut down.
 async fn keep(session: Weak<Session>) {
     let mut failures = 0u32;
+    let mut hint = None;
+    let mut last_try = None;
     loop {
-        let Some((clock, wake)) = next_wake(&session, failures) else {
+        let Some((clock, wake)) = next_wake(&session, failures, hint, last_try) else {
             return;
         };
         clock.sleep_until(wake).await;
         let Some(s) = session.upgrade() else { return };
+        if s.is_closed() {
+            return;
+        }
         let Some(state) = s.current.load_full() else {
             return;
         };
-        let result = if state.renewable && !state.capped {
-            renew(&s, &state).await
-        } else if s.can_login() {
-            s.login(Some(state.generation)).await.map(|_| ())
-        } else {
-            tracing::warn!(
-                "the Vault token cannot be renewed further and no login method is configured; it will expire"
-            );
-            return;
-        };
-        match result {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                failures += 1;
+        last_try = Some(s.clock.now());
+        match s.keep_once(&state).await {
+            None => return,
+            Some(Ok(())) => {
+                failures = 0;
+                hint = None;
+            }
+            Some(Err(e)) if e.kind() == &ErrorKind::Shutdown => return,
+            Some(Err(e)) => {
+                failures = failures.saturating_add(1);
+                hint = e.retry_after();
                 tracing::warn!(error = %e, attempt = failures, "keeping the Vault token alive failed");
-                if state.renewable && !state.capped && !e.is_retryable() && s.can_login() {
-                    // Renewal refused: the token is gone; a new one is the way forward.
-                    if s.login(Some(state.generation)).await.is_ok() {
-                        failures = 0;
-                    }
-                }
             }
         }
     }
 }
 
-fn next_wake(session: &Weak<Session>, failures: u32) -> Option<(Arc<dyn Clock>, Instant)> {
+/// The wait before retry number `attempt` (0-based): between half and all of the backoff step,
+/// never under the floor.
+fn retry_delay(attempt: u32, unit: f64) -> Duration {
+    let step = KEEPER_BACKOFF.ceiling(attempt).max(RETRY_FLOOR);
+    step.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+        .max(RETRY_FLOOR)
+}
+
+fn next_wake(
+    session: &Weak<Session>,
+    failures: u32,
+    hint: Option<Duration>,
+    last_try: Option<Instant>,
+) -> Option<(Arc<dyn Clock>, Instant)> {
     let s = session.upgrade()?;
     let state = s.current.load_full()?;
     let ttl = state.ttl?; // a token without TTL (root) needs no keeping
     let now = s.clock.now();
-    let wake = if failures > 0 {
-        let e = Error::new(ErrorKind::Unavailable, "retry");
-        let delay = s
-            .backoff
-            .delay(failures - 1, &e, Duration::ZERO, fastrand::f64());
-        (now + delay).min(state.obtained + ttl)
+    let end = state.obtained + ttl;
+    let mut wake = if failures > 0 {
+        let mut delay = retry_delay(failures - 1, fastrand::f64());
+        if let Some(hint) = hint {
+            delay = delay.max(hint.min(MAX_RETRY_AFTER));
+        }
+        let at = now + delay;
+        // While the token still has a while to live, try again before it ends (unless Vault
+        // asked for a longer wait); once it has ended, the backoff alone decides.
+        if hint.is_none() && end > now + RETRY_FLOOR {
+            at.min(end)
+        } else {
+            at
+        }
     } else {
         state.obtained + schedule::lease_delay(ttl, state.grace)
     };
+    if let Some(last) = last_try {
+        wake = wake.max(last + RETRY_FLOOR);
+    }
     Some((s.clock.clone(), wake))
 }
 
@@ -234,7 +350,7 @@ async fn renew(s: &Arc<Session>, state: &TokenState) -> Result<()> {
             "Vault token renewal no longer extends it; a new login follows"
         );
     }
-    s.current.store(Some(Arc::new(TokenState {
+    let stored = s.store_renewed(TokenState {
         token: state.token.clone(),
         ttl: Some(ttl),
         renewable: renewed.renewable,
@@ -246,6 +362,25 @@ async fn renew(s: &Arc<Session>, state: &TokenState) -> Result<()> {
         },
         capped,
         generation: state.generation,
-    })));
+    });
+    if !stored {
+        tracing::debug!(
+            "a newer Vault token was obtained while renewing the old one; kept the newer"
+        );
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_waits_grow_from_the_floor_and_never_go_under_half_a_step() {
+        let s = Duration::from_secs;
+        let low: Vec<Duration> = (0..8).map(|n| retry_delay(n, 0.0)).collect();
+        assert_eq!(low, [s(1), s(1), s(2), s(4), s(8), s(16), s(30), s(30)]);
+        let high: Vec<Duration> = (0..8).map(|n| retry_delay(n, 1.0)).collect();
+        assert_eq!(high, [s(1), s(2), s(4), s(8), s(16), s(32), s(60), s(60)]);
+    }
 }

@@ -332,3 +332,65 @@ fn builder_refuses_skip_verify_for_remote_addresses() {
         .unwrap_err();
     assert!(e.to_string().contains("VAULT_ADDR"));
 }
+
+/// #15: mounts were remembered forever. A KV v1 mount replaced by a KV v2 one at the same path
+/// is detected again after a read there fails (and a while after the last detection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_mount_is_detected_again() {
+    use keyrack_core::ManualClock;
+    let mount = uniq("remount");
+    root_api(
+        Method::POST,
+        &format!("sys/mounts/{mount}"),
+        Some(serde_json::json!({ "type": "kv", "options": { "version": "1" } })),
+    )
+    .await;
+    root_api(
+        Method::POST,
+        &format!("{mount}/app"),
+        Some(serde_json::json!({ "k": "v1" })),
+    )
+    .await;
+    let clock = ManualClock::new();
+    let vault = keyrack_vault::VaultBuilder::new()
+        .with_address(env("VAULT_ADDR"))
+        .with_token(env("VAULT_ROOT_TOKEN"))
+        .with_clock(clock.clone())
+        .build()
+        .unwrap();
+    let uri = r(&format!("vault://{mount}/app"));
+    let v1 = vault.fetch(&uri).await.unwrap();
+    assert_eq!(v1.field("k").unwrap().expose_str().unwrap(), "v1");
+
+    root_api(Method::DELETE, &format!("sys/mounts/{mount}"), None).await;
+    root_api(
+        Method::POST,
+        &format!("sys/mounts/{mount}"),
+        Some(serde_json::json!({ "type": "kv", "options": { "version": "2" } })),
+    )
+    .await;
+    // A new KV v2 mount may refuse writes for a moment while it sets itself up.
+    let written = async {
+        for _ in 0..50 {
+            let status = reqwest::Client::new()
+                .post(format!("{}/v1/{mount}/data/app", env("VAULT_ADDR")))
+                .header("X-Vault-Token", env("VAULT_ROOT_TOKEN"))
+                .json(&serde_json::json!({ "data": { "k": "v2" } }))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status.is_success() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(written.await, "the KV v2 mount never took a write");
+
+    clock.advance(Duration::from_secs(11)).await;
+    let v2 = vault.fetch(&uri).await.unwrap();
+    assert_eq!(v2.field("k").unwrap().expose_str().unwrap(), "v2");
+    assert_eq!(v2.version(), Some(&Version::from("1")), "read as KV v2");
+}

@@ -243,3 +243,32 @@ async fn token_max_ttl_relogin_reissues_dynamic_secrets() {
     );
     secrets.shutdown().await;
 }
+
+/// A leased credential read with `get_secret` only (no handle) is re-issued after the source
+/// logs in again: the old token's leases die with it (#9). The credential's own lease is an hour,
+/// so nothing but the new login can replace it within the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_secret_only_credentials_are_reissued_after_a_relogin() {
+    let (db_role, role_id, secret_id) = own_db_role_and_approle("1h", "2h", "6s", "15s").await;
+    let secrets = client(source(Auth::approle(role_id, secret_id)));
+    let uri = format!("vault://database/creds/{db_role}");
+    let started = Instant::now();
+    let first = creds(&secrets.get_secret(uri.as_str()).await.unwrap());
+    pg_login(&first).await.unwrap();
+    // The token lives at most 15 s: the keeper logs in again before, and once the old token is
+    // past its max TTL Vault revokes the credential issued under it.
+    tokio::time::sleep(Duration::from_secs(18).saturating_sub(started.elapsed())).await;
+    assert!(
+        pg_login(&first).await.is_err(),
+        "the old token's lease was revoked with it"
+    );
+    let second = creds(&secrets.get_secret(uri.as_str()).await.unwrap());
+    assert_ne!(
+        second.username, first.username,
+        "get_secret still serves the credential of the dead token"
+    );
+    pg_login(&second)
+        .await
+        .expect("the re-issued credential logs in");
+    secrets.shutdown().await;
+}

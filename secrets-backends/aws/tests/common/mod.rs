@@ -165,12 +165,23 @@ impl Storable for SentOperation {
 }
 
 /// Replaces the response of the next `armed` requests of operation `op` (any when empty) with
-/// a ThrottlingException, as Secrets Manager sends it.
+/// a ThrottlingException, as Secrets Manager sends it (or, with [`Throttler::answer`], another
+/// status, code and `Retry-After`).
 #[derive(Clone, Debug, Default)]
 pub struct Throttler {
     pub op: Arc<Mutex<String>>,
     pub armed: Arc<AtomicUsize>,
     pub throttled: Arc<AtomicUsize>,
+    /// The replacement (default: 400, ThrottlingException, no `Retry-After`).
+    pub reply: Arc<Mutex<Option<Reply>>>,
+}
+
+/// What [`Throttler`] answers instead.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub code: String,
+    pub retry_after: Option<String>,
 }
 
 impl Throttler {
@@ -181,6 +192,15 @@ impl Throttler {
 
     pub fn throttled(&self) -> usize {
         self.throttled.load(Ordering::SeqCst)
+    }
+
+    /// Replace with this status, error code and `Retry-After` from now on.
+    pub fn answer(&self, status: u16, code: &str, retry_after: Option<String>) {
+        *self.reply.lock().unwrap() = Some(Reply {
+            status,
+            code: code.to_owned(),
+            retry_after,
+        });
     }
 }
 
@@ -217,13 +237,27 @@ impl Intercept for Throttler {
             .is_ok();
         if take {
             self.throttled.fetch_add(1, Ordering::SeqCst);
+            let Reply {
+                status,
+                code,
+                retry_after,
+            } = self.reply.lock().unwrap().clone().unwrap_or(Reply {
+                status: 400,
+                code: "ThrottlingException".into(),
+                retry_after: None,
+            });
             let mut response = HttpResponse::new(
-                400.try_into().unwrap(),
-                SdkBody::from(r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#),
+                status.try_into().unwrap(),
+                SdkBody::from(format!(
+                    r#"{{"__type":"{code}","message":"Rate exceeded"}}"#
+                )),
             );
             response
                 .headers_mut()
                 .insert("content-type", "application/x-amz-json-1.1");
+            if let Some(wait) = retry_after {
+                response.headers_mut().insert("retry-after", wait);
+            }
             *ctx.response_mut() = response;
         }
         Ok(())

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test binary uses part of this
 
+pub mod fake;
+
 use std::time::Duration;
 
 use keyrack_core::{RotationEvent, RotationEvents, Secret, SecretRef, Secrets};
@@ -161,4 +163,71 @@ pub async fn next_matching(
 
 pub fn r(uri: &str) -> SecretRef {
     SecretRef::parse(uri).unwrap()
+}
+
+/// A database role of this test's own (`lease` default TTL, `max` max TTL), a policy that reads
+/// it, and an AppRole role logging in with that policy (`token_ttl`, `token_max_ttl`). Returns
+/// the database role's name and the AppRole credentials.
+pub async fn own_db_role_and_approle(
+    lease: &str,
+    max: &str,
+    token_ttl: &str,
+    token_max_ttl: &str,
+) -> (String, String, String) {
+    let name = uniq("own");
+    let creation = std::fs::read_to_string(format!(
+        "{}/policies/db-creation.sql",
+        env("TESTGROUND_DIR")
+    ))
+    .unwrap();
+    root_api(
+        reqwest::Method::POST,
+        &format!("database/roles/{name}"),
+        Some(serde_json::json!({
+            "db_name": "app-db", "creation_statements": creation,
+            "default_ttl": lease, "max_ttl": max,
+        })),
+    )
+    .await;
+    let policy = format!(
+        r#"path "database/creds/{name}" {{ capabilities = ["read"] }}
+path "sys/leases/renew" {{ capabilities = ["update"] }}
+path "sys/leases/revoke" {{ capabilities = ["update"] }}
+path "auth/token/renew-self" {{ capabilities = ["update"] }}
+path "auth/token/lookup-self" {{ capabilities = ["read", "update"] }}
+"#
+    );
+    root_api(
+        reqwest::Method::PUT,
+        &format!("sys/policies/acl/{name}"),
+        Some(serde_json::json!({ "policy": policy })),
+    )
+    .await;
+    root_api(
+        reqwest::Method::POST,
+        &format!("auth/approle/role/{name}"),
+        Some(serde_json::json!({
+            "token_policies": [name], "token_ttl": token_ttl, "token_max_ttl": token_max_ttl
+        })),
+    )
+    .await;
+    let role_id = root_api(
+        reqwest::Method::GET,
+        &format!("auth/approle/role/{name}/role-id"),
+        None,
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = root_api(
+        reqwest::Method::POST,
+        &format!("auth/approle/role/{name}/secret-id"),
+        None,
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (name, role_id, secret_id)
 }
