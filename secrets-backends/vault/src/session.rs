@@ -332,7 +332,11 @@ fn next_wake(
     } else {
         state.obtained + schedule::lease_delay(ttl, state.grace)
     };
-    if let Some(last) = last_try {
+    // A renewal that found the token capped calls for the login at once (renew -> login is
+    // progress, and a short token may end within the floor); anything else waits the floor.
+    if let Some(last) = last_try
+        && (failures > 0 || !state.capped)
+    {
         wake = wake.max(last + RETRY_FLOOR);
     }
     Some((s.clock.clone(), wake))
