@@ -88,7 +88,9 @@ struct ManualState {
     elapsed: Duration,
     /// Added to the wall clock only (a step of the system clock).
     wall_jump: Duration,
-    sleepers: Vec<(Instant, Waker)>,
+    /// (deadline, the sleep's id, its waker)
+    sleepers: Vec<(Instant, u64, Waker)>,
+    next_id: u64,
 }
 
 impl ManualClock {
@@ -100,6 +102,7 @@ impl ManualClock {
                 elapsed: Duration::ZERO,
                 wall_jump: Duration::ZERO,
                 sleepers: Vec::new(),
+                next_id: 0,
             })),
             base: Instant::now(),
             base_wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -127,7 +130,7 @@ impl ManualClock {
                 let st = self.state();
                 st.sleepers
                     .iter()
-                    .map(|(d, _)| d.duration_since(self.base))
+                    .map(|(d, _, _)| d.duration_since(self.base))
                     .filter(|d| *d <= target)
                     .min()
             };
@@ -146,9 +149,9 @@ impl ManualClock {
             let now = self.base + to;
             let (due, rest) = std::mem::take(&mut st.sleepers)
                 .into_iter()
-                .partition::<Vec<_>, _>(|(d, _)| *d <= now);
+                .partition::<Vec<_>, _>(|(d, _, _)| *d <= now);
             st.sleepers = rest;
-            due.into_iter().map(|(_, w)| w).collect()
+            due.into_iter().map(|(_, _, w)| w).collect()
         };
         woken.into_iter().for_each(Waker::wake);
     }
@@ -197,9 +200,15 @@ impl Clock for ManualClock {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Sleep {
+        let id = {
+            let mut st = self.state();
+            st.next_id += 1;
+            st.next_id
+        };
         Box::pin(ManualSleep {
             clock: self.clone(),
             deadline,
+            id,
         })
     }
 }
@@ -207,6 +216,17 @@ impl Clock for ManualClock {
 struct ManualSleep {
     clock: ManualClock,
     deadline: Instant,
+    id: u64,
+}
+
+impl Drop for ManualSleep {
+    fn drop(&mut self) {
+        // A sleep given up (a task aborted, a select that went the other way) is no sleeper.
+        self.clock
+            .state()
+            .sleepers
+            .retain(|(_, id, _)| *id != self.id);
+    }
 }
 
 impl Future for ManualSleep {
@@ -217,11 +237,10 @@ impl Future for ManualSleep {
         if self.clock.base + st.elapsed >= self.deadline {
             return Poll::Ready(());
         }
-        let deadline = self.deadline;
-        // Replace an earlier registration of this task rather than piling up wakers.
-        st.sleepers
-            .retain(|(d, w)| !(*d == deadline && w.will_wake(cx.waker())));
-        st.sleepers.push((deadline, cx.waker().clone()));
+        let (deadline, id) = (self.deadline, self.id);
+        // Replace an earlier registration of this sleep rather than piling up wakers.
+        st.sleepers.retain(|(_, i, _)| *i != id);
+        st.sleepers.push((deadline, id, cx.waker().clone()));
         Poll::Pending
     }
 }
@@ -251,6 +270,20 @@ mod tests {
         );
         clock.advance(Duration::from_secs(5)).await;
         assert_eq!(ticks.lock().unwrap().len(), 3);
+        assert_eq!(clock.sleepers(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_sleep_given_up_is_no_sleeper() {
+        let clock = ManualClock::new();
+        let c = clock.clone();
+        let task = tokio::spawn(async move {
+            c.sleep_until(c.now() + Duration::from_secs(10)).await;
+        });
+        settle().await;
+        assert_eq!(clock.sleepers(), 1);
+        task.abort();
+        let _ = task.await;
         assert_eq!(clock.sleepers(), 0);
     }
 
