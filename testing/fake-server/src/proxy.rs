@@ -22,7 +22,8 @@ pub enum Fault {
     Cut,
     /// Reset every connection, open or new (RST).
     Reset,
-    /// Accept, read, and never answer (a hung server or a black-holed route).
+    /// Accept, read, and never answer (a hung server or a black-holed route). Leaving it closes
+    /// the connections that hung, as a server that comes back has lost them.
     Hang,
     /// Forward, each chunk delayed by this much.
     Slow(Duration),
@@ -208,7 +209,9 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
         }
         tokio::select! {
             changed = faults.changed() => {
-                if changed.is_err() {
+                // A server that comes back after hanging has lost its connections: what was
+                // swallowed meanwhile is never answered, so the connection closes.
+                if changed.is_err() || fault == Fault::Hang {
                     return;
                 }
             }
