@@ -166,6 +166,21 @@ impl ManualClock {
     pub fn sleepers(&self) -> usize {
         self.state().sleepers.len()
     }
+
+    /// How long each current sleeper has left, shortest first. A test that waits for one
+    /// particular sleep (a retry wait beside a stream's idle limit, say) looks for its length
+    /// here rather than counting sleepers, which other tasks add and drop concurrently.
+    pub fn sleeping_for(&self) -> Vec<Duration> {
+        let st = self.state();
+        let now = self.base + st.elapsed;
+        let mut left: Vec<Duration> = st
+            .sleepers
+            .iter()
+            .map(|(d, _, _)| d.saturating_duration_since(now))
+            .collect();
+        left.sort();
+        left
+    }
 }
 
 /// Let every ready task on the current runtime run until it waits again.
