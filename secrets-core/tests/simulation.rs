@@ -2,7 +2,10 @@
 //! and shutdown against a backend that writes, deletes, fails, throttles (with and without
 //! `Retry-After`), hangs, and issues leases of TTL 0, short, huge, non-renewable and capped ones,
 //! with cache capacities from 1 to 10,000. Everything runs on one thread and a manual clock, so
-//! a seed replays exactly.
+//! a seed replays exactly, with one exception: which entry a small cache evicts, and when, is
+//! moka's (its hashing is seeded per process and its housekeeping follows real time), so a
+//! failure that hangs on an eviction may need its seed replayed a few times, or the run that
+//! found it repeated (seed 1119917 showed only in a long run; its test is in `faults.rs`).
 //!
 //! Invariants, checked after every step:
 //! 1. every operation completes (within two request timeouts of simulated time);
@@ -234,11 +237,14 @@ impl SecretSource for Backend {
 
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
         self.enter(r.path(), Op::Fetch).await?;
+        // A backend may answer with the lease it issued last (a capped re-issue, a replaying
+        // proxy), but never with one it has revoked or let end.
         let replay = {
             let st = self.st();
             st.same_lease
                 .then(|| st.last_lease.get(r.path()).cloned())
                 .flatten()
+                .filter(|s| s.lease().is_some_and(|l| self.memory.lease_valid(&l.id)))
         };
         if let Some(last) = replay {
             self.answered(r.path());
@@ -789,7 +795,10 @@ fn shrink(setup: &Setup, mut steps: Vec<Step>) -> (Vec<Step>, String) {
 ///
 /// - 1001709: a lease answered slower than its TTL arrived already past its end; `Rotated` was
 ///   emitted and `Expired` only when the driver next woke.
-const REGRESSIONS: [u64; 1] = [1_001_709];
+/// - 1119917: an entry the cache let go retired its lease; the backend handed the same lease id
+///   to a new read and the revoker still ended it under a handle (engine: a lease served again
+///   leaves the revoker's queue; this backend also stopped replaying leases it had revoked).
+const REGRESSIONS: [u64; 2] = [1_001_709, 1_119_917];
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

@@ -198,6 +198,7 @@ impl Entry {
                 not_before: now,
                 probe_refused: false,
             });
+            self.claim_lease(&secret);
             let snap = self.plan(secret, sched, now);
             self.set_state(snap);
         }
@@ -362,6 +363,7 @@ impl Entry {
         }
         views.retain(|w| w.upgrade().is_some_and(|v| !v.is_detached()));
         drop(views);
+        self.claim_lease(&secret);
         self.leased
             .store(secret.lease().is_some(), Ordering::Release);
         self.set_state(self.plan(secret, sched, now));
@@ -403,6 +405,14 @@ impl Entry {
     pub(crate) fn notify_views(&self) {
         for view in lock(&self.views).iter().filter_map(Weak::upgrade) {
             view.changed.notify_waiters();
+        }
+    }
+
+    /// A lease this entry now serves is nobody's to revoke, even if an entry the cache let go
+    /// handed the same id to the revoker before the backend gave it out again.
+    fn claim_lease(&self, secret: &Secret) {
+        if let Some(lease) = secret.lease() {
+            self.ctx.revoker.keep(&self.source_name, &lease.id);
         }
     }
 

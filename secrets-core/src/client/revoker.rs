@@ -95,6 +95,16 @@ impl Revoker {
         self.wake.notify_one();
     }
 
+    /// Lease `id` of `source_name` is in use again (the backend answered a new read with it):
+    /// drop any revocation pending for it, or the revoker would end a credential being served.
+    pub(crate) fn keep(&self, source_name: &str, id: &str) {
+        let mut st = lock(&self.state);
+        if !st.pending.is_empty() {
+            st.pending
+                .retain(|p| !(p.lease.id == id && &*p.source_name == source_name));
+        }
+    }
+
     /// Revoke everything pending now, and accept nothing more.
     pub(crate) async fn shutdown(&self) {
         let pending = {
