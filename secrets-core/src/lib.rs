@@ -1,4 +1,35 @@
-#![doc = include_str!("../../README.md")]
+//! The core of [keyrack](https://docs.rs/keyrack): the [`SecretSource`] contract every backend
+//! implements, the [`Secrets`] client (cache, single-flight, handles that follow rotations,
+//! lease renewal and re-issue, backoff, [`RotationEvent`]s), and built-in [`sources`]: memory,
+//! environment, files.
+//!
+//! Most applications depend on the `keyrack` crate, which re-exports this one and adds each
+//! backend behind a feature; a backend's own crate depends on this one alone.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), keyrack_core::Error> {
+//! use keyrack_core::{RotationEvent, Secrets, sources::MemorySource};
+//!
+//! let memory = MemorySource::new();
+//! memory.set("db", r#"{"user":"app","password":"first"}"#);
+//! let secrets = Secrets::builder().source("mem", memory.clone()).build()?;
+//!
+//! let user = secrets.get_secret("mem://db#user").await?;
+//! assert_eq!(user.expose_str()?, "app");
+//!
+//! let handle = secrets.handle("mem://db#password").await?;
+//! let mut events = secrets.events();
+//! memory.set("db", r#"{"user":"app","password":"second"}"#);
+//! handle.refresh_now().await?;
+//! assert_eq!(handle.current().expose_str()?, "second");
+//! assert!(matches!(events.recv().await, Some(RotationEvent::Rotated { .. })));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Tokio is required: handles and leases are maintained by tasks spawned on the runtime that is
+//! current when they are made.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;

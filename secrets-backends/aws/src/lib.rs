@@ -40,6 +40,7 @@
 //! immediate re-check with
 //! [`SecretHandle::refresh_now`](keyrack_core::SecretHandle::refresh_now), and with the
 //! alternating-users strategy read the other user's credentials with `?stage=AWSPREVIOUS`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod errors;

@@ -59,6 +59,7 @@
 //! identity credential on the application (or user-assigned managed identity) whose issuer is
 //! the cluster's OIDC issuer, whose subject is `system:serviceaccount:<namespace>:<name>` and
 //! whose audience is `api://AzureADTokenExchange` (the projected token's audience).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod credential;

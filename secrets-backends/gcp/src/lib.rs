@@ -68,6 +68,7 @@
 //! is granted the roles above directly, or, with service-account impersonation, it is granted
 //! **Workload Identity User** (`roles/iam.workloadIdentityUser`) on the service account, which
 //! holds the roles above.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod auth;
 mod builder;

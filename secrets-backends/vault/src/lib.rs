@@ -62,6 +62,7 @@
 //! chunk read from the socket), lease ids, and what Vault says in `errors` and `warnings`.
 //!
 //! [`SecretValue`]: keyrack_core::SecretValue
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod auth;
 mod builder;

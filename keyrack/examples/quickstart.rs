@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use keyrack_core::sources::FileSource;
-use keyrack_core::{RotationEvent, Secrets};
+use keyrack::sources::FileSource;
+use keyrack::{RotationEvent, Secrets};
 
 #[derive(serde::Deserialize)]
 struct DbConfig {
@@ -72,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn version(secret: &keyrack_core::Secret) -> String {
+fn version(secret: &keyrack::Secret) -> String {
     secret
         .version()
         .map_or_else(|| "none".to_owned(), ToString::to_string)
