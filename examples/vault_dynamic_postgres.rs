@@ -21,8 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use keyrack_core::{RotationEvent, Secret, Secrets};
-use keyrack_vault::{Auth, VaultBuilder};
+use keyrack::vault::{Auth, VaultBuilder};
+use keyrack::{RotationEvent, Secret, Secrets};
 use tokio_postgres::{Client, NoTls};
 
 #[derive(serde::Deserialize)]

@@ -12,18 +12,18 @@
 //!
 //! | variable | default |
 //! |---|---|
-//! | `VAULT_ADDR`, `VAULT_K8S_ROLE`, `VAULT_K8S_AUTH`, `VAULT_K8S_MOUNT`, `VAULT_K8S_TOKEN_FILE`, `VAULT_CACERT` | see `keyrack_k8s::detect` |
+//! | `VAULT_ADDR`, `VAULT_K8S_ROLE`, `VAULT_K8S_AUTH`, `VAULT_K8S_MOUNT`, `VAULT_K8S_TOKEN_FILE`, `VAULT_CACERT` | see `keyrack::k8s::detect` |
 //! | `APP_VAULT_SECRET` | `vault://secret/app/config#api_key` |
 //! | `APP_K8S_SECRET` | `k8s://<the pod's namespace>/db-creds#password` |
 #![allow(clippy::print_stdout)] // a program whose output is the point
 
 use std::process::ExitCode;
 
-use keyrack_core::{Error, Secret, Secrets};
-use keyrack_k8s::{InCluster, Pod, source::KubernetesSecrets};
+use keyrack::k8s::{InCluster, Pod, source::KubernetesSecrets};
+use keyrack::{Error, Secret, Secrets};
 
 /// Registers both sources on one client.
-fn client(vault: keyrack_vault::VaultSource, in_cluster: &InCluster) -> Result<Secrets, Error> {
+fn client(vault: keyrack::vault::VaultSource, in_cluster: &InCluster) -> Result<Secrets, Error> {
     let k8s = KubernetesSecrets::builder()
         .in_cluster(in_cluster)
         .build()?;
@@ -41,7 +41,7 @@ fn describe(secret: &Secret) -> String {
 #[tokio::main]
 async fn main() -> ExitCode {
     // Vault: VAULT_ADDR, VAULT_K8S_ROLE, … and the projected token /var/run/secrets/tokens/vault.
-    let vault = keyrack_k8s::vault::from_pod(&Pod::from_env()).and_then(|b| b.build());
+    let vault = keyrack::k8s::vault::from_pod(&Pod::from_env()).and_then(|b| b.build());
     // The API server, CA and (default-audience) token under
     // /var/run/secrets/kubernetes.io/serviceaccount, for the `k8s://` source.
     let in_cluster = InCluster::detect();
