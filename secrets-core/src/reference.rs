@@ -7,7 +7,10 @@
 //! * `path` is everything up to the first `?` or `#`, percent-decoded and otherwise kept as given.
 //! * `query` is `&`-separated `key=value` pairs. `version=<id>` and `stage=<label>` select which
 //!   revision of the secret is meant (at most one of them); every other key is a backend parameter.
-//! * `field` names one entry inside a structured secret.
+//! * `field` names one entry inside a structured secret: a top-level JSON member (`#password`),
+//!   or a JSON Pointer into nested objects and arrays when it starts with `/` (`#/db/hosts/0`;
+//!   see [`SecretValue::field`](crate::SecretValue::field)). Sources with named entries of
+//!   their own (a Kubernetes Secret's keys) read the field as an entry name.
 //!
 //! Raw spaces and control characters are never accepted: they must be percent-encoded.
 //! [`Display`](fmt::Display) writes the canonical form, which parses back to an equal reference.

@@ -78,21 +78,31 @@ impl SecretValue {
         serde_json::from_slice(self.expose_bytes()).map_err(scrub_json_error)
     }
 
-    /// Select `name` from a JSON object value. A string member yields its unescaped text; any
-    /// other member (number, object, …) yields its JSON text as written.
+    /// Select a member of a JSON value. `name` is either a top-level member name (`password`)
+    /// or, when it starts with `/`, a JSON Pointer (RFC 6901) into nested objects and arrays:
+    /// `/db/password`, `/users/0/token`, with `~1` for a `/` and `~0` for a `~` inside a name.
+    /// A string member yields its unescaped text; any other member (number, object, …) yields
+    /// its JSON text as written.
+    ///
+    /// Errors name the step of the pointer that failed, never the value.
     pub fn field(&self, name: &str) -> Result<SecretValue> {
-        let object: HashMap<String, &RawValue> = serde_json::from_slice(self.expose_bytes())
-            .map_err(|e| {
-                let e = scrub_json_error(e);
-                Error::invalid_value(format!(
-                    "cannot select field `{name}`: value is not a JSON object ({})",
-                    e.message()
-                ))
+        let text = if let Some(pointer) = name.strip_prefix('/') {
+            let mut raw: &RawValue =
+                serde_json::from_slice(self.expose_bytes()).map_err(|e| not_json(name, e))?;
+            let mut walked = 0;
+            for token in pointer.split('/') {
+                raw = step(raw, token, &name[..walked])?;
+                walked += 1 + token.len();
+            }
+            raw.get()
+        } else {
+            let object: HashMap<String, &RawValue> =
+                serde_json::from_slice(self.expose_bytes()).map_err(|e| not_json(name, e))?;
+            let raw = object.get(name).ok_or_else(|| {
+                Error::invalid_value(format!("field `{name}` is not in the value"))
             })?;
-        let raw = object
-            .get(name)
-            .ok_or_else(|| Error::invalid_value(format!("field `{name}` is not in the value")))?;
-        let text = raw.get();
+            raw.get()
+        };
         if let Some(quoted) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
             // Unescaped here rather than by serde_json, whose scratch buffer for escapes is
             // freed without being wiped.
@@ -115,6 +125,58 @@ impl SecretValue {
     /// Whether two handles share one allocation (a clone, not a copy).
     pub fn shares_allocation_with(&self, other: &SecretValue) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+fn not_json(name: &str, e: serde_json::Error) -> Error {
+    let e = scrub_json_error(e);
+    Error::invalid_value(format!(
+        "cannot select field `{name}`: value is not JSON ({})",
+        e.message()
+    ))
+}
+
+/// One step of a JSON Pointer: member `token` of an object, or element `token` of an array.
+/// `at` is the pointer walked so far (for the error).
+fn step<'a>(raw: &'a RawValue, token: &str, at: &str) -> Result<&'a RawValue> {
+    let name = decode_pointer_token(token);
+    let text = raw.get().trim_start();
+    let missing = || Error::invalid_value(format!("field `{at}/{token}` is not in the value"));
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let object: HashMap<String, &'a RawValue> =
+                serde_json::from_str(raw.get()).map_err(|e| not_json(at, e))?;
+            object.get(&*name).copied().ok_or_else(missing)
+        }
+        Some(b'[') => {
+            // RFC 6901: decimal digits, no leading zero (except "0" itself).
+            let index = (!token.is_empty()
+                && token.bytes().all(|b| b.is_ascii_digit())
+                && (token == "0" || !token.starts_with('0')))
+            .then(|| token.parse::<usize>().ok())
+            .flatten()
+            .ok_or_else(|| {
+                Error::invalid_value(format!(
+                    "field `{at}/{token}`: `{at}` is an array, and `{token}` is not an index"
+                ))
+            })?;
+            let array: Vec<&'a RawValue> =
+                serde_json::from_str(raw.get()).map_err(|e| not_json(at, e))?;
+            array.get(index).copied().ok_or_else(missing)
+        }
+        _ => Err(Error::invalid_value(format!(
+            "field `{at}/{token}`: `{}` is neither an object nor an array",
+            if at.is_empty() { "the value" } else { at }
+        ))),
+    }
+}
+
+/// `~1` is `/` and `~0` is `~` in a pointer's token (in that order, per RFC 6901).
+fn decode_pointer_token(token: &str) -> std::borrow::Cow<'_, str> {
+    if token.contains('~') {
+        token.replace("~1", "/").replace("~0", "~").into()
+    } else {
+        token.into()
     }
 }
 
@@ -291,6 +353,50 @@ mod tests {
         assert!(!e.to_string().contains("s3cr3t"));
         let v = SecretValue::from(r#"{"k":"a\u00e9\ud83d\ude00\n\t\/\\b"}"#);
         assert_eq!(v.field("k").unwrap().expose_str().unwrap(), "aé😀\n\t/\\b");
+    }
+
+    #[test]
+    fn json_pointer_selection() {
+        let v = SecretValue::from(
+            r#"{"db":{"password":"p\"w","hosts":["a","b"]},"a/b":{"~x":7},"":{"":"empty"}}"#,
+        );
+        let get = |p: &str| v.field(p).map(|f| f.expose_str().unwrap().to_owned());
+        assert_eq!(get("/db/password").unwrap(), "p\"w");
+        assert_eq!(get("/db/hosts/1").unwrap(), "b");
+        assert_eq!(get("/db/hosts").unwrap(), r#"["a","b"]"#);
+        assert_eq!(get("/a~1b/~0x").unwrap(), "7");
+        assert_eq!(get("//").unwrap(), "empty");
+        // A top-level name is still a name: `db` is the whole member.
+        assert!(get("db").unwrap().starts_with('{'));
+        let err = |p: &str| v.field(p).unwrap_err();
+        for (pointer, says) in [
+            ("/db/user", "`/db/user` is not in the value"),
+            ("/db/hosts/2", "`/db/hosts/2` is not in the value"),
+            (
+                "/db/hosts/01",
+                "`/db/hosts` is an array, and `01` is not an index",
+            ),
+            ("/db/hosts/-", "is not an index"),
+            (
+                "/db/password/x",
+                "`/db/password` is neither an object nor an array",
+            ),
+        ] {
+            let e = err(pointer);
+            assert_eq!(e.kind(), &ErrorKind::InvalidValue);
+            assert!(e.to_string().contains(says), "{pointer}: {e}");
+            assert!(!e.to_string().contains("p\"w") && !e.to_string().contains("p\\\"w"));
+        }
+        let e = SecretValue::from("s3cr3t").field("/x").unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        let e = SecretValue::from("\"s3cr3t\"")
+            .field("/x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`the value` is neither") && !e.contains("s3cr3t"),
+            "{e}"
+        );
     }
 
     proptest::proptest! {

@@ -731,3 +731,26 @@ async fn prefetch_does_not_fetch_a_secret_already_held() {
         "the held lease, not a second one"
     );
 }
+
+/// Nested fields (JSON Pointer, RFC 6901) share the secret's one read with top-level fields.
+#[tokio::test]
+async fn json_pointer_fields_share_one_read() {
+    let (_clock, memory, secrets) = setup();
+    memory.set(
+        "app",
+        r#"{"db":{"hosts":["h0","h1"],"password":"pw"},"user":"u"}"#,
+    );
+    let host = secrets.get_secret("mem://app#/db/hosts/1").await.unwrap();
+    let password = secrets.handle("mem://app#/db/password").await.unwrap();
+    let user = secrets.get_secret("mem://app#user").await.unwrap();
+    assert_eq!(host.expose_str().unwrap(), "h1");
+    assert_eq!(password.current().expose_str().unwrap(), "pw");
+    assert_eq!(user.expose_str().unwrap(), "u");
+    assert_eq!(memory.calls().fetch, 1);
+    let e = secrets.get_secret("mem://app#/db/port").await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::InvalidValue);
+    assert!(
+        e.to_string().contains("`/db/port` is not in the value"),
+        "{e}"
+    );
+}
