@@ -672,3 +672,37 @@ async fn a_lease_handed_out_again_is_not_revoked_under_its_new_holder() {
     );
     assert_eq!(scripted.count(Op::Revoke), 0);
 }
+
+/// Operators at INFO see the lifecycle (a rotation) and, at WARN, trouble (a failed refresh, an
+/// expiry); routine renewals stay at DEBUG. None of it shows a value.
+#[tokio::test]
+async fn lifecycle_is_logged_at_info_and_trouble_at_warn() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let secrets = builder(&clock)
+        .source("mem", memory.clone())
+        .build()
+        .unwrap();
+    memory.set("app", "value-one");
+    memory.lease("db", S(30), S(3600), true);
+    let logs = LogCapture::start();
+    let app = secrets.handle("mem://app").await.unwrap();
+    let _db = secrets.handle("mem://db").await.unwrap();
+    memory.set("app", "value-two");
+    app.refresh_now().await.unwrap();
+    clock.advance(S(25)).await; // the lease renewed at about ⅔ of its TTL
+    memory.fail_with(ErrorKind::Unavailable, None);
+    clock.advance(S(300)).await; // renewals fail until the lease ends
+    let text = logs.text();
+    let lines = |level: &str, what: &str| {
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(what))
+            .count()
+    };
+    assert!(lines(" INFO ", "mem://app rotated") >= 1, "{text}");
+    assert!(lines(" WARN ", "refresh failed") >= 1, "{text}");
+    assert!(lines(" WARN ", "mem://db expired") >= 1, "{text}");
+    assert!(lines("DEBUG", "renewed") >= 1, "{text}");
+    assert_eq!(lines(" INFO ", "renewed"), 0, "{text}");
+    assert!(!text.contains("value-one") && !text.contains("value-two"));
+}

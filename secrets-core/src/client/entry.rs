@@ -303,7 +303,19 @@ impl Entry {
     }
 
     pub(crate) fn emit(&self, ev: RotationEvent) {
-        tracing::debug!(target: "keyrack_core::events", event = %ev, "secret event");
+        // What an operator must see at INFO: lifecycle at INFO, trouble at WARN, routine
+        // renewals at DEBUG. The event's Display names the reference and versions, never a value.
+        match &ev {
+            RotationEvent::Rotated { .. }
+            | RotationEvent::Recovered { .. }
+            | RotationEvent::Deleted { .. } => {
+                tracing::info!(target: "keyrack_core::events", event = %ev, "secret event");
+            }
+            RotationEvent::RefreshFailed { .. } | RotationEvent::Expired { .. } => {
+                tracing::warn!(target: "keyrack_core::events", event = %ev, "secret event");
+            }
+            _ => tracing::debug!(target: "keyrack_core::events", event = %ev, "secret event"),
+        }
         if let Some(events) = self.events.get() {
             let _ = events.send(ev.clone());
         }

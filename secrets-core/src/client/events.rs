@@ -153,6 +153,8 @@ impl RotationEvents {
             match rx.recv().await {
                 Ok(ev) => Some((ev, rx)),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(target: "keyrack_core::events", missed,
+                        "a rotation event subscriber fell behind; events were dropped");
                     Some((RotationEvent::Lagged { missed }, rx))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
