@@ -754,3 +754,45 @@ async fn json_pointer_fields_share_one_read() {
         "{e}"
     );
 }
+
+/// A re-issue's `Rotated` says when it happened, when the replaced lease ends (the deadline for
+/// draining what uses it) and the new lease's TTL; every event carries its time.
+#[tokio::test]
+async fn rotated_carries_the_old_lease_end_and_the_new_ttl() {
+    let (clock, memory, secrets) = setup();
+    memory.lease("db", S(60), S(90), true);
+    let handle = secrets.handle("mem://db").await.unwrap();
+    let first = handle.current().lease().unwrap().clone();
+    let mut events = handle.subscribe();
+    let mut rotated = None;
+    for _ in 0..200 {
+        clock.advance(S(1)).await;
+        if let Some(e) = drain(&mut events)
+            .into_iter()
+            .find(|e| matches!(e, RotationEvent::Rotated { .. }))
+        {
+            rotated = Some((e, clock.wall()));
+            break;
+        }
+    }
+    let (event, when) = rotated.expect("re-issued before the max TTL");
+    let RotationEvent::Rotated {
+        at,
+        old_lease_ends,
+        new_lease_ttl,
+        ..
+    } = &event
+    else {
+        unreachable!()
+    };
+    // During the last second advanced.
+    assert!(*at <= when && *at > when - S(1), "{at:?} {when:?}");
+    assert_eq!(event.at(), Some(*at));
+    // Renewed up to its max TTL (90 s) before it was replaced.
+    assert_eq!(*old_lease_ends, Some(first.issued_at + S(90)));
+    assert!(
+        old_lease_ends.unwrap() > *at,
+        "re-issued while the old lease was valid"
+    );
+    assert_eq!(*new_lease_ttl, Some(handle.current().lease().unwrap().ttl));
+}

@@ -304,14 +304,16 @@ impl Entry {
 
     pub(crate) fn emit(&self, ev: RotationEvent) {
         // What an operator must see at INFO: lifecycle at INFO, trouble at WARN, routine
-        // renewals at DEBUG. The event's Display names the reference and versions, never a value.
+        // renewals and checks at DEBUG. The event's Display names the reference and versions,
+        // never a value.
         match &ev {
             RotationEvent::Rotated { .. }
             | RotationEvent::Recovered { .. }
             | RotationEvent::Deleted { .. } => {
                 tracing::info!(target: "keyrack_core::events", event = %ev, "secret event");
             }
-            RotationEvent::RefreshFailed { .. } | RotationEvent::Expired { .. } => {
+            // RefreshFailed is logged at WARN where it happens, with its structured fields.
+            RotationEvent::Expired { .. } => {
                 tracing::warn!(target: "keyrack_core::events", event = %ev, "secret event");
             }
             _ => tracing::debug!(target: "keyrack_core::events", event = %ev, "secret event"),
@@ -341,6 +343,7 @@ impl Entry {
             sched.expired = true;
             self.emit(RotationEvent::Expired {
                 secret: self.key.clone(),
+                at: self.ctx.clock.wall(),
                 version: snap.secret.version().cloned(),
             });
         }

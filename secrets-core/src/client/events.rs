@@ -3,7 +3,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_core::Stream;
 use futures_core::stream::BoxStream;
@@ -25,15 +25,24 @@ pub enum RotationEvent {
     Rotated {
         /// The secret.
         secret: SecretRef,
+        /// When it happened (the client's wall clock).
+        at: SystemTime,
         /// The version replaced (if the backend versions it).
         old: Option<Version>,
         /// The version now served.
         new: Option<Version>,
+        /// When the replaced lease ends, if the old value was leased: the deadline for draining
+        /// what still uses it (a pool's old connections).
+        old_lease_ends: Option<SystemTime>,
+        /// The new value's lease TTL, if it is leased.
+        new_lease_ttl: Option<Duration>,
     },
     /// A lease was extended.
     Renewed {
         /// The secret.
         secret: SecretRef,
+        /// When it happened (the client's wall clock).
+        at: SystemTime,
         /// The lease id.
         lease_id: String,
         /// Time left on the lease after renewal.
@@ -43,6 +52,8 @@ pub enum RotationEvent {
     RefreshFailed {
         /// The secret.
         secret: SecretRef,
+        /// When it happened (the client's wall clock).
+        at: SystemTime,
         /// What failed.
         error: Error,
         /// Consecutive failures so far.
@@ -54,6 +65,8 @@ pub enum RotationEvent {
     Recovered {
         /// The secret.
         secret: SecretRef,
+        /// When it happened (the client's wall clock).
+        at: SystemTime,
         /// How many consecutive failures preceded it.
         failures: u32,
     },
@@ -62,6 +75,8 @@ pub enum RotationEvent {
     Expired {
         /// The secret.
         secret: SecretRef,
+        /// When it happened (the client's wall clock).
+        at: SystemTime,
         /// The version that expired.
         version: Option<Version>,
     },
@@ -69,6 +84,8 @@ pub enum RotationEvent {
     Deleted {
         /// The secret.
         secret: SecretRef,
+        /// When it happened (the client's wall clock).
+        at: SystemTime,
         /// The last version seen.
         version: Option<Version>,
     },
@@ -80,6 +97,19 @@ pub enum RotationEvent {
 }
 
 impl RotationEvent {
+    /// When it happened (`None` for [`RotationEvent::Lagged`]).
+    pub fn at(&self) -> Option<SystemTime> {
+        match self {
+            RotationEvent::Rotated { at, .. }
+            | RotationEvent::Renewed { at, .. }
+            | RotationEvent::RefreshFailed { at, .. }
+            | RotationEvent::Recovered { at, .. }
+            | RotationEvent::Expired { at, .. }
+            | RotationEvent::Deleted { at, .. } => Some(*at),
+            RotationEvent::Lagged { .. } => None,
+        }
+    }
+
     /// The secret this event is about (`None` for [`RotationEvent::Lagged`]).
     pub fn secret(&self) -> Option<&SecretRef> {
         match self {
@@ -108,7 +138,9 @@ impl fmt::Display for OptVersion<'_> {
 impl fmt::Display for RotationEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RotationEvent::Rotated { secret, old, new } => write!(
+            RotationEvent::Rotated {
+                secret, old, new, ..
+            } => write!(
                 f,
                 "{secret} rotated: {} -> {}",
                 OptVersion(old),
@@ -118,23 +150,31 @@ impl fmt::Display for RotationEvent {
                 secret,
                 lease_id,
                 ttl,
+                ..
             } => write!(f, "{secret} lease {lease_id} renewed for {ttl:?}"),
             RotationEvent::RefreshFailed {
                 secret,
                 error,
                 attempt,
                 retry_in,
+                ..
             } => write!(
                 f,
                 "{secret} refresh failed (attempt {attempt}, retry in {retry_in:?}): {error}"
             ),
-            RotationEvent::Recovered { secret, failures } => {
+            RotationEvent::Recovered {
+                secret, failures, ..
+            } => {
                 write!(f, "{secret} recovered after {failures} failures")
             }
-            RotationEvent::Expired { secret, version } => {
+            RotationEvent::Expired {
+                secret, version, ..
+            } => {
                 write!(f, "{secret} expired ({})", OptVersion(version))
             }
-            RotationEvent::Deleted { secret, version } => {
+            RotationEvent::Deleted {
+                secret, version, ..
+            } => {
                 write!(f, "{secret} deleted (last seen {})", OptVersion(version))
             }
             RotationEvent::Lagged { missed } => write!(f, "{missed} events missed"),

@@ -254,6 +254,7 @@ impl Entry {
                     sched.expired = true;
                     self.emit(RotationEvent::Expired {
                         secret: self.key.clone(),
+                        at: self.ctx.clock.wall(),
                         version: now.secret.version().cloned(),
                     });
                 }
@@ -359,6 +360,7 @@ impl Entry {
         self.publish(secret.clone().leased(renewed), sched, now, false)?;
         self.emit(RotationEvent::Renewed {
             secret: self.key.clone(),
+            at: self.ctx.clock.wall(),
             lease_id,
             ttl,
         });
@@ -411,6 +413,8 @@ impl Entry {
         }
         let (old, new) = (current.version().cloned(), fresh.version().cloned());
         let replaced = current.lease().cloned();
+        let old_lease_ends = replaced.as_ref().map(|l| l.expires_at());
+        let new_lease_ttl = fresh.lease().map(|l| l.ttl);
         let prior = (sched.received, sched.grace, sched.capped);
         sched.received = sent;
         sched.grace = self.lease_grace(&fresh);
@@ -424,8 +428,11 @@ impl Entry {
         }
         self.emit(RotationEvent::Rotated {
             secret: self.key.clone(),
+            at: self.ctx.clock.wall(),
             old,
             new,
+            old_lease_ends,
+            new_lease_ttl,
         });
         Ok(())
     }
@@ -439,6 +446,7 @@ impl Entry {
             let failures = std::mem::take(&mut sched.failures);
             self.emit(RotationEvent::Recovered {
                 secret: self.key.clone(),
+                at: self.ctx.clock.wall(),
                 failures,
             });
         }
@@ -489,6 +497,7 @@ impl Entry {
             sched.deleted = true;
             self.emit(RotationEvent::Deleted {
                 secret: self.key.clone(),
+                at: self.ctx.clock.wall(),
                 version: snap.secret.version().cloned(),
             });
         }
@@ -497,6 +506,7 @@ impl Entry {
             attempt = sched.failures, ?retry_in, "secret refresh failed");
         self.emit(RotationEvent::RefreshFailed {
             secret: self.key.clone(),
+            at: self.ctx.clock.wall(),
             error,
             attempt: sched.failures,
             retry_in,
@@ -506,6 +516,7 @@ impl Entry {
             sched.expired = true;
             self.emit(RotationEvent::Expired {
                 secret: self.key.clone(),
+                at: self.ctx.clock.wall(),
                 version: snap.secret.version().cloned(),
             });
         }
