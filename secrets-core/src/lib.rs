@@ -50,7 +50,8 @@ pub mod value;
 
 pub use backoff::Backoff;
 pub use client::{
-    Current, RotationEvent, RotationEvents, SecretHandle, Secrets, SecretsBuilder, ToSecretRef,
+    Current, Health, RotationEvent, RotationEvents, SecretHandle, SecretHealth, SecretState,
+    Secrets, SecretsBuilder, ToSecretRef, Verdict,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};

@@ -706,3 +706,89 @@ async fn lifecycle_is_logged_at_info_and_trouble_at_warn() {
     assert_eq!(lines(" INFO ", "renewed"), 0, "{text}");
     assert!(!text.contains("value-one") && !text.contains("value-two"));
 }
+
+/// `health()` for probes: fresh → ready; a backend that hangs → stale; one that fails →
+/// failing since the first failure (still ready: the last good value is valid); a leased value
+/// behind a handle that expires → not ready; recovery → ready again. No backend call.
+#[tokio::test]
+async fn health_follows_an_outage_and_its_recovery() {
+    use keyrack_core::{SecretState, Verdict};
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let secrets = builder(&clock)
+        .source("mem", memory.clone())
+        .build()
+        .unwrap();
+    memory.set("app", "v1");
+    memory.lease("db", S(120), S(3600), true);
+    let _app = secrets.handle("mem://app").await.unwrap();
+    let db = secrets.handle("mem://db").await.unwrap();
+    let state = |path: &str| {
+        secrets
+            .health()
+            .secrets
+            .into_iter()
+            .find(|s| s.secret.path() == path)
+            .unwrap()
+            .state
+    };
+    let health = secrets.health();
+    assert_eq!(health.verdict, Verdict::Ready, "{health:?}");
+    assert_eq!(health.secrets.len(), 2);
+    assert!(health.secrets.iter().all(|s| s.handles == 1));
+
+    memory.hang();
+    clock.advance(S(92)).await; // the lease's renewal (at about ⅔ of 120 s) hangs
+    assert!(
+        matches!(state("db"), SecretState::Stale { .. }),
+        "{:?}",
+        state("db")
+    );
+    assert_eq!(secrets.health().verdict, Verdict::Degraded);
+
+    // The hung renewal answers now, unavailable, and so does every call after it.
+    memory.recover();
+    memory.fail_with(ErrorKind::Unavailable, None);
+    clock.advance(S(1)).await;
+    let failing_at = clock.wall();
+    clock.advance(S(1)).await;
+    match state("db") {
+        SecretState::Failing {
+            since,
+            kind,
+            attempts,
+        } => {
+            assert_eq!(kind, ErrorKind::Unavailable);
+            assert!(attempts >= 1);
+            assert!(since <= failing_at, "{since:?} {failing_at:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        secrets.health().is_ready(),
+        "the last good value is still valid"
+    );
+
+    clock.advance(S(60)).await; // past the lease's end
+    assert!(matches!(state("db"), SecretState::Expired { .. }));
+    assert_eq!(db.health(), state("db"), "the handle reports the same");
+    let health = secrets.health();
+    assert_eq!(health.verdict, Verdict::Failing);
+    assert!(!health.is_ready());
+
+    memory.recover();
+    clock.advance(S(10)).await; // a new lease within the short recovery retries
+    assert_eq!(state("db"), SecretState::Fresh);
+    // `app` failed too, and waits out its grown backoff (at most the configured maximum).
+    clock.advance(S(60)).await;
+    assert_eq!(
+        secrets.health().verdict,
+        Verdict::Ready,
+        "{:?}",
+        secrets.health()
+    );
+    // health() itself asks the backend nothing.
+    let before = memory.calls();
+    let _ = secrets.health();
+    assert_eq!(memory.calls(), before);
+}

@@ -61,6 +61,9 @@ pub(crate) struct Sched {
     pub(crate) not_before: Instant,
     /// The version probe was refused (a policy without metadata access): checks read the value.
     pub(crate) probe_refused: bool,
+    /// Since when the failures have lasted, and the kind of the last one (while `failures > 0`).
+    pub(crate) failing_since: Instant,
+    pub(crate) last_error: Option<ErrorKind>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +200,8 @@ impl Entry {
                 retry_at: now,
                 not_before: now,
                 probe_refused: false,
+                failing_since: now,
+                last_error: None,
             });
             self.claim_lease(&secret);
             let snap = self.plan(secret, sched, now);
@@ -481,6 +486,11 @@ impl Entry {
         if let Some(replan) = &lock(&self.driver).replan {
             replan.notify_one();
         }
+    }
+
+    /// Live handles on this entry.
+    pub(crate) fn handle_count(&self) -> usize {
+        lock(&self.driver).handles
     }
 
     pub(crate) fn has_driver(&self) -> bool {

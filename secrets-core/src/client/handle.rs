@@ -98,6 +98,14 @@ impl SecretHandle {
         }
     }
 
+    /// This secret's state (fresh, stale, failing, expired), as in [`Secrets::health`]; makes
+    /// no backend call.
+    ///
+    /// [`Secrets::health`]: super::Secrets::health
+    pub fn health(&self) -> super::SecretState {
+        self.view.entry.health().state
+    }
+
     /// Events about this secret (rotations, renewals, failures). Field handles see the events of
     /// the whole secret they select from.
     pub fn subscribe(&self) -> RotationEvents {

@@ -442,6 +442,7 @@ impl Entry {
         sched.expired = false;
         sched.deleted = false;
         sched.streak = 0;
+        sched.last_error = None;
         if sched.failures > 0 {
             let failures = std::mem::take(&mut sched.failures);
             self.emit(RotationEvent::Recovered {
@@ -460,7 +461,11 @@ impl Entry {
         error: Error,
         scheduled: bool,
     ) {
+        if sched.failures == 0 {
+            sched.failing_since = now;
+        }
         sched.failures += 1;
+        sched.last_error = Some(error.kind().clone());
         let attempt = sched.streak;
         if scheduled {
             sched.streak = sched.streak.saturating_add(1);

@@ -8,6 +8,7 @@ mod events;
 mod flight;
 mod front;
 mod handle;
+mod health;
 mod maintain;
 mod revoker;
 mod view;
@@ -37,6 +38,7 @@ use view::View;
 
 pub use events::{RotationEvent, RotationEvents};
 pub use handle::{Current, SecretHandle};
+pub use health::{Health, SecretHealth, SecretState, Verdict};
 
 /// Something that names a secret: a URI string or an already parsed [`SecretRef`].
 pub trait ToSecretRef {
@@ -319,6 +321,20 @@ impl Secrets {
         join_all(sources.into_iter().map(|s| s.shutdown())).await;
         self.inner.policy.invalidate_all();
         self.inner.front.clear();
+    }
+
+    /// The state of every secret held (fresh, stale, failing, expired) and an overall verdict
+    /// for readiness probes; see [`Health`] for the rules. Makes no backend call.
+    pub fn health(&self) -> Health {
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.entries)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let secrets: Vec<SecretHealth> = entries.iter().map(|e| e.health()).collect();
+        Health {
+            verdict: health::verdict(&secrets),
+            secrets,
+        }
     }
 
     /// Number of secrets held (cached or behind a live handle).
