@@ -792,3 +792,36 @@ async fn health_follows_an_outage_and_its_recovery() {
     let _ = secrets.health();
     assert_eq!(memory.calls(), before);
 }
+
+/// Every backend call runs in a `backend_call` span naming the source, the operation and the
+/// secret, and ends with a DEBUG line saying how it went; no value appears.
+#[tokio::test]
+async fn backend_calls_are_traced_with_source_operation_and_outcome() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let secrets = builder(&clock)
+        .source("mem", memory.clone())
+        .build()
+        .unwrap();
+    memory.set("app", "the-value");
+    let logs = LogCapture::start();
+    secrets.get_secret("mem://app").await.unwrap();
+    let _ = secrets.get_secret("mem://gone").await.unwrap_err();
+    let text = logs.text();
+    let line = |what: &str| text.lines().find(|l| l.contains(what)).unwrap_or("");
+    let ok = line("backend call ok");
+    assert!(
+        ok.contains("backend_call{") && ok.contains("source=mem") && ok.contains("fetch"),
+        "{text}"
+    );
+    assert!(
+        ok.contains("secret=mem://app") && ok.contains("took="),
+        "{ok}"
+    );
+    let failed = line("backend call failed");
+    assert!(
+        failed.contains("secret=mem://gone") && failed.contains("NotFound"),
+        "{text}"
+    );
+    assert!(!text.contains("the-value"));
+}

@@ -2,12 +2,14 @@
 //! queue of leases to revoke and the random numbers for jitter.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -125,6 +127,29 @@ impl Ctx {
     /// accepts and never answers costs this long, not forever.
     pub(crate) async fn bounded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
         bounded(&*self.clock, self.config.request_timeout, call).await
+    }
+
+    /// A backend call, bounded by the request timeout, in a `backend_call` span (source,
+    /// operation, secret: never a value) that ends with a DEBUG line saying how it went and how
+    /// long it took.
+    pub(crate) async fn call<T>(
+        &self,
+        source: &str,
+        operation: &'static str,
+        secret: &(dyn fmt::Display + Sync),
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let span = tracing::debug_span!(target: "keyrack_core::backend", "backend_call",
+            source = %source, operation, secret = %secret);
+        let started = self.clock.now();
+        let result = self.bounded(call).instrument(span.clone()).await;
+        let took = self.clock.now().saturating_duration_since(started);
+        span.in_scope(|| match &result {
+            Ok(_) => tracing::debug!(target: "keyrack_core::backend", ?took, "backend call ok"),
+            Err(e) => tracing::debug!(target: "keyrack_core::backend", ?took,
+                kind = ?e.kind(), error = %e, "backend call failed"),
+        });
+        result
     }
 
     /// A uniform random number in `[0, 1)` for jitter.

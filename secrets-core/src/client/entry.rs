@@ -171,7 +171,12 @@ impl Entry {
         let sent = self.ctx.clock.now();
         let secret = self
             .ctx
-            .bounded(self.source.fetch(&self.key))
+            .call(
+                &self.source_name,
+                "fetch",
+                &self.key,
+                self.source.fetch(&self.key),
+            )
             .await
             .map_err(|e| self.annotate(e))?;
         self.install_first(secret, sent);
@@ -470,7 +475,15 @@ impl Entry {
             return;
         }
         if let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned())
-            && let Err(e) = self.ctx.bounded(self.source.revoke(&lease)).await
+            && let Err(e) = self
+                .ctx
+                .call(
+                    &self.source_name,
+                    "revoke",
+                    &self.key,
+                    self.source.revoke(&lease),
+                )
+                .await
         {
             tracing::warn!(secret = %self.key, source = %self.source_name, lease_id = %lease.id,
                 error = %e, "lease revocation at shutdown failed");

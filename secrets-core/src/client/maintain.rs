@@ -298,14 +298,24 @@ impl Entry {
     async fn ask(&self, action: &Action) -> (Result<Answer>, bool) {
         let fetch = |reissue: bool| async move {
             self.ctx
-                .bounded(self.source.fetch(&self.key))
+                .call(
+                    &self.source_name,
+                    "fetch",
+                    &self.key,
+                    self.source.fetch(&self.key),
+                )
                 .await
                 .map(|secret| Answer::Fetched { secret, reissue })
         };
         match action {
             Action::Renew(lease) => {
                 let increment = self.ctx.config.renew_increment;
-                match self.ctx.bounded(self.source.renew(lease, increment)).await {
+                let renewal = self.source.renew(lease, increment);
+                match self
+                    .ctx
+                    .call(&self.source_name, "renew", &self.key, renewal)
+                    .await
+                {
                     Ok(renewed) => (Ok(Answer::Renewed(renewed)), false),
                     Err(e) if !e.is_retryable() => {
                         // Revoked, expired or refused: a new lease is the only way forward.
@@ -319,7 +329,16 @@ impl Entry {
             Action::Check { probe: None } => (fetch(false).await, false),
             Action::Check {
                 probe: Some(current),
-            } => match self.ctx.bounded(self.source.version(&self.key)).await {
+            } => match self
+                .ctx
+                .call(
+                    &self.source_name,
+                    "version",
+                    &self.key,
+                    self.source.version(&self.key),
+                )
+                .await
+            {
                 Ok(Some(v)) if v == *current => (Ok(Answer::Same), false),
                 Ok(_) => (fetch(false).await, false),
                 Err(e)

@@ -240,10 +240,16 @@ impl Secrets {
                 return Vec::new();
             };
             let sent = self.inner.ctx.clock.now();
+            let what = format!("{} secrets", bases.len());
             let results = match self
                 .inner
                 .ctx
-                .bounded(source.fetch_many(&bases).map(Ok::<_, Error>))
+                .call(
+                    &source_name,
+                    "fetch_many",
+                    &what,
+                    source.fetch_many(&bases).map(Ok::<_, Error>),
+                )
                 .await
             {
                 Ok(results) => results,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -128,7 +129,10 @@ impl Revoker {
     }
 
     async fn revoke(&self, p: &Pending) -> bool {
-        match bounded(&*self.clock, self.timeout, p.source.revoke(&p.lease)).await {
+        let span = tracing::debug_span!(target: "keyrack_core::backend", "backend_call",
+            source = %p.source_name, operation = "revoke", secret = %p.key, attempt = p.attempt + 1);
+        let call = bounded(&*self.clock, self.timeout, p.source.revoke(&p.lease));
+        match call.instrument(span).await {
             Ok(()) => {
                 tracing::debug!(secret = %p.key, source = %p.source_name, lease_id = %p.lease.id,
                     "replaced lease revoked");
