@@ -825,3 +825,36 @@ async fn backend_calls_are_traced_with_source_operation_and_outcome() {
     );
     assert!(!text.contains("the-value"));
 }
+
+/// Fifty connections fail with the same leased credential and each asks for a refresh if it is
+/// still current: one re-issue (one new database user), not fifty; a caller after the new
+/// credential is in place causes no call.
+#[tokio::test]
+async fn refreshes_of_one_stale_credential_coalesce() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let secrets = builder(&clock)
+        .source("mem", memory.clone())
+        .build()
+        .unwrap();
+    memory.lease("db", S(600), S(6000), true);
+    let handle = secrets.handle("mem://db").await.unwrap();
+    let old = handle.current().version().cloned();
+    let fetches = memory.calls().fetch;
+    let results =
+        futures_util::future::join_all((0..50).map(|_| handle.refresh_if_current(old.as_ref())))
+            .await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(memory.calls().fetch, fetches + 1, "one re-issue");
+    assert_ne!(handle.current().version().cloned(), old);
+    assert!(!handle.refresh_if_current(old.as_ref()).await.unwrap());
+    assert_eq!(memory.calls().fetch, fetches + 1);
+    // The same through the client, by reference (field or not): one check, coalesced. (A
+    // second re-issue waits a second after the last answer: let it pass.)
+    clock.advance(S(2)).await;
+    let results =
+        futures_util::future::join_all((0..20).map(|_| secrets.refresh("mem://db#password"))).await;
+    assert!(results.iter().all(|r| matches!(r, Ok(true))), "{results:?}");
+    assert_eq!(memory.calls().fetch, fetches + 2);
+    assert!(!secrets.refresh("mem://not-held").await.unwrap());
+}

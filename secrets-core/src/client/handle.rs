@@ -8,7 +8,7 @@ use arc_swap::Guard;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
-use crate::secret::Secret;
+use crate::secret::{Secret, Version};
 
 use super::entry::Trigger;
 use super::events::RotationEvents;
@@ -119,6 +119,17 @@ impl SecretHandle {
         let result = self.view.entry.maintain(Trigger::Forced).await;
         self.view.entry.replan();
         result
+    }
+
+    /// Refresh only if this handle still serves `version` (the one a connection just failed
+    /// with): many connections failing with the same old credential cause one refresh (for a
+    /// leased secret, one re-issue), and a caller that comes after the new value is in place
+    /// causes none. Returns whether a refresh was made or joined.
+    pub async fn refresh_if_current(&self, version: Option<&Version>) -> Result<bool> {
+        if self.view.load().version() != version {
+            return Ok(false);
+        }
+        self.refresh_now().await.map(|()| true)
     }
 
     /// The reference this handle reads (with its `#field`, if any).

@@ -329,6 +329,24 @@ impl Secrets {
         self.inner.front.clear();
     }
 
+    /// Check `r` against the backend now, if the client holds it (cached or behind a handle): a
+    /// leased secret is re-issued. Concurrent calls for one secret coalesce into one backend
+    /// call. Returns `false` if the secret is not held (its next read fetches it anyway).
+    pub async fn refresh(&self, r: impl ToSecretRef) -> Result<bool> {
+        self.check_open()?;
+        let base = r.to_secret_ref()?.without_field();
+        let entry = lock(&self.inner.entries)
+            .get(&base)
+            .and_then(Weak::upgrade)
+            .filter(|e| e.is_loaded());
+        let Some(entry) = entry else {
+            return Ok(false);
+        };
+        let result = entry.maintain(Trigger::Forced).await;
+        entry.replan();
+        result.map(|()| true)
+    }
+
     /// The state of every secret held (fresh, stale, failing, expired) and an overall verdict
     /// for readiness probes; see [`Health`] for the rules. Makes no backend call.
     pub fn health(&self) -> Health {
