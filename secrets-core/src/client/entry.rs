@@ -61,8 +61,7 @@ pub(crate) struct Sched {
     pub(crate) not_before: Instant,
     /// The version probe was refused (a policy without metadata access): checks read the value.
     pub(crate) probe_refused: bool,
-    /// Since when the failures have lasted, and the kind of the last one (while `failures > 0`).
-    pub(crate) failing_since: Instant,
+    /// The kind of the last failure (while `failures > 0`).
     pub(crate) last_error: Option<ErrorKind>,
 }
 
@@ -205,7 +204,6 @@ impl Entry {
                 retry_at: now,
                 not_before: now,
                 probe_refused: false,
-                failing_since: now,
                 last_error: None,
             });
             self.claim_lease(&secret);

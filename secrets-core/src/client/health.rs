@@ -70,9 +70,9 @@ pub enum SecretState {
         /// When the check was due.
         since: SystemTime,
     },
-    /// Refreshes have failed since `since`; the last good value is still valid.
+    /// Refreshes fail; the last good value is still valid.
     Failing {
-        /// The first failure of the current run.
+        /// The last success (the value served is from then, or was confirmed then).
         since: SystemTime,
         /// What the last failure was.
         kind: ErrorKind,
@@ -121,7 +121,7 @@ impl Entry {
                     since: at(snap.hard_deadline.unwrap_or(now)),
                 },
                 (Some(sched), Some(_)) if sched.failures > 0 => SecretState::Failing {
-                    since: at(sched.failing_since),
+                    since: at(sched.last_ok),
                     kind: sched.last_error.clone().unwrap_or(ErrorKind::Backend),
                     attempts: sched.failures,
                 },

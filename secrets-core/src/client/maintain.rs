@@ -480,9 +480,6 @@ impl Entry {
         error: Error,
         scheduled: bool,
     ) {
-        if sched.failures == 0 {
-            sched.failing_since = now;
-        }
         sched.failures += 1;
         sched.last_error = Some(error.kind().clone());
         let attempt = sched.streak;
