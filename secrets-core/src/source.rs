@@ -86,7 +86,8 @@ pub enum SourceEvent {
 /// [`SecretRef::selector`] and [`SecretRef::params`].
 #[async_trait]
 pub trait SecretSource: Send + Sync + Debug + 'static {
-    /// What this source supports.
+    /// What this source supports. Called at every maintenance step: it must be cheap, make no
+    /// call, and answer the same for the source's lifetime.
     fn capabilities(&self) -> Capabilities;
 
     /// Read one secret: value, version and expiry/lease metadata.

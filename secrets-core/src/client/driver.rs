@@ -79,7 +79,7 @@ pub(crate) async fn drive(entry: Weak<Entry>, mut feed: Option<Feed>, replan: Ar
 type Feed = BoxStream<'static, Result<SourceEvent>>;
 
 pub(crate) fn open_feed(entry: &Entry) -> Option<Feed> {
-    if entry.caps.watch {
+    if entry.caps().watch {
         entry.source.watch(&entry.key)
     } else {
         None

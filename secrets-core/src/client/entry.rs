@@ -88,7 +88,6 @@ pub(crate) struct Entry {
     pub(crate) key: SecretRef,
     pub(crate) source_name: Arc<str>,
     pub(crate) source: Arc<dyn SecretSource>,
-    pub(crate) caps: Capabilities,
     pub(crate) ctx: Arc<Ctx>,
     state: ArcSwapOption<Snapshot>,
     /// `min(next_check, hard deadline)` of the current snapshot, in nanoseconds after the
@@ -120,12 +119,10 @@ impl Entry {
         source: Arc<dyn SecretSource>,
         ctx: Arc<Ctx>,
     ) -> Self {
-        let caps = source.capabilities();
         Entry {
             key,
             source_name,
             source,
-            caps,
             ctx,
             state: ArcSwapOption::empty(),
             fresh_until: AtomicU64::new(0),
@@ -421,6 +418,8 @@ impl Entry {
         let projected = project(&snap.secret, r.field()).map_err(|e| self.annotate(e))?;
         let view = Arc::new(View::new(self.clone(), r.clone(), projected));
         views.retain(|w| w.strong_count() > 0);
+        // Most secrets have one view: room for exactly one (a Vec's first push reserves four).
+        views.reserve_exact(1);
         views.push(Arc::downgrade(&view));
         Ok(view)
     }
@@ -443,7 +442,7 @@ impl Entry {
     /// replaced leases to be revoked (after the overlap they configured).
     pub(crate) fn retire_lease(&self, lease: Lease, now: Instant) {
         if let Some(after) = self.ctx.config.revoke_replaced_after
-            && self.caps.revoke
+            && self.caps().revoke
         {
             self.ctx.revoker.schedule(
                 later(now, after),
@@ -469,7 +468,7 @@ impl Entry {
         }
         self.stop_maintenance().await;
         self.notify_views();
-        if !(revoke && self.caps.revoke) {
+        if !(revoke && self.caps().revoke) {
             return;
         }
         if let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned())
@@ -486,6 +485,12 @@ impl Entry {
             tracing::warn!(secret = %self.key, source = %self.source_name, lease_id = %lease.id,
                 error = %e, "lease revocation at shutdown failed");
         }
+    }
+
+    /// What the source can do (asked each time: a field of every entry would cost 24 bytes
+    /// per cached secret for what maintenance alone reads).
+    pub(crate) fn caps(&self) -> Capabilities {
+        self.source.capabilities()
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -271,7 +271,7 @@ impl Entry {
     fn decide(&self, sched: &Sched, snap: &Snapshot, now: Instant, trigger: Trigger) -> Action {
         match snap.secret.lease() {
             Some(lease)
-                if self.caps.renew
+                if self.caps().renew
                     && lease.renewable
                     && !sched.capped
                     && trigger == Trigger::Due
@@ -286,7 +286,7 @@ impl Entry {
                     .is_some_and(|at| now >= at);
                 // An issuing endpoint's probe reports the version it issued, which does not move
                 // by itself: a value due for replacement is read straight away.
-                let probe = (self.caps.version_probe && !sched.probe_refused && !replace)
+                let probe = (self.caps().version_probe && !sched.probe_refused && !replace)
                     .then(|| snap.secret.version().cloned())
                     .flatten();
                 Action::Check { probe }
@@ -487,7 +487,7 @@ impl Entry {
             sched.streak = sched.streak.saturating_add(1);
         }
         let config = &self.ctx.config;
-        let floor = self.caps.retry_floor;
+        let floor = self.caps().retry_floor;
         let mut delay = config
             .backoff
             .delay(attempt, &error, floor, self.ctx.unit());
