@@ -169,7 +169,7 @@ impl fmt::Debug for RefError {
         f.debug_struct("RefError")
             .field("input", &format_args!("{}", Prefix(&self.input)))
             .field("len", &self.input.len())
-            .field("kind", &self.kind)
+            .field("kind", &KindShown(&self.kind))
             .finish()
     }
 }
@@ -265,9 +265,10 @@ pub enum RefErrorKind {
     #[error("both `version` and `stage` are given; a reference selects one")]
     ConflictingSelectors,
     /// A query key is given more than once.
-    #[error("query key `{key}` is given more than once")]
+    #[error("{} is given more than once", RepeatedKey(key))]
     DuplicateKey {
-        /// The repeated (decoded) key.
+        /// The repeated (decoded) key. Neither `Display` nor the [`RefError`]'s `Debug` shows it
+        /// unless it is `version` or `stage`: it is part of the input.
         key: String,
     },
     /// `#` is followed by nothing, or a builder was given an empty field.
@@ -279,6 +280,33 @@ pub enum RefErrorKind {
         /// `"version"` or `"stage"`.
         key: &'static str,
     },
+}
+
+/// A repeated query key as errors name it: a selector by its name, any other key not at all.
+struct RepeatedKey<'a>(&'a str);
+
+impl fmt::Display for RepeatedKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            key @ (VERSION | STAGE) => write!(f, "query key `{key}`"),
+            _ => f.write_str("a query key"),
+        }
+    }
+}
+
+/// A [`RefErrorKind`] as [`RefError`]'s `Debug` shows it: without a repeated key's text.
+struct KindShown<'a>(&'a RefErrorKind);
+
+impl fmt::Debug for KindShown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            RefErrorKind::DuplicateKey { key } if key != VERSION && key != STAGE => f
+                .debug_struct("DuplicateKey")
+                .field("key", &format_args!("…"))
+                .finish(),
+            kind => kind.fmt(f),
+        }
+    }
 }
 
 /// A part of a reference, named by [`RefErrorKind::NotUtf8`].
@@ -1070,6 +1098,32 @@ mod tests {
         );
         // `+` is not a space.
         assert_eq!(p("x://a?k=a+b").param("k"), Some("a+b"));
+    }
+
+    /// Found by the `secret_ref` fuzz target (`v://?=&=` with a value planted in each part).
+    #[test]
+    fn a_repeated_query_key_is_not_quoted() {
+        // A key may be a value pasted by mistake: the error names it by kind, not by text.
+        let e = SecretRef::parse("x://a?hunter2=1&hunter2=2").unwrap_err();
+        assert_eq!(
+            e.kind(),
+            &RefErrorKind::DuplicateKey {
+                key: "hunter2".into()
+            }
+        );
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let e = SecretRef::new("a", "b")
+            .and_then(|r| r.with_param("hunter2", ""))
+            .and_then(|r| r.with_param("hunter2", "x"))
+            .unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // The selectors' names are the grammar's, not the input's: still named.
+        assert_eq!(
+            kind("x://a?version=1&version=2").to_string(),
+            "query key `version` is given more than once"
+        );
     }
 
     #[test]

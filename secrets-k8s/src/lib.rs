@@ -77,6 +77,12 @@ pub mod aws;
 pub mod azure;
 pub mod claims;
 pub mod detect;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for the fuzz targets in `fuzz/` (only with `--cfg fuzzing`).
+    pub use crate::source::fuzzing::*;
+}
 #[cfg(feature = "gcp")]
 pub mod gcp;
 pub mod in_cluster;

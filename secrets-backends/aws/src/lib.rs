@@ -44,6 +44,9 @@
 
 mod builder;
 mod errors;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod source;
 
 pub use builder::AwsBuilder;

@@ -141,12 +141,13 @@ impl FallbackStop {
 }
 
 /// Which version a reference selects.
-enum Pick<'a> {
+#[derive(Debug)]
+pub(crate) enum Pick<'a> {
     Version(&'a str),
     Stage(&'a str),
 }
 
-fn pick(r: &SecretRef) -> Result<Pick<'_>> {
+pub(crate) fn pick(r: &SecretRef) -> Result<Pick<'_>> {
     match r.selector() {
         None => Ok(Pick::Stage(AWSCURRENT)),
         Some(Selector::Version(v)) => Ok(Pick::Version(v)),
@@ -160,7 +161,7 @@ fn pick(r: &SecretRef) -> Result<Pick<'_>> {
 /// The secret id of `r`, after refusing what Secrets Manager would not take: parameters other
 /// than the selectors, an empty id, names and ARNs over the service's limits. Errors do not
 /// quote the id (it may be a value passed by mistake).
-fn secret_id(r: &SecretRef) -> Result<&str> {
+pub(crate) fn secret_id(r: &SecretRef) -> Result<&str> {
     r.expect_params(&[])?;
     let id = r.path();
     let invalid = |m: String| Error::new(ErrorKind::InvalidRef, m);
@@ -188,7 +189,7 @@ fn wall(t: &DateTime) -> Option<SystemTime> {
 }
 
 /// A secret from the parts GetSecretValue and BatchGetSecretValue both return.
-fn secret_from(
+pub(crate) fn secret_from(
     string: Option<String>,
     binary: Option<Blob>,
     version: Option<String>,

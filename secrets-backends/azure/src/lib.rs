@@ -64,6 +64,9 @@
 mod builder;
 mod credential;
 mod errors;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod source;
 
 pub use builder::{AzureBuilder, PUBLIC_VAULT_AUDIENCE, PUBLIC_VAULT_URL_TEMPLATE};

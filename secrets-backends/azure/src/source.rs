@@ -333,25 +333,47 @@ impl AzureSource {
 
     /// The vault and secret a reference names.
     fn locate<'r>(&'r self, r: &'r SecretRef) -> Result<(&'r str, &'r str)> {
-        // `?version=` is a selector, not a parameter: no parameter is known, a near miss is
-        // named, and a misspelt `?version=` does not read the latest version.
-        r.expect_params(&[])?;
-        let (vault, name) = match r.path().split_once('/') {
-            Some((vault, name)) => (vault, name),
-            None => match &self.inner.vaults.default_vault {
-                Some(vault) => (vault.as_str(), r.path()),
-                None => {
-                    return Err(invalid(
-                        "an azure-kv reference needs `<vault-name>/<secret-name>` (no default \
-                         vault is configured)",
-                    ));
-                }
-            },
-        };
-        check_vault(vault)?;
-        check_secret_name(name)?;
-        Ok((vault, name))
+        locate(r, self.inner.vaults.default_vault.as_deref())
     }
+}
+
+/// The version a reference pins, if any.
+pub(crate) fn selected_version(r: &SecretRef) -> Result<Option<String>> {
+    match r.selector() {
+        None => Ok(None),
+        Some(Selector::Version(v)) => {
+            check_version(v)?;
+            Ok(Some(v.clone()))
+        }
+        Some(_) => Err(Error::unsupported(
+            "Key Vault cannot select a stage: it has versions, not stages",
+        )),
+    }
+}
+
+/// The vault and secret a reference names; `default_vault` serves references without a vault.
+pub(crate) fn locate<'r>(
+    r: &'r SecretRef,
+    default_vault: Option<&'r str>,
+) -> Result<(&'r str, &'r str)> {
+    // `?version=` is a selector, not a parameter: no parameter is known, a near miss is
+    // named, and a misspelt `?version=` does not read the latest version.
+    r.expect_params(&[])?;
+    let (vault, name) = match r.path().split_once('/') {
+        Some((vault, name)) => (vault, name),
+        None => match default_vault {
+            Some(vault) => (vault, r.path()),
+            None => {
+                return Err(invalid(
+                    "an azure-kv reference needs `<vault-name>/<secret-name>` (no default \
+                     vault is configured)",
+                ));
+            }
+        },
+    };
+    check_vault(vault)?;
+    check_secret_name(name)?;
+    Ok((vault, name))
 }
 
 #[async_trait]
@@ -367,18 +389,7 @@ impl SecretSource for AzureSource {
 
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
         let (vault, name) = self.locate(r)?;
-        let version = match r.selector() {
-            None => None,
-            Some(Selector::Version(v)) => {
-                check_version(v)?;
-                Some(v.clone())
-            }
-            Some(_) => {
-                return Err(Error::unsupported(
-                    "Key Vault cannot select a stage: it has versions, not stages",
-                ));
-            }
-        };
+        let version = selected_version(r)?;
         let (client, generation) = self.client_and_generation(vault)?;
         let options = SecretClientGetSecretOptions {
             secret_version: version,

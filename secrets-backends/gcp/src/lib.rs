@@ -73,6 +73,9 @@
 mod auth;
 mod builder;
 mod errors;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod name;
 mod rotation;
 mod source;

@@ -414,7 +414,7 @@ impl GcpSource {
 }
 
 /// The secret in an AccessSecretVersion response for the version `name`.
-fn secret_from(response: AccessSecretVersionResponse, name: &str) -> Result<Secret> {
+pub(crate) fn secret_from(response: AccessSecretVersionResponse, name: &str) -> Result<Secret> {
     let payload = response.payload.ok_or_else(|| {
         Error::new(
             ErrorKind::Backend,

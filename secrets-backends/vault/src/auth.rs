@@ -174,7 +174,7 @@ fn text<'a>(value: &'a SecretValue, what: &str) -> Result<&'a str> {
 }
 
 /// The token an answer's `auth` carries.
-fn auth_of(answer: &Answer, what: &str) -> Result<Login> {
+pub(crate) fn auth_of(answer: &Answer, what: &str) -> Result<Login> {
     let envelope = answer.envelope()?;
     let raw = envelope.auth.ok_or_else(|| {
         Error::new(

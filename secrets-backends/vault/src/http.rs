@@ -122,6 +122,19 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(raw: &'a str, what: &str) -> Result<
 }
 
 impl Answer {
+    /// An answer of `status` with `body`.
+    pub(crate) fn new(
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: Zeroizing<Vec<u8>>,
+    ) -> Self {
+        Answer {
+            status,
+            retry_after,
+            body,
+        }
+    }
+
     /// The envelope of a successful answer (204 and empty bodies give an empty envelope).
     pub(crate) fn envelope(&self) -> Result<Envelope<'_>> {
         if self.body.is_empty() {
@@ -301,11 +314,7 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, self.clock.wall()));
         let body = read_body(response).await?;
-        Ok(Answer {
-            status,
-            retry_after,
-            body,
-        })
+        Ok(Answer::new(status, retry_after, body))
     }
 }
 

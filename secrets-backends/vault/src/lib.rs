@@ -66,6 +66,9 @@
 
 mod auth;
 mod builder;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod mounts;
 mod session;

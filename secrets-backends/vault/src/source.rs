@@ -213,6 +213,149 @@ fn no_selectors(r: &SecretRef, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A KV v2 read's answer as a secret (a deleted or destroyed version is [`ErrorKind::Deleted`]).
+pub(crate) fn kv2_secret(answer: &Answer) -> Result<Secret> {
+    // A deleted or destroyed version answers 404 with its metadata in the body.
+    let found = answer.status.is_success();
+    if !found && answer.status != StatusCode::NOT_FOUND {
+        return Err(answer.error());
+    }
+    let envelope = answer.envelope().unwrap_or_default();
+    let read = match envelope.data {
+        Some(raw) => parse::<Kv2Read<'_>>(raw.get(), "KV v2 answer")?,
+        None if found => {
+            return Err(Error::new(ErrorKind::Backend, "KV v2 answer without data"));
+        }
+        None => return Err(answer.error()),
+    };
+    if let Some(gone) = read.metadata.gone() {
+        return Err(Error::new(ErrorKind::Deleted, gone));
+    }
+    let data = read
+        .data
+        .filter(|d| d.get() != "null")
+        .ok_or_else(|| Error::new(ErrorKind::Deleted, "this version has no data"))?;
+    let mut secret = Secret::new(value_of(data)).versioned(read.metadata.version.to_string());
+    if let Ok(created) = humantime::parse_rfc3339_weak(&read.metadata.created_time) {
+        secret = secret.created_at(created);
+    }
+    Ok(secret)
+}
+
+/// The version a KV v2 metadata answer says is served: the current one, or `pinned`.
+pub(crate) fn kv2_served(answer: &Answer, pinned: Option<&str>) -> Result<Option<Version>> {
+    if !answer.status.is_success() {
+        return Err(answer.error());
+    }
+    let raw = answer
+        .envelope()?
+        .data
+        .ok_or_else(|| Error::new(ErrorKind::Backend, "KV v2 metadata without data"))?;
+    let meta = parse::<Kv2Metadata>(raw.get(), "KV v2 metadata")?;
+    let served = pinned.map_or_else(|| meta.current_version.to_string(), str::to_owned);
+    match meta.versions.get(&served) {
+        Some(v) => {
+            if let Some(gone) = v.gone() {
+                return Err(Error::new(ErrorKind::Deleted, gone));
+            }
+        }
+        None if pinned.is_some() => return Err(Error::not_found("no such version")),
+        None => {}
+    }
+    Ok(Some(Version::from(served)))
+}
+
+/// A KV v1 read's answer as a secret.
+pub(crate) fn kv1_secret(answer: &Answer) -> Result<Secret> {
+    if !answer.status.is_success() {
+        return Err(answer.error());
+    }
+    let raw = answer
+        .envelope()?
+        .data
+        .ok_or_else(|| Error::not_found("no data at this path"))?;
+    Ok(Secret::new(value_of(raw)))
+}
+
+/// The mount a `sys/internal/ui/mounts/<path>` answer describes; a refused or unknown one is
+/// read as a plain logical path (mount `""`, [`Engine::Other`]).
+pub(crate) fn mount_from(answer: &Answer) -> Result<Mount> {
+    if !answer.status.is_success() {
+        let e = answer.error();
+        if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::NotFound) {
+            // Not allowed to see the mount (or no mount): read the path as it is.
+            return Ok(Mount {
+                path: String::new(),
+                engine: Engine::Other,
+            });
+        }
+        return Err(e);
+    }
+    let envelope = answer.envelope()?;
+    let raw = envelope
+        .data
+        .ok_or_else(|| Error::new(ErrorKind::Backend, "Vault's mount answer has no data"))?;
+    Ok(Mount::from(parse::<UiMount>(
+        raw.get(),
+        "mount description",
+    )?))
+}
+
+/// The secret a logical read or write answered at wall time `now`, and its certificate's expiry
+/// (`expiration`), if any.
+pub(crate) fn issued_secret(
+    envelope: &Envelope<'_>,
+    now: SystemTime,
+) -> Result<(Secret, Option<SystemTime>)> {
+    let raw = envelope
+        .data
+        .ok_or_else(|| Error::not_found("no data at this path"))?;
+    let issued: IssuedMeta = serde_json::from_str(raw.get()).unwrap_or_default();
+    let mut secret = Secret::new(value_of(raw)).created_at(now);
+    if !envelope.lease_id.is_empty() {
+        secret = secret
+            .versioned(envelope.lease_id.as_str())
+            .leased(Lease::new(
+                envelope.lease_id.clone(),
+                Duration::from_secs(envelope.lease_duration),
+                envelope.renewable,
+                now,
+            ));
+    } else if let Some(serial) = &issued.serial_number {
+        secret = secret.versioned(serial.as_str());
+    }
+    let expires = issued
+        .expiration
+        .map(|exp| SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
+    if let Some(at) = expires {
+        secret = secret.expires_at(at);
+    }
+    Ok((secret, expires))
+}
+
+/// The lease `id` as a `sys/leases/*` answer describes it afterwards, at wall time `now`.
+pub(crate) fn lease_from(answer: &Answer, id: &str, now: SystemTime) -> Result<Lease> {
+    if !answer.status.is_success() {
+        return Err(answer.error());
+    }
+    let envelope = answer.envelope()?;
+    for w in envelope.warnings.iter().flatten() {
+        // "TTL of … exceeded the effective max_ttl …": the shortened TTL tells the client.
+        tracing::debug!(warning = %w, "Vault warning on a lease call");
+    }
+    let id = if envelope.lease_id.is_empty() {
+        id.to_owned()
+    } else {
+        envelope.lease_id.clone()
+    };
+    Ok(Lease::new(
+        id,
+        Duration::from_secs(envelope.lease_duration),
+        envelope.renewable,
+        now,
+    ))
+}
+
 impl VaultSource {
     pub(crate) fn new(session: Arc<Session>, clock: Arc<dyn Clock>) -> Self {
         VaultSource {
@@ -306,22 +449,11 @@ impl VaultSource {
                 None,
             )
             .await?;
-        if !answer.status.is_success() {
-            let e = answer.error();
-            if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::NotFound) {
-                // Not allowed to see the mount (or no mount): read the path as it is.
-                return Ok(Mount {
-                    path: String::new(),
-                    engine: Engine::Other,
-                });
-            }
-            return Err(e);
+        let mount = mount_from(&answer)?;
+        // A mount Vault would not describe (path `""`) is not remembered: the next read asks again.
+        if mount.path.is_empty() {
+            return Ok(mount);
         }
-        let envelope = answer.envelope()?;
-        let raw = envelope
-            .data
-            .ok_or_else(|| Error::new(ErrorKind::Backend, "Vault's mount answer has no data"))?;
-        let mount = Mount::from(parse::<UiMount>(raw.get(), "mount description")?);
         self.inner
             .mounts
             .remember(mount.clone(), self.inner.clock.now());
@@ -337,31 +469,7 @@ impl VaultSource {
         let query: Vec<(&str, &str)> = version.map(|v| ("version", v)).into_iter().collect();
         let data_path = format!("{}data/{}", mount.path, mount.rest(path));
         let (answer, _) = self.call(Method::GET, &data_path, &query, None).await?;
-        // A deleted or destroyed version answers 404 with its metadata in the body.
-        let found = answer.status.is_success();
-        if !found && answer.status != StatusCode::NOT_FOUND {
-            return Err(answer.error());
-        }
-        let envelope = answer.envelope().unwrap_or_default();
-        let read = match envelope.data {
-            Some(raw) => parse::<Kv2Read<'_>>(raw.get(), "KV v2 answer")?,
-            None if found => {
-                return Err(Error::new(ErrorKind::Backend, "KV v2 answer without data"));
-            }
-            None => return Err(answer.error()),
-        };
-        if let Some(gone) = read.metadata.gone() {
-            return Err(Error::new(ErrorKind::Deleted, gone));
-        }
-        let data = read
-            .data
-            .filter(|d| d.get() != "null")
-            .ok_or_else(|| Error::new(ErrorKind::Deleted, "this version has no data"))?;
-        let mut secret = Secret::new(value_of(data)).versioned(read.metadata.version.to_string());
-        if let Ok(created) = humantime::parse_rfc3339_weak(&read.metadata.created_time) {
-            secret = secret.created_at(created);
-        }
-        Ok(secret)
+        kv2_secret(&answer)
     }
 
     /// The version served (the current one, or the pinned one), from the metadata alone.
@@ -373,38 +481,13 @@ impl VaultSource {
     ) -> Result<Option<Version>> {
         let meta_path = format!("{}metadata/{}", mount.path, mount.rest(path));
         let (answer, _) = self.call(Method::GET, &meta_path, &[], None).await?;
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
-        let raw = answer
-            .envelope()?
-            .data
-            .ok_or_else(|| Error::new(ErrorKind::Backend, "KV v2 metadata without data"))?;
-        let meta = parse::<Kv2Metadata>(raw.get(), "KV v2 metadata")?;
-        let served = pinned.map_or_else(|| meta.current_version.to_string(), str::to_owned);
-        match meta.versions.get(&served) {
-            Some(v) => {
-                if let Some(gone) = v.gone() {
-                    return Err(Error::new(ErrorKind::Deleted, gone));
-                }
-            }
-            None if pinned.is_some() => return Err(Error::not_found("no such version")),
-            None => {}
-        }
-        Ok(Some(Version::from(served)))
+        kv2_served(&answer, pinned)
     }
 
     async fn kv1_read(&self, path: &str, r: &SecretRef) -> Result<Secret> {
         no_selectors(r, "KV v1")?;
         let (answer, _) = self.call(Method::GET, path, &[], None).await?;
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
-        let raw = answer
-            .envelope()?
-            .data
-            .ok_or_else(|| Error::not_found("no data at this path"))?;
-        Ok(Secret::new(value_of(raw)))
+        kv1_secret(&answer)
     }
 
     /// Any other path: a read, or a write when the reference has parameters.
@@ -449,30 +532,8 @@ impl VaultSource {
 
     fn secret_from(&self, envelope: &Envelope<'_>, r: &SecretRef) -> Result<Secret> {
         self.warn(envelope, r);
-        let raw = envelope
-            .data
-            .ok_or_else(|| Error::not_found("no data at this path"))?;
-        let issued: IssuedMeta = serde_json::from_str(raw.get()).unwrap_or_default();
         let now = self.inner.clock.wall();
-        let mut secret = Secret::new(value_of(raw)).created_at(now);
-        if !envelope.lease_id.is_empty() {
-            secret = secret
-                .versioned(envelope.lease_id.as_str())
-                .leased(Lease::new(
-                    envelope.lease_id.clone(),
-                    Duration::from_secs(envelope.lease_duration),
-                    envelope.renewable,
-                    now,
-                ));
-        } else if let Some(serial) = &issued.serial_number {
-            secret = secret.versioned(serial.as_str());
-        }
-        let expires = issued
-            .expiration
-            .map(|exp| SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
-        if let Some(at) = expires {
-            secret = secret.expires_at(at);
-        }
+        let (secret, expires) = issued_secret(envelope, now)?;
         if !r.params().is_empty()
             && let Some(v) = secret.version()
         {
@@ -497,25 +558,7 @@ impl VaultSource {
         let (answer, _) = self
             .call(Method::PUT, path, &[], Some(&Body::json(&body)?))
             .await?;
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
-        let envelope = answer.envelope()?;
-        for w in envelope.warnings.iter().flatten() {
-            // "TTL of … exceeded the effective max_ttl …": the shortened TTL tells the client.
-            tracing::debug!(warning = %w, "Vault warning on a lease call");
-        }
-        let id = if envelope.lease_id.is_empty() {
-            id.to_owned()
-        } else {
-            envelope.lease_id.clone()
-        };
-        Ok(Lease::new(
-            id,
-            Duration::from_secs(envelope.lease_duration),
-            envelope.renewable,
-            self.inner.clock.wall(),
-        ))
+        lease_from(&answer, id, self.inner.clock.wall())
     }
 }
 

@@ -285,10 +285,20 @@ async fn failure(response: Response, t: &Target, now_wall: std::time::SystemTime
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, now_wall));
-    let body: Status = match response.bytes().await {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        Err(_) => Status::default(),
-    };
+    match response.bytes().await {
+        Ok(bytes) => failure_of(status, &bytes, retry_after, t),
+        Err(_) => classify(status, &Status::default(), retry_after, t),
+    }
+}
+
+/// The error for a failed answer's status and body (a `metav1.Status`, or anything else).
+pub(super) fn failure_of(
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    t: &Target,
+) -> Error {
+    let body: Status = serde_json::from_slice(body).unwrap_or_default();
     classify(status, &body, retry_after, t)
 }
 

@@ -101,6 +101,8 @@
 mod api;
 mod builder;
 mod data;
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing;
 mod target;
 mod tracked;
 mod value;

@@ -187,21 +187,37 @@ struct EventObject<'a> {
 }
 
 /// What a line of the stream says, without the data it carried.
-struct Line {
-    kind: String,
-    resource_version: Option<String>,
+pub(super) struct Line {
+    pub(super) kind: String,
+    pub(super) resource_version: Option<String>,
     /// A BOOKMARK that ends a streaming list's initial events.
-    initial_events_end: bool,
+    pub(super) initial_events_end: bool,
     /// The version of the data the target reads, for ADDED, MODIFIED and DELETED.
-    version: Version,
+    pub(super) version: Version,
     code: u16,
     reason: String,
     message: String,
     details: Option<StatusDetails>,
 }
 
+impl Line {
+    /// The error an `ERROR` event reports. The Status may carry `details.retryAfterSeconds` (the
+    /// server's throttling): the error keeps it, and the pause before the next watch honours it.
+    pub(super) fn error(self, target: &Target) -> Error {
+        let status = Status {
+            message: self.message,
+            reason: self.reason,
+            code: self.code,
+            details: self.details,
+        };
+        let code = reqwest::StatusCode::from_u16(status.code)
+            .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+        super::api::classify(code, &status, None, target)
+    }
+}
+
 /// A line of the stream, parsed.
-enum Parsed {
+pub(super) enum Parsed {
     Blank,
     Event(Line),
     /// Not a watch event; where the parser gave up.
@@ -210,7 +226,7 @@ enum Parsed {
     },
 }
 
-fn parse(line: &[u8], fingerprint: &Fingerprint, target: &Target) -> Parsed {
+pub(super) fn parse(line: &[u8], fingerprint: &Fingerprint, target: &Target) -> Parsed {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Parsed::Blank;
     }
@@ -495,7 +511,7 @@ impl Watch {
     }
 
     fn on_line(&mut self, parsed: Parsed) -> Next {
-        let event = match parsed {
+        let mut event = match parsed {
             Parsed::Blank => return Next::Continue,
             Parsed::Event(event) => event,
             Parsed::Malformed { column } => {
@@ -504,7 +520,7 @@ impl Watch {
                 return Next::Relist;
             }
         };
-        let rv = event.resource_version;
+        let rv = event.resource_version.take();
         tracing::trace!(namespace = %self.target.namespace, name = %self.target.name, event = %event.kind, resource_version = ?rv, version = %event.version, "watch event");
         match event.kind.as_str() {
             "ADDED" | "MODIFIED" => {
@@ -557,17 +573,7 @@ impl Watch {
                 return Next::Relist;
             }
             "ERROR" => {
-                // The Status may carry `details.retryAfterSeconds` (the server's throttling): the
-                // error keeps it, and the pause before the next watch honours it.
-                let status = Status {
-                    message: event.message,
-                    reason: event.reason,
-                    code: event.code,
-                    details: event.details,
-                };
-                let code = reqwest::StatusCode::from_u16(status.code)
-                    .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR);
-                return Next::Reconnect(super::api::classify(code, &status, None, &self.target));
+                return Next::Reconnect(event.error(&self.target));
             }
             other => {
                 tracing::debug!(namespace = %self.target.namespace, name = %self.target.name, event = %other, "ignoring unknown watch event type");
