@@ -9,6 +9,8 @@ use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
 use azure_security_keyvault_secrets::SecretClientOptions;
+use keyrack_core::tls::Trust;
+use keyrack_core::tls::rustls::crypto::CryptoProvider;
 use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 
 use crate::credential::{
@@ -104,6 +106,7 @@ pub struct AzureBuilder {
     timeout: Duration,
     api_version: Option<String>,
     clock: Arc<dyn Clock>,
+    crypto_provider: Option<Arc<CryptoProvider>>,
 }
 
 impl fmt::Debug for AzureBuilder {
@@ -120,6 +123,7 @@ impl fmt::Debug for AzureBuilder {
             .field("verify_challenge_resource", &self.verify_challenge_resource)
             .field("extra_cas", &self.ca_pems.len())
             .field("timeout", &self.timeout)
+            .field("crypto_provider", &self.crypto_provider.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +151,7 @@ impl AzureBuilder {
             timeout: Duration::from_secs(30),
             api_version: None,
             clock: Arc::new(SystemClock),
+            crypto_provider: None,
         }
     }
 
@@ -265,6 +270,17 @@ impl AzureBuilder {
         self
     }
 
+    /// The rustls crypto provider of the source's TLS (e.g. aws-lc-rs for FIPS). Without it
+    /// the process default is used if the application installed one when `build` runs, else
+    /// ring's; either way nothing is installed process-wide. Every request the source makes
+    /// (Key Vault, Entra ID, managed identity) goes through the one client built on it; a
+    /// credential given with [`with_credential`](Self::with_credential) sends its own token
+    /// requests through whatever client it was built with.
+    pub fn with_crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.crypto_provider = Some(provider);
+        self
+    }
+
     /// Time limit of one HTTP request (30 s by default).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -313,22 +329,11 @@ impl AzureBuilder {
             }
         }
 
-        keyrack_core::tls::ensure_crypto_provider();
-        let mut http = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
-            // Key Vault and Entra ID do not redirect; a redirect would carry the token elsewhere.
-            .redirect(reqwest::redirect::Policy::none());
-        for pem in &self.ca_pems {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
-                Error::new(ErrorKind::Config, "a CA given with with_ca_pem is not PEM")
-                    .with_cause(e)
-            })?;
-            http = http.tls_certs_merge(certs);
-        }
-        let http = http.build().map_err(|e| {
-            Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
-        })?;
+        let provider = self
+            .crypto_provider
+            .clone()
+            .unwrap_or_else(keyrack_core::tls::default_provider);
+        let http = http_client(provider, &self.ca_pems, self.timeout)?;
         let mut cloud = CustomConfiguration::default();
         cloud.authority_host = authority_host.clone();
         let options = ClientOptions {
@@ -415,6 +420,35 @@ impl AzureBuilder {
         };
         AzureSource::new(vaults, maker, secret_options, self.clock)
     }
+}
+
+/// The client every request of the source goes through (Key Vault, Entra ID, managed
+/// identity), on rustls with `provider`: the SDK is given it as its transport, so it never
+/// builds a client of its own (which would need a process-wide default provider).
+pub(crate) fn http_client(
+    provider: Arc<CryptoProvider>,
+    ca_pems: &[String],
+    timeout: Duration,
+) -> Result<reqwest::Client> {
+    let mut extra = Vec::new();
+    for pem in ca_pems {
+        let certs = keyrack_core::tls::certificates_from_pem(pem.as_bytes()).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("a CA given with with_ca_pem: {}", e.message()),
+            )
+        })?;
+        extra.extend(certs);
+    }
+    let tls = keyrack_core::tls::client_config(provider, Trust::Platform(extra), None)?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        // Key Vault and Entra ID do not redirect; a redirect would carry the token elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e))
 }
 
 /// The same options with the authority host of one credential.

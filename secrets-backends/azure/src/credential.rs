@@ -542,9 +542,20 @@ mod tests {
         })
     }
 
+    /// Options with the crate's own transport: the SDK's default one would need a process-wide
+    /// crypto provider.
+    fn options() -> ClientOptions {
+        let provider = Arc::new(keyrack_core::tls::rustls::crypto::ring::default_provider());
+        let http =
+            crate::builder::http_client(provider, &[], std::time::Duration::from_secs(5)).unwrap();
+        ClientOptions {
+            transport: Some(azure_core::http::Transport::new(Arc::new(http))),
+            ..Default::default()
+        }
+    }
+
     fn reason(env: &EnvVars) -> String {
-        keyrack_core::tls::ensure_crypto_provider();
-        match chain(env, false, &ClientOptions::default()) {
+        match chain(env, false, &options()) {
             Err(e) => {
                 assert_eq!(e.kind(), &ErrorKind::Config);
                 e.to_string()
@@ -599,25 +610,24 @@ mod tests {
 
     #[test]
     fn chain_picks_the_first_that_applies() {
-        keyrack_core::tls::ensure_crypto_provider();
         let all = vars(&[
             ("AZURE_TENANT_ID", "tenant"),
             ("AZURE_CLIENT_ID", "client"),
             ("AZURE_CLIENT_SECRET", "very-secret"),
             ("AZURE_FEDERATED_TOKEN_FILE", "/no/such/file"),
         ]);
-        let c = chain(&all, false, &ClientOptions::default()).unwrap();
+        let c = chain(&all, false, &options()).unwrap();
         assert!(format!("{c:?}").contains("WorkloadIdentity"), "{c:?}");
         let secret_only = vars(&[
             ("AZURE_TENANT_ID", "tenant"),
             ("AZURE_CLIENT_ID", "client"),
             ("AZURE_CLIENT_SECRET", "very-secret"),
         ]);
-        let c = chain(&secret_only, false, &ClientOptions::default()).unwrap();
+        let c = chain(&secret_only, false, &options()).unwrap();
         let d = format!("{c:?} {secret_only:?}");
         assert!(d.contains("ClientSecretCredential"), "{d}");
         assert!(!d.contains("very-secret"), "{d}");
-        let c = chain(&vars(&[]), true, &ClientOptions::default()).unwrap();
+        let c = chain(&vars(&[]), true, &options()).unwrap();
         assert!(format!("{c:?}").contains("managed identity"), "{c:?}");
     }
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyrack_core::tls::rustls::crypto::CryptoProvider;
+use keyrack_core::tls::{self, ClientIdentity, Trust};
 use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 use url::Url;
 
@@ -16,7 +18,9 @@ use crate::source::VaultSource;
 /// Configures a [`VaultSource`].
 ///
 /// [`new`](Self::new) reads nothing from the environment; [`from_env`](Self::from_env) reads the
-/// variables Vault's own CLI reads. TLS goes through rustls.
+/// variables Vault's own CLI reads. TLS goes through rustls, on the crypto provider given with
+/// [`with_crypto_provider`](Self::with_crypto_provider) (else the process default, else ring),
+/// passed to the client: nothing is installed process-wide.
 #[derive(Debug)]
 pub struct VaultBuilder {
     address: Option<String>,
@@ -30,6 +34,7 @@ pub struct VaultBuilder {
     allow_plain_http_remote: bool,
     timeout: Duration,
     clock: Arc<dyn Clock>,
+    crypto_provider: Option<Arc<CryptoProvider>>,
 }
 
 impl Default for VaultBuilder {
@@ -57,6 +62,7 @@ impl VaultBuilder {
             allow_plain_http_remote: false,
             timeout: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
+            crypto_provider: None,
         }
     }
 
@@ -161,6 +167,14 @@ impl VaultBuilder {
         self
     }
 
+    /// The rustls crypto provider of the client's TLS (e.g. aws-lc-rs for FIPS). Without it
+    /// the process default is used if the application installed one when `build` runs, else
+    /// ring's; either way nothing is installed process-wide.
+    pub fn with_crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.crypto_provider = Some(provider);
+        self
+    }
+
     /// Validate and build. No request is made until the first read.
     pub fn build(self) -> Result<VaultSource> {
         let config = |m: String| Error::new(ErrorKind::Config, m);
@@ -197,11 +211,6 @@ impl VaultBuilder {
             )));
         }
 
-        keyrack_core::tls::ensure_crypto_provider();
-        let mut client = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
-            .redirect(crate::http::redirect_policy());
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| {
                 Error::new(ErrorKind::Config, format!("cannot read `{}`", p.display()))
@@ -219,41 +228,41 @@ impl VaultBuilder {
             })?;
             ca_files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
         }
-        if url.scheme() == "http" {
-            // Plain HTTP: no trust store to load (reqwest would otherwise load the platform's).
-            client = client.tls_certs_only(Vec::new());
+        let trust = if url.scheme() == "http" {
+            // Plain HTTP: no trust store to load.
+            Trust::Only(Vec::new())
+        } else if self.skip_verify {
+            Trust::DangerAcceptAnyCertificate
         } else if !ca_files.is_empty() {
             // The given CAs replace the platform's, as VAULT_CACERT / VAULT_CAPATH do for the
             // Vault CLI: a private CA is trusted for this Vault, and nothing else is.
             let mut trusted = Vec::new();
             for path in &ca_files {
-                let certs = reqwest::Certificate::from_pem_bundle(&read(path)?).map_err(|e| {
+                let certs = tls::certificates_from_pem(&read(path)?).map_err(|e| {
                     Error::new(
                         ErrorKind::Config,
-                        format!("`{}` is not PEM certificates", path.display()),
+                        format!("`{}`: {}", path.display(), e.message()),
                     )
-                    .with_cause(e)
                 })?;
                 trusted.extend(certs);
             }
-            client = client.tls_certs_only(trusted);
-        }
-        if let Some((cert, key)) = &self.client_cert {
-            let mut pem = read(cert)?;
-            pem.push(b'\n');
-            pem.extend(read(key)?);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    "client certificate or key is not valid PEM",
-                )
-                .with_cause(e)
-            })?;
-            client = client.identity(identity);
-        }
-        if self.skip_verify {
-            client = client.tls_danger_accept_invalid_certs(true);
-        }
+            Trust::Only(trusted)
+        } else {
+            Trust::Platform(Vec::new())
+        };
+        let identity = match &self.client_cert {
+            Some((cert, key)) => Some(ClientIdentity::from_pem(&read(cert)?, &read(key)?)?),
+            None => None,
+        };
+        let provider = self
+            .crypto_provider
+            .clone()
+            .unwrap_or_else(tls::default_provider);
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls::client_config(provider, trust, identity)?)
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .redirect(crate::http::redirect_policy());
         let client = client.build().map_err(|e| {
             Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
         })?;

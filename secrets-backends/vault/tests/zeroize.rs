@@ -136,14 +136,13 @@ fn fake_vault() -> String {
 
 #[test]
 fn the_source_leaves_no_more_copies_than_the_transport() {
-    keyrack_core::tls::ensure_crypto_provider();
     let url = fake_vault();
 
     // The transport alone: the same three requests from static bytes.
     let transport = unwiped(|| {
         let url = url.clone();
         async move {
-            let client = reqwest::Client::new();
+            let client = common::setup_client();
             let login = format!(r#"{{"role_id":"{ROLE_ID}","secret_id":"{SECRET_ID}"}}"#);
             let login: &'static str = Box::leak(login.into_boxed_str());
             let sends = [

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use keyrack_core::tls::rustls::crypto::CryptoProvider;
+use keyrack_core::tls::{self, Trust};
 use keyrack_core::{Backoff, Clock, Error, ErrorKind, IdentityToken, Result, SystemClock};
 use url::Url;
 
@@ -21,6 +23,7 @@ pub struct KubernetesSecretsBuilder {
     clock: Arc<dyn Clock>,
     watch_backoff: Backoff,
     request_timeout: Duration,
+    crypto_provider: Option<Arc<CryptoProvider>>,
 }
 
 impl Default for KubernetesSecretsBuilder {
@@ -35,6 +38,7 @@ impl Default for KubernetesSecretsBuilder {
                 max: Duration::from_secs(60),
             },
             request_timeout: Duration::from_secs(30),
+            crypto_provider: None,
         }
     }
 }
@@ -47,6 +51,7 @@ impl fmt::Debug for KubernetesSecretsBuilder {
             .field("token", &self.token.as_ref().map(|_| "<IdentityToken>"))
             .field("watch_backoff", &self.watch_backoff)
             .field("request_timeout", &self.request_timeout)
+            .field("crypto_provider", &self.crypto_provider.is_some())
             .finish()
     }
 }
@@ -100,6 +105,14 @@ impl KubernetesSecretsBuilder {
         self
     }
 
+    /// The rustls crypto provider of the client's TLS (e.g. aws-lc-rs for FIPS). Without it
+    /// the process default is used if the application installed one when `build` runs, else
+    /// ring's; either way nothing is installed process-wide.
+    pub fn with_crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.crypto_provider = Some(provider);
+        self
+    }
+
     /// Checks the settings and builds the HTTP client.
     pub fn build(self) -> Result<KubernetesSecrets> {
         let config = |m: &str| Error::new(ErrorKind::Config, m.to_owned());
@@ -117,21 +130,28 @@ impl KubernetesSecretsBuilder {
         let token = self
             .token
             .ok_or_else(|| config("no service-account token is set (`token`)"))?;
-        keyrack_core::tls::ensure_crypto_provider();
-        let mut client = reqwest::Client::builder()
+        let trust = match &self.ca_pem {
+            Some(pem) => {
+                let certs = tls::certificates_from_pem(pem).map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("the CA bundle: {}", e.message()))
+                })?;
+                if certs.is_empty() {
+                    return Err(config("the CA bundle holds no certificate"));
+                }
+                Trust::Only(certs)
+            }
+            None => Trust::Platform(Vec::new()),
+        };
+        let provider = self
+            .crypto_provider
+            .clone()
+            .unwrap_or_else(tls::default_provider);
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls::client_config(provider, trust, None)?)
             .https_only(true)
             .connect_timeout(Duration::from_secs(10))
             // A redirect would carry the token elsewhere; the API server never redirects reads.
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = &self.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                Error::new(ErrorKind::Config, "the CA bundle is not PEM certificates").with_cause(e)
-            })?;
-            if certs.is_empty() {
-                return Err(config("the CA bundle holds no certificate"));
-            }
-            client = client.tls_certs_only(certs);
-        }
         let client = client.build().map_err(|e| {
             Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
         })?;

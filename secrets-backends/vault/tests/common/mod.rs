@@ -55,6 +55,22 @@ fn fastrand_u32() -> u32 {
     RandomState::new().hash_one(std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap()) as u32
 }
 
+/// A reqwest client for test setup on an explicit ring provider: nothing in these tests
+/// installs a process-wide default.
+pub fn setup_client() -> reqwest::Client {
+    let provider = std::sync::Arc::new(keyrack_core::tls::rustls::crypto::ring::default_provider());
+    let tls = keyrack_core::tls::client_config(
+        provider,
+        keyrack_core::tls::Trust::Platform(Vec::new()),
+        None,
+    )
+    .unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
 /// Vault's HTTP API with the root token, for writing test data from outside the library.
 pub async fn api(
     method: reqwest::Method,
@@ -63,8 +79,7 @@ pub async fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    keyrack_core::tls::ensure_crypto_provider();
-    let client = reqwest::Client::new();
+    let client = setup_client();
     let mut req = client
         .request(method, format!("{addr}/v1/{path}"))
         .header("X-Vault-Token", token);
