@@ -43,6 +43,7 @@
 
 mod builder;
 mod errors;
+mod http;
 mod source;
 
 pub use builder::AwsBuilder;
