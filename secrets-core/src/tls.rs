@@ -35,21 +35,6 @@ pub fn default_provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
-/// Install rustls' ring crypto provider as the process default, once; later calls (and a
-/// provider installed by the application first) are left alone.
-///
-/// Process-wide state a library should not set: an application that installs its own provider
-/// afterwards gets an error. Kept only until the last backend stops calling it.
-pub fn ensure_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if CryptoProvider::get_default().is_none() {
-            // Losing a race to another installer is fine: a default exists either way.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-    });
-}
-
 /// Which servers a client trusts.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

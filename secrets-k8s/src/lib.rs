@@ -12,6 +12,12 @@
 //! * [`source`]: the `k8s://<namespace>/<name>#<key>` Kubernetes Secrets source (GET + watch).
 //! * `testkit` (feature `testkit`): a kubelet-style token projector for tests.
 //!
+//! **Crypto provider.** The Kubernetes Secrets source's TLS is rustls on the provider given with
+//! [`KubernetesSecretsBuilder::with_crypto_provider`](source::KubernetesSecretsBuilder::with_crypto_provider),
+//! else the process default if the application installed one, else ring's; nothing is installed
+//! process-wide. The `from_pod` glue returns each backend's builder, which takes a provider the
+//! same way; the Google backend alone installs a process default (see `keyrack-gcp`).
+//!
 //! # Permissions
 //!
 //! **The Kubernetes Secrets source** (`k8s://<namespace>/<name>`) needs, for its service

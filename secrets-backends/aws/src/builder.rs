@@ -14,9 +14,11 @@ use aws_sdk_secretsmanager::config::{
     Credentials, Intercept, ProvideCredentials, Region, SharedCredentialsProvider,
     SharedHttpClient, SharedInterceptor,
 };
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use keyrack_core::tls::rustls::crypto::CryptoProvider;
+use keyrack_core::tls::{self, Trust};
 use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 
+use crate::http::RustlsHttpClient;
 use crate::source::{AwsSource, Tuning};
 
 /// Builds an [`AwsSource`].
@@ -49,6 +51,8 @@ pub struct AwsBuilder {
     interceptors: Vec<SharedInterceptor>,
     tuning: Tuning,
     clock: Arc<dyn Clock>,
+    crypto_provider: Option<Arc<CryptoProvider>>,
+    ca_pems: Vec<String>,
 }
 
 impl fmt::Debug for AwsBuilder {
@@ -63,6 +67,8 @@ impl fmt::Debug for AwsBuilder {
             .field("timeout", &self.timeout)
             .field("refresh_before_expiry", &self.refresh_before_expiry)
             .field("tuning", &self.tuning)
+            .field("crypto_provider", &self.crypto_provider.is_some())
+            .field("extra_cas", &self.ca_pems.len())
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +94,8 @@ impl AwsBuilder {
             interceptors: Vec::new(),
             tuning: Tuning::default(),
             clock: Arc::new(SystemClock),
+            crypto_provider: None,
+            ca_pems: Vec::new(),
         }
     }
 
@@ -112,7 +120,9 @@ impl AwsBuilder {
 
     /// Use this SDK configuration (region, credentials, endpoint, HTTP client…) as the base;
     /// `with_*` settings still override it. Its retry settings are replaced (see above). If it
-    /// has no HTTP client, the crate's rustls client is used.
+    /// has no HTTP client, the crate's rustls client is used; if it has one, that client is
+    /// used as it is ([`with_crypto_provider`](Self::with_crypto_provider) and
+    /// [`with_ca_pem`](Self::with_ca_pem) do not apply to it).
     pub fn with_sdk_config(mut self, config: SdkConfig) -> Self {
         self.sdk_config = Some(config);
         self
@@ -179,6 +189,25 @@ impl AwsBuilder {
         self
     }
 
+    /// The rustls crypto provider of the source's TLS (e.g. aws-lc-rs for FIPS). Without it
+    /// the process default is used if the application installed one when `build` runs, else
+    /// ring's; either way nothing is installed process-wide. The SDK's HTTP client takes a
+    /// provider only from a fixed list chosen by cargo feature, so the source passes the SDK an
+    /// HTTP client of its own (hyper and hyper-rustls, as the SDK's) built on this provider;
+    /// Secrets Manager, STS (web identity) and, with [`from_env`](Self::from_env), every
+    /// credentials provider of the default chain use it.
+    pub fn with_crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.crypto_provider = Some(provider);
+        self
+    }
+
+    /// Also trust the CA certificates in `pem` (a VPC endpoint behind a TLS-inspecting proxy,
+    /// a test server), besides the platform's.
+    pub fn with_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.ca_pems.push(pem.into());
+        self
+    }
+
     /// Time limit of one request (30 s by default).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -214,8 +243,7 @@ impl AwsBuilder {
 
     /// Resolve the configuration and build the source.
     pub async fn build(self) -> Result<AwsSource> {
-        keyrack_core::tls::ensure_crypto_provider();
-        let http = rustls_client();
+        let http = self.http_client()?;
         let base = match self.sdk_config {
             Some(config) => config,
             None if self.from_env => {
@@ -294,11 +322,26 @@ impl AwsBuilder {
     }
 }
 
-/// The SDK's hyper 1 client on rustls with ring: the same TLS stack as the rest of the workspace.
-fn rustls_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https()
+impl AwsBuilder {
+    /// The SDK's HTTP client: hyper 1 on rustls with the given (or default) provider.
+    fn http_client(&self) -> Result<SharedHttpClient> {
+        let mut extra = Vec::new();
+        for pem in &self.ca_pems {
+            let certs = tls::certificates_from_pem(pem.as_bytes()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("a CA given with with_ca_pem: {}", e.message()),
+                )
+            })?;
+            extra.extend(certs);
+        }
+        let provider = self
+            .crypto_provider
+            .clone()
+            .unwrap_or_else(tls::default_provider);
+        let config = tls::client_config(provider, Trust::Platform(extra), None)?;
+        Ok(SharedHttpClient::new(RustlsHttpClient::new(config)))
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
-//! AWS Secrets Manager for [`keyrack_core`], on the official SDK with one TLS stack (rustls +
-//! ring; no OpenSSL, no second hyper).
+//! AWS Secrets Manager for [`keyrack_core`], on the official SDK with one TLS stack (rustls;
+//! no OpenSSL, no second hyper).
+//!
+//! **Crypto provider.** The SDK's own HTTP client takes a rustls provider only from a fixed
+//! list chosen by cargo feature, so the source gives the SDK an HTTP client of its own (hyper
+//! and hyper-rustls, as the SDK's) built on the provider given with
+//! [`AwsBuilder::with_crypto_provider`], else the process default if the application installed
+//! one, else ring's. Secrets Manager, STS and the default credentials chain all use it; nothing
+//! is installed process-wide. An `SdkConfig` given with its own HTTP client keeps that client.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,6 +54,7 @@ mod errors;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+mod http;
 mod source;
 
 pub use builder::AwsBuilder;

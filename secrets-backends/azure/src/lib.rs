@@ -1,5 +1,10 @@
 //! Azure Key Vault for [`keyrack_core`], on the official `azure_security_keyvault_secrets` 1.0
-//! SDK, with one TLS stack (rustls + ring through the workspace's reqwest; no OpenSSL).
+//! SDK, with one TLS stack (rustls through the workspace's reqwest; no OpenSSL).
+//!
+//! **Crypto provider.** The SDK is given the source's own HTTP client as its transport, so every
+//! request (Key Vault, Entra ID, managed identity) uses a rustls configuration built on the
+//! provider given with [`AzureBuilder::with_crypto_provider`], else the process default if the
+//! application installed one, else ring's. Nothing is installed process-wide.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_auth::credentials::Credentials;
+use keyrack_core::tls::rustls::crypto::CryptoProvider;
 use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 use url::{Host, Url};
 
@@ -41,6 +42,15 @@ pub const DEFAULT_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 /// The SDK's own retries are turned off (one attempt per request, bounded by
 /// [`with_timeout`](Self::with_timeout)): the engine's backoff, which honours throttling, is
 /// the only retry loop, so a throttled fleet does not multiply its requests.
+///
+/// **This backend installs a process-wide rustls crypto provider** (ring's, or the one given
+/// with [`with_crypto_provider`](Self::with_crypto_provider)) when [`build`](Self::build)
+/// runs in a process that has none, unlike the other backends: the Google crates build their
+/// own HTTP clients (`google-cloud-gax-internal`'s client for Secret Manager,
+/// `google-cloud-auth`'s for STS and the metadata server) on reqwest without a provider, and
+/// sign service-account JWTs with the process default's key provider, with no way to pass a
+/// client or a provider; without a default they panic. An application that wants another
+/// provider (aws-lc-rs for FIPS, say) installs it before building this source.
 #[derive(Debug)]
 pub struct GcpBuilder {
     defaults: Defaults,
@@ -50,6 +60,7 @@ pub struct GcpBuilder {
     auth: Option<Auth>,
     rotation_schedule: bool,
     clock: Arc<dyn Clock>,
+    crypto_provider: Option<Arc<CryptoProvider>>,
 }
 
 impl Default for GcpBuilder {
@@ -69,6 +80,7 @@ impl GcpBuilder {
             auth: None,
             rotation_schedule: false,
             clock: Arc::new(SystemClock),
+            crypto_provider: None,
         }
     }
 
@@ -170,6 +182,15 @@ impl GcpBuilder {
         self
     }
 
+    /// The rustls crypto provider to install as the process default if the process has none
+    /// when [`build`](Self::build) runs (see above: the Google crates use only the process
+    /// default). If the application installed a default already, the Google crates use that one
+    /// and `provider` is not used (logged at warn level unless it is the installed one).
+    pub fn with_crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.crypto_provider = Some(provider);
+        self
+    }
+
     /// Application Default Credentials, resolved by the auth library.
     pub fn with_application_default_credentials(mut self) -> Self {
         self.auth = Some(Auth::Adc);
@@ -215,7 +236,7 @@ impl GcpBuilder {
     /// are built at the first read of each endpoint. Must run inside a Tokio runtime: the
     /// auth library refreshes tokens in a task.
     pub async fn build(self) -> Result<GcpSource> {
-        keyrack_core::tls::ensure_crypto_provider();
+        install_process_provider(self.crypto_provider.clone());
         let auth = self.auth.ok_or_else(|| {
             Error::new(
                 ErrorKind::Config,
@@ -242,6 +263,41 @@ impl GcpBuilder {
             clock: self.clock,
         })
         .await
+    }
+}
+
+/// Install `given` (else ring's provider) as the process default if there is none: the Google
+/// crates take no provider and no client (see [`GcpBuilder`]). A race with another installer
+/// is fine: a default exists either way.
+fn install_process_provider(given: Option<Arc<CryptoProvider>>) {
+    use std::sync::OnceLock;
+    // `install_default` takes the provider by value: the installed `Arc` is a new one, so
+    // remember which given one it came from.
+    static INSTALLED_FROM: OnceLock<usize> = OnceLock::new();
+    let given_address = given.as_ref().map(|p| Arc::as_ptr(p) as usize);
+    match CryptoProvider::get_default() {
+        Some(installed) => {
+            if let Some(given) = &given
+                && !Arc::ptr_eq(installed, given)
+                && INSTALLED_FROM.get().copied() != given_address
+            {
+                tracing::warn!(
+                    "with_crypto_provider: the process already has a default rustls crypto \
+                     provider; the Google crates use it, not the one given"
+                );
+            }
+        }
+        None => {
+            let provider = match given {
+                Some(p) => Arc::unwrap_or_clone(p),
+                None => keyrack_core::tls::rustls::crypto::ring::default_provider(),
+            };
+            if provider.install_default().is_ok()
+                && let Some(address) = given_address
+            {
+                let _ = INSTALLED_FROM.set(address);
+            }
+        }
     }
 }
 

@@ -1,5 +1,13 @@
 //! Google Secret Manager for [`keyrack_core`], on the official `google-cloud-secretmanager-v1`
-//! and `google-cloud-auth` crates with one TLS stack (rustls + ring; no OpenSSL, no aws-lc).
+//! and `google-cloud-auth` crates with one TLS stack (rustls; no OpenSSL).
+//!
+//! **Crypto provider: this backend installs one process-wide.** The Google crates build their
+//! own reqwest clients and sign with the process default rustls provider, and offer no way to
+//! pass a client or a provider, so [`GcpBuilder::build`] installs ring's provider (or the one
+//! given with [`GcpBuilder::with_crypto_provider`]) as the process default when none is
+//! installed. An application that uses another provider (aws-lc-rs for FIPS) installs it
+//! before building this source; `CryptoProvider::install_default` fails after. The other
+//! backends install nothing.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -297,7 +297,7 @@ impl GcpSource {
             .clone();
         let client = cell
             .get_or_try_init(|| async {
-                keyrack_core::tls::ensure_crypto_provider();
+                // The process default provider is in place: `GcpBuilder::build` saw to it.
                 SecretManagerService::builder()
                     .with_endpoint(endpoint)
                     .with_credentials(generation.credentials.clone())

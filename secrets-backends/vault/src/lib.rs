@@ -16,6 +16,10 @@
 //! # }
 //! ```
 //!
+//! TLS is rustls, on the crypto provider given with [`VaultBuilder::with_crypto_provider`], else
+//! the process default if the application installed one, else ring's; nothing is installed
+//! process-wide.
+//!
 //! What each kind of path reads is described on [`VaultSource`]; login methods on [`Auth`].
 //! The source's own token is renewed at about ⅔ of its TTL and obtained anew by login when
 //! renewal stops extending it or Vault refuses it; every dynamic secret issued under the old token

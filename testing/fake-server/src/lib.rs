@@ -9,7 +9,10 @@
 //! endpoints.
 #![allow(clippy::unwrap_used)] // test support: a broken fake should fail the test loudly
 
+mod counting;
 pub mod proxy;
+
+pub use counting::counting_provider;
 
 use std::convert::Infallible;
 use std::future::Future;

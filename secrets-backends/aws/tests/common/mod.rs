@@ -264,11 +264,26 @@ impl Intercept for Throttler {
     }
 }
 
+/// A reqwest client for test setup on an explicit ring provider: nothing in these tests
+/// installs a process-wide default.
+pub fn setup_client() -> reqwest::Client {
+    let provider = std::sync::Arc::new(keyrack_core::tls::rustls::crypto::ring::default_provider());
+    let tls = keyrack_core::tls::client_config(
+        provider,
+        keyrack_core::tls::Trust::Platform(Vec::new()),
+        None,
+    )
+    .unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
 /// moto's request recorder (`/moto-api/recorder/...`): what clients actually sent.
 pub async fn recorder(action: &str) -> String {
-    keyrack_core::tls::ensure_crypto_provider();
     let url = format!("{}/moto-api/recorder/{action}", env("AWS_ENDPOINT_URL"));
-    let client = reqwest::Client::new();
+    let client = setup_client();
     let response = if action == "download-recording" {
         client.get(url).send().await.unwrap()
     } else {
