@@ -46,7 +46,9 @@ impl Backoff {
         let ceiling = self.ceiling(attempt).max(floor).min(cap);
         let hint = error.retry_after().map(|h| h.min(cap.max(MAX_RETRY_AFTER)));
         let wait = if *error.kind() == ErrorKind::Throttled && hint.is_none() {
-            ceiling.mul_f64(1.0 + 0.25 * unit).min(cap)
+            // `mul_f64` would panic past `Duration::MAX` (an uncapped policy): saturate at the cap.
+            Duration::try_from_secs_f64(ceiling.as_secs_f64() * (1.0 + 0.25 * unit))
+                .map_or(cap, |wait| wait.min(cap))
         } else {
             ceiling.mul_f64(unit).max(floor)
         };
@@ -86,6 +88,18 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    /// Found by the `retry_after` fuzz target: a policy without a practical cap and a very long
+    /// first wait made a throttled retry's wait overflow `Duration` (a panic).
+    #[test]
+    fn an_uncapped_policy_saturates() {
+        let b = Backoff {
+            initial: S(1 << 40),
+            max: Duration::MAX,
+        };
+        let t = Error::throttled(None, "slow down");
+        assert_eq!(b.delay(40, &t, Duration::ZERO, 0.5), Duration::MAX);
+    }
 
     #[test]
     fn full_jitter_above_the_floor_and_retry_after() {
