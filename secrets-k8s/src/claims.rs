@@ -129,9 +129,9 @@ struct NamedRef {
     name: Option<String>,
 }
 
+/// A NumericDate as a time; `None` when negative, not finite or past what `SystemTime` holds.
 fn epoch(secs: Option<f64>) -> Option<SystemTime> {
-    let secs = secs?;
-    (secs.is_finite() && secs >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(secs))
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs?).ok()?)
 }
 
 impl From<RawClaims> for TokenClaims {
@@ -249,5 +249,23 @@ mod tests {
             assert_eq!(e.kind(), &ErrorKind::InvalidValue, "{bad}");
             assert!(!e.to_string().contains("secret-claim"), "{e}");
         }
+    }
+
+    /// Found by the `k8s_claims` fuzz target: a time past what `SystemTime` holds (`exp` of
+    /// 2e37, `iat` of 1e19 seconds) panicked instead of being left out.
+    #[test]
+    fn times_out_of_range_are_absent() {
+        let c = TokenClaims::decode(&jwt(&serde_json::json!({
+            "exp": 2e37,
+            "iat": 1e19,
+            "nbf": 1.5e9,
+        })))
+        .unwrap();
+        assert_eq!((c.expires_at, c.issued_at), (None, None));
+        assert_eq!(
+            c.not_before,
+            Some(UNIX_EPOCH + Duration::from_secs(1_500_000_000))
+        );
+        assert_eq!(c.lifetime(), None);
     }
 }
