@@ -80,9 +80,11 @@ impl Lease {
         }
     }
 
-    /// When the lease ends unless renewed.
+    /// When the lease ends unless renewed. A TTL longer than a hundred years (what the client
+    /// takes for "never") counts as a hundred years, so the end is always a time.
     pub fn expires_at(&self) -> SystemTime {
-        self.issued_at + self.ttl
+        let ttl = self.ttl.min(crate::client::FOREVER);
+        self.issued_at.checked_add(ttl).unwrap_or(self.issued_at)
     }
 }
 
@@ -265,6 +267,20 @@ mod tests {
             .leased(Lease::new("l1", Duration::from_secs(10), true, t0));
         assert_eq!(s.hard_expiry(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(Secret::new("x").hard_expiry(), None);
+    }
+
+    /// Found while checking the `vault_answer` fuzz target's property (a lease's end is
+    /// representable): a TTL past what `SystemTime` holds (`lease_duration` 2^64 - 1) panicked.
+    #[test]
+    fn a_lease_longer_than_time_ends_in_a_hundred_years() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let forever = Duration::from_secs(100 * 365 * 24 * 3600);
+        let l = Lease::new("l1", Duration::from_secs(u64::MAX), true, t0);
+        assert_eq!(l.expires_at(), t0 + forever);
+        let s = Secret::new("x").leased(l);
+        assert_eq!(s.hard_expiry(), Some(t0 + forever));
+        let short = Lease::new("l2", Duration::from_secs(10), true, t0);
+        assert_eq!(short.expires_at(), t0 + Duration::from_secs(10));
     }
 
     #[test]

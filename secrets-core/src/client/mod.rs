@@ -30,7 +30,8 @@ use crate::reference::{SecretRef, Selector};
 use crate::secret::Secret;
 use crate::source::SecretSource;
 
-use context::{Config, Ctx, FOREVER, MIN_INTERVAL, later};
+pub(crate) use context::FOREVER;
+use context::{Config, Ctx, MIN_INTERVAL, later};
 use entry::{Entry, Trigger};
 use flight::Flights;
 use front::Front;
