@@ -324,9 +324,10 @@ pub(crate) fn issued_secret(
     } else if let Some(serial) = &issued.serial_number {
         secret = secret.versioned(serial.as_str());
     }
+    // An expiry no `SystemTime` holds is no expiry (not a panic).
     let expires = issued
         .expiration
-        .map(|exp| SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
+        .and_then(|exp| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp)));
     if let Some(at) = expires {
         secret = secret.expires_at(at);
     }
@@ -648,5 +649,24 @@ impl SecretSource for VaultSource {
     /// source after a client it was registered with shut down), with whatever token they get.
     async fn shutdown(&self) {
         self.inner.session.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found while checking the `vault_answer` fuzz target's property (an expiry is
+    /// representable): an `expiration` past what `SystemTime` holds panicked.
+    #[test]
+    fn an_expiration_past_time_is_no_expiry() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let envelope = |body: &'static str| parse::<Envelope<'static>>(body, "answer").unwrap();
+        let e = envelope(r#"{"data":{"certificate":"c","expiration":18446744073709551615}}"#);
+        let (secret, expires) = issued_secret(&e, now).unwrap();
+        assert_eq!((secret.metadata().expires_at, expires), (None, None));
+        let e = envelope(r#"{"data":{"certificate":"c","expiration":1900000000}}"#);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        assert_eq!(issued_secret(&e, now).unwrap().1, Some(at));
     }
 }
