@@ -125,6 +125,15 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// The longest token TTL kept: a hundred years, "never" (a longer one would overflow the
+/// keeper's deadlines).
+const LONGEST_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A TTL in seconds as Vault answers it (`0`: the token does not expire).
+fn ttl_of(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs).min(LONGEST_TTL))
+}
+
 /// A token obtained by login (or looked up, for a static token).
 pub(crate) struct Login {
     pub(crate) token: SecretValue,
@@ -184,7 +193,7 @@ pub(crate) fn auth_of(answer: &Answer, what: &str) -> Result<Login> {
     })?;
     let info: AuthInfo<'_> = parse(raw.get(), &format!("answer to {what}"))?;
     Ok(Login {
-        ttl: (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration)),
+        ttl: ttl_of(info.lease_duration),
         renewable: info.renewable,
         token: SecretValue::copy_from_slice(info.client_token.as_bytes()),
     })
@@ -198,7 +207,7 @@ impl Auth {
                 let info = Self::lookup_self(http, token).await?;
                 Ok(Login {
                     token: token.clone(),
-                    ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
+                    ttl: ttl_of(info.ttl),
                     renewable: info.renewable,
                 })
             }
@@ -302,5 +311,27 @@ impl Auth {
         // renew-self answers with the same token; keep ours (the answer's copy is wiped).
         login.token = token.clone();
         Ok(login)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+    use zeroize::Zeroizing;
+
+    use super::*;
+
+    /// Found while checking the `vault_answer` target's `login` decoder: a `lease_duration` of
+    /// 2^64 - 1 seconds became a TTL no `Instant` can be added to (the keeper panicked).
+    #[test]
+    fn a_token_ttl_past_time_is_a_hundred_years() {
+        let body = br#"{"auth":{"client_token":"t","lease_duration":18446744073709551615}}"#;
+        let answer = Answer::new(StatusCode::OK, None, Zeroizing::new(body.to_vec()));
+        let login = auth_of(&answer, "login").unwrap();
+        assert_eq!(login.ttl, Some(LONGEST_TTL));
+        let body = br#"{"auth":{"client_token":"t","lease_duration":768}}"#;
+        let answer = Answer::new(StatusCode::OK, None, Zeroizing::new(body.to_vec()));
+        let login = auth_of(&answer, "login").unwrap();
+        assert_eq!(login.ttl, Some(Duration::from_secs(768)));
     }
 }
