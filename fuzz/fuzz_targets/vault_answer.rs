@@ -1,6 +1,7 @@
 //! Vault's answers: the envelope, `errors`, KV v1/v2 reads and metadata, mount descriptions,
 //! dynamic-secret and PKI answers, lease calls and logins. Never panics; a lease's end and an
-//! expiry are representable; no value (`data`, `auth.client_token`) reaches an error.
+//! expiry are representable; a token's TTL is at most a hundred years; no value (`data`,
+//! `auth.client_token`) reaches an error.
 #![no_main]
 
 use std::time::{Duration, SystemTime};
@@ -53,8 +54,10 @@ fn run(status: u16, body: &[u8], check: bool) {
         }
         Err(e) => clean(&e, "lease"),
     }
-    if let Err(e) = v::login(status, body) {
-        clean(&e, "login");
+    match v::login(status, body) {
+        // The keeper adds the TTL to an `Instant`: a hundred years at most.
+        Ok((_, ttl, _)) => assert!(ttl <= Some(Duration::from_secs(100 * 365 * 24 * 3600))),
+        Err(e) => clean(&e, "login"),
     }
 }
 
