@@ -197,3 +197,82 @@ fn watch_prints_a_rotation_and_stops_on_ctrl_c() {
     assert!(all.contains("keyrack: stopped"), "{all}");
     assert!(!all.contains("watch-value"), "{all}");
 }
+
+/// moto enforcing IAM (its own server, started here with `INITIAL_NO_AUTH_ACTION_COUNT=3`: the
+/// first three calls are let through to create a secret, an IAM user with no policy and its
+/// access key, through boto3, which moto ships with): that user's read is refused, and `check`
+/// names the reference and `denied`, never the value or the key.
+#[test]
+fn aws_refused_permission_is_denied() {
+    env("AWS_ENDPOINT_URL"); // the test ground's moto is installed
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server (installed by scripts/testground/moto-up)");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let seeded = (0..100).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(Some(_)) = server.try_wait() {
+            panic!("moto_server exited");
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let _server = Stop(server);
+    assert!(seeded.is_some(), "moto_server did not listen");
+    let seed = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import sys, boto3
+kw = dict(endpoint_url=sys.argv[1], region_name="us-east-1",
+          aws_access_key_id="testing", aws_secret_access_key="testing")
+boto3.client("secretsmanager", **kw).create_secret(
+    Name="prod/db", SecretString='{"password":"moto-refused-value"}')
+iam = boto3.client("iam", **kw)
+iam.create_user(UserName="ci")
+k = iam.create_access_key(UserName="ci")["AccessKey"]
+print(k["AccessKeyId"], k["SecretAccessKey"])
+"#,
+        )
+        .arg(&endpoint)
+        .output()
+        .unwrap();
+    assert!(seed.status.success(), "{}", text(&seed));
+    let keys = String::from_utf8(seed.stdout).unwrap();
+    let (id, key) = keys.trim().split_once(' ').unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyrack"))
+        .args(["check", "aws-sm://prod/db#password"])
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", id)
+        .env("AWS_SECRET_ACCESS_KEY", key)
+        .env_remove("AWS_SESSION_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout.starts_with("fail  aws-sm://prod/db#password  denied: permission denied"),
+        "{stdout}"
+    );
+    let all = text(&out);
+    assert!(
+        !all.contains("moto-refused-value") && !all.contains(key),
+        "{all}"
+    );
+}
