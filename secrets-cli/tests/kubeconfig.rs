@@ -258,3 +258,57 @@ async fn bad_usage_exits_two() {
     let help = keyrack(&dir.path().join("absent"), &["--help"]).await;
     assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes:"));
 }
+
+/// `--context` picks a context other than the current one; a context that is not there is a
+/// configuration error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_selects_another_user() {
+    let server = api_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The current context's user has no credential keyrack supports; `other` has the token.
+    let config = kubeconfig(
+        dir.path(),
+        &server,
+        "    exec:\n      command: gke-gcloud-auth-plugin\n",
+    );
+    let mut text_ = std::fs::read_to_string(&config).unwrap();
+    text_.push_str(&format!(
+        "- name: other-user\n  user:\n    token: {TOKEN}\n"
+    ));
+    text_ = text_.replace(
+        "contexts:\n",
+        "contexts:\n- name: other\n  context:\n    cluster: fake\n    user: other-user\n",
+    );
+    std::fs::write(&config, text_).unwrap();
+    let out = keyrack(&config, &["check", "k8s://apps/db-creds"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = keyrack(
+        &config,
+        &["check", "--context", "other", "k8s://apps/db-creds"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = keyrack(
+        &config,
+        &["check", "--context", "absent", "k8s://apps/db-creds"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("no context named `absent`"), "{stdout}");
+}
+
+/// `KUBECONFIG` listing several files: refused (kubectl merges them; keyrack reads one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_kubeconfig_files_are_unsupported() {
+    let out = keyrack(
+        Path::new("/tmp/a:/tmp/b"),
+        &["check", "k8s://apps/db-creds"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout.starts_with("fail  k8s://apps/db-creds  unsupported:"),
+        "{stdout}"
+    );
+}
