@@ -55,7 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secrets = Secrets::builder().source("vault", vault).build()?;
     // Issued now; the client issues a new one at ⅔ of each certificate's life.
     let issued = secrets
-        .handle(format!("vault://{mount}/issue/{role}?common_name={name}&ttl={ttl}"))
+        .handle(format!(
+            "vault://{mount}/issue/{role}?common_name={name}&ttl={ttl}"
+        ))
         .await?;
     // One provider, passed explicitly: nothing is installed process-wide.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -65,7 +67,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build()?,
     );
     if let Some(first) = certificate.serving() {
-        println!("certificate {} (version {:?})", first.serial(), first.version());
+        println!(
+            "certificate {} (version {:?})",
+            first.serial(),
+            first.version()
+        );
     }
     let mut events = certificate.subscribe();
     tokio::spawn(async move {
@@ -164,7 +170,10 @@ async fn self_check(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    println!("{secs} requests: {failed} failed, {} certificates seen", serials.len());
+    println!(
+        "{secs} requests: {failed} failed, {} certificates seen",
+        serials.len()
+    );
     if failed > 0 || serials.len() < 2 {
         return Err("a request failed, or no rotation was seen".into());
     }
@@ -188,8 +197,10 @@ async fn get(
         .ok_or("no certificate")?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)?;
     let serial = cert.raw_serial_as_string();
-    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut answer = Vec::new();
     tls.read_to_end(&mut answer).await?;
     let status = String::from_utf8_lossy(&answer)
