@@ -12,6 +12,10 @@
 //!   `counter!` increment, timed alone) as a share of `get_secret_hit_ns` (target ≤ 0.05).
 //! * `single_flight_backend_calls`: 1,000 concurrent cold reads of one key against a slow
 //!   (5 ms) source make this many backend fetches (target 1; the max over several clients).
+//! * `get_secret_due_ms`: the first read of a value past its check time, behind a source that
+//!   answers in 200 ms: served at once while it is checked in the background; in the same run
+//!   `get_secret_due_no_grace_ms`, the same read with `stale_while_revalidate(ZERO)` (it waits
+//!   for the check, as every such read did before).
 //! * `bytes_per_cached_secret` (the cache's own cost per secret; target ≤ 1,024) and
 //!   `bytes_per_cached_secret_incl_value` (also counting what the source holds).
 //!
@@ -668,6 +672,50 @@ fn single_flight(plan: &Plan, out: &mut Vec<String>) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// A read of a value due for its check, behind a slow backend
+
+/// The first read of a value past its check time, against a source that takes 200 ms to answer:
+/// served at once while the check runs in the background (the default), or waiting for the
+/// check (`stale_while_revalidate(ZERO)`, the behaviour before). Real time: the value becomes
+/// due after the 1 s minimum interval.
+fn due_reads(plan: &Plan, out: &mut Vec<String>) {
+    const LATENCY: Duration = Duration::from_millis(200);
+    let rt = multi_thread();
+    let rounds = if plan.bench { 3 } else { 1 };
+    for (name, grace) in [
+        ("get_secret_due_ms", None),
+        ("get_secret_due_no_grace_ms", Some(Duration::ZERO)),
+    ] {
+        let mut samples = Vec::new();
+        for round in 0..rounds {
+            let memory = MemorySource::new();
+            memory.set("bench", value(round));
+            let mut builder = Secrets::builder()
+                .source("mem", memory.clone())
+                .refresh_interval(Duration::from_secs(1))
+                .refresh_jitter(0.0);
+            if let Some(grace) = grace {
+                builder = builder.stale_while_revalidate(grace);
+            }
+            let secrets = builder.build().expect("client");
+            let took = rt.block_on(async {
+                secrets.get_secret(URI).await.expect("first read");
+                memory.set_latency(LATENCY);
+                tokio::time::sleep(Duration::from_millis(1_100)).await;
+                let start = Instant::now();
+                secrets.get_secret(URI).await.expect("due read");
+                let took = start.elapsed();
+                secrets.shutdown().await;
+                took
+            });
+            samples.push(took.as_secs_f64() * 1e3);
+        }
+        println!("DETAIL {name} samples (ms): {samples:.3?}");
+        out.push(format!("{} {name}={:.3}", plan.tag(), median(&samples)));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // Memory per cached secret
 
 fn memory_per_secret(plan: &Plan, out: &mut Vec<String>) {
@@ -802,6 +850,7 @@ fn main() {
     let mut out = Vec::new();
     section("timed loops", &mut || timings(&plan, &mut out));
     section("single flight", &mut || single_flight(&plan, &mut out));
+    section("due reads", &mut || due_reads(&plan, &mut out));
     section("memory", &mut || memory_per_secret(&plan, &mut out));
     println!("DETAIL time taken: {}", took.join(", "));
     if !plan.bench {

@@ -473,46 +473,176 @@ async fn field_handle_refuses_a_version_without_its_field() {
     assert_eq!(handle.reference().to_string(), "mem://app#key");
 }
 
+fn text(secret: keyrack_core::Secret) -> String {
+    secret.expose_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn reads_without_a_handle_recheck_when_due() {
-    let (clock, memory, secrets) = setup();
+    // No grace: a read of a due value waits for its check (the behaviour before
+    // stale-while-revalidate, kept for users who ask for it).
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let secrets = builder(&clock, &memory)
+        .stale_while_revalidate(Duration::ZERO)
+        .build()
+        .unwrap();
     memory.set("app", "v1");
     secrets.get_secret("mem://app").await.unwrap();
     memory.set("app", "v2");
     clock.advance(S(50)).await;
-    assert_eq!(
-        secrets
-            .get_secret("mem://app")
-            .await
-            .unwrap()
-            .expose_str()
-            .unwrap(),
-        "v1"
-    );
+    assert_eq!(text(secrets.get_secret("mem://app").await.unwrap()), "v1");
     clock.advance(S(51)).await;
-    assert_eq!(
-        secrets
-            .get_secret("mem://app")
-            .await
-            .unwrap()
-            .expose_str()
-            .unwrap(),
-        "v2"
-    );
+    assert_eq!(text(secrets.get_secret("mem://app").await.unwrap()), "v2");
     assert_eq!(memory.calls().version, 1);
     // A failed re-check serves the last good value (no hard expiry configured).
     memory.set("app", "v3");
     memory.fail(ErrorKind::Unavailable);
     clock.advance(S(101)).await;
+    assert_eq!(text(secrets.get_secret("mem://app").await.unwrap()), "v2");
+}
+
+#[tokio::test]
+async fn a_due_value_is_served_at_once_and_checked_in_the_background() {
+    let (clock, memory, secrets) = setup();
+    memory.set("app", "v1");
+    secrets.get_secret("mem://app").await.unwrap();
+    memory.set("app", "v2");
+    // Every call now takes 10 s: a read that waited for one would not complete at its first poll.
+    memory.set_latency(S(10));
+    clock.advance(S(101)).await;
+    for _ in 0..20 {
+        let read = secrets.get_secret("mem://app").now_or_never();
+        assert_eq!(text(read.expect("served without waiting").unwrap()), "v1");
+    }
+    // Twenty reads of the due value started one check between them.
+    keyrack_core::testkit::settle().await;
+    assert_eq!(memory.calls().version, 1);
+    clock.advance(S(20)).await;
     assert_eq!(
-        secrets
-            .get_secret("mem://app")
-            .await
-            .unwrap()
-            .expose_str()
-            .unwrap(),
-        "v2"
+        memory.calls().fetch,
+        2,
+        "the version moved: one read of the new value"
     );
+    let read = secrets.get_secret("mem://app").now_or_never();
+    assert_eq!(text(read.expect("a hit").unwrap()), "v2");
+}
+
+#[tokio::test]
+async fn a_hung_backend_does_not_hold_reads_within_the_grace() {
+    let (clock, memory, secrets) = setup();
+    memory.set("app", "v1");
+    secrets.get_secret("mem://app").await.unwrap();
+    memory.hang();
+    clock.advance(S(101)).await;
+    // Reads go on being answered at once while the check hangs and times out, and afterwards
+    // while its retries back off.
+    for _ in 0..60 {
+        let read = secrets.get_secret("mem://app").now_or_never();
+        assert_eq!(text(read.expect("served without waiting").unwrap()), "v1");
+        clock.advance(S(1)).await;
+    }
+    let calls = memory.calls();
+    assert!(
+        calls.version + calls.fetch <= 4,
+        "60 reads in a minute of a hang started {} calls",
+        calls.version + calls.fetch - 1
+    );
+    assert!(matches!(
+        secrets.health().secrets[0].state,
+        keyrack_core::SecretState::Failing { .. }
+    ));
+}
+
+#[tokio::test]
+async fn past_the_grace_a_read_waits_for_the_check() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let secrets = builder(&clock, &memory)
+        .stale_while_revalidate(S(30))
+        .build()
+        .unwrap();
+    memory.set("app", "v1");
+    secrets.get_secret("mem://app").await.unwrap();
+    memory.set("app", "v2");
+    memory.set_latency(S(1));
+    // Checked at 80–100 s (20 % jitter): by 131 s it is past the 30 s grace.
+    clock.advance(S(131)).await;
+    let mut read = Box::pin(secrets.get_secret("mem://app"));
+    assert!((&mut read).now_or_never().is_none(), "waits for the check");
+    clock.advance(S(2)).await;
+    assert_eq!(text(read.await.unwrap()), "v2");
+}
+
+#[tokio::test]
+async fn a_fresh_read_reaches_the_backend_or_times_out() {
+    let (clock, memory, secrets) = setup();
+    memory.set("app", "v1");
+    secrets.get_secret("mem://app").await.unwrap();
+    memory.set("app", "v2");
+    clock.advance(S(2)).await;
+    // Cached and fresh, but the caller wants the backend's word: the version probe, then a read.
+    let secret = secrets.get_secret_fresh("mem://app", S(5)).await.unwrap();
+    assert_eq!(text(secret), "v2");
+    assert_eq!((memory.calls().version, memory.calls().fetch), (1, 2));
+    // Concurrent fresh reads share one check.
+    clock.advance(S(2)).await;
+    let reads = futures_util::future::join_all(
+        (0..10).map(|_| secrets.get_secret_fresh("mem://app", S(5))),
+    )
+    .await;
+    assert!(reads.iter().all(Result::is_ok));
+    assert_eq!(memory.calls().version, 2);
+    // A refused check is the caller's error, not the cached value.
+    clock.advance(S(2)).await;
+    memory.fail(ErrorKind::PermissionDenied);
+    let e = secrets
+        .get_secret_fresh("mem://app", S(5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::PermissionDenied);
+    // A hung backend: a Timeout at the caller's deadline, on the client's clock.
+    memory.recover();
+    memory.hang();
+    clock.advance(S(2)).await;
+    let mut read = Box::pin(secrets.get_secret_fresh("mem://app", S(3)));
+    assert!((&mut read).now_or_never().is_none());
+    clock.advance(S(3)).await;
+    let e = read.await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Timeout);
+    assert_eq!(
+        e.reference().map(ToString::to_string).as_deref(),
+        Some("mem://app")
+    );
+    // Plain reads were never held up and still serve the last good value.
+    let read = secrets.get_secret("mem://app").now_or_never();
+    assert_eq!(text(read.expect("a hit").unwrap()), "v2");
+}
+
+#[tokio::test]
+async fn a_fresh_read_of_a_lease_renews_it_rather_than_issue_another() {
+    let (clock, memory, secrets) = setup();
+    memory.lease("db", S(60), S(600), true);
+    memory.set("db", r#"{"username":"u","password":"p"}"#);
+    let first = secrets.get_secret("mem://db#username").await.unwrap();
+    clock.advance(S(5)).await;
+    let again = secrets
+        .get_secret_fresh("mem://db#username", S(5))
+        .await
+        .unwrap();
+    assert_eq!(memory.calls().renew, 1);
+    assert_eq!(memory.calls().fetch, 1, "no second credential issued");
+    assert_eq!(
+        first.lease().map(|l| l.id.clone()),
+        again.lease().map(|l| l.id.clone())
+    );
+    // A source that cannot renew: the lease is re-issued.
+    memory.lease("once", S(60), S(600), false);
+    memory.set("once", "x");
+    secrets.get_secret("mem://once").await.unwrap();
+    clock.advance(S(5)).await;
+    secrets.get_secret_fresh("mem://once", S(5)).await.unwrap();
+    assert_eq!(memory.calls().fetch, 3);
 }
 
 #[tokio::test]

@@ -43,6 +43,9 @@ pub(crate) struct Config {
     pub(crate) jitter: f64,
     pub(crate) negative_ttl: Duration,
     pub(crate) max_staleness: Option<Duration>,
+    /// How long past its check time a value is still served at once while a check runs in
+    /// the background (`None`: the secret's refresh interval).
+    pub(crate) stale_grace: Option<Duration>,
     pub(crate) backoff: Backoff,
     pub(crate) capacity: u64,
     pub(crate) revoke_on_shutdown: bool,
@@ -60,6 +63,7 @@ impl Default for Config {
             jitter: 0.2,
             negative_ttl: Duration::from_secs(5),
             max_staleness: None,
+            stale_grace: None,
             backoff: Backoff::default(),
             capacity: 10_000,
             revoke_on_shutdown: false,
@@ -72,6 +76,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// How long past its check time a value of `base` is served while it is checked in the
+    /// background.
+    pub(crate) fn stale_grace_for(&self, base: &SecretRef) -> Duration {
+        self.stale_grace.unwrap_or_else(|| self.interval_for(base))
+    }
+
     /// The routine check interval for `base` (a reference without field).
     pub(crate) fn interval_for(&self, base: &SecretRef) -> Duration {
         self.refresh_overrides

@@ -71,9 +71,30 @@ pub(crate) enum Trigger {
     Due,
     /// A caller or a push feed asked for a check now (a leased secret is re-issued).
     Forced,
+    /// A read that must reach the backend: a check now, as `Forced`, but a renewable lease is
+    /// renewed (which proves it alive) rather than re-issued.
+    Confirm,
     /// A push feed just opened: look whether an unleased value changed before it did. A lease
     /// is left alone (its own schedule covers it).
     FeedOpened,
+}
+
+impl Trigger {
+    /// A caller's check now (not a schedule's): it may not settle for a check that began before
+    /// it was asked for, it waits out the backend's last-answer gap, and its failure does not
+    /// grow the backoff.
+    pub(crate) fn is_asked(self) -> bool {
+        matches!(self, Trigger::Forced | Trigger::Confirm)
+    }
+
+    /// Whether a maintenance started for `self` answers a caller who asked for `wanted`.
+    pub(crate) fn answers(self, wanted: Trigger) -> bool {
+        match wanted {
+            Trigger::Forced => self == Trigger::Forced,
+            Trigger::Confirm => self.is_asked(),
+            Trigger::Due | Trigger::FeedOpened => true,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -153,6 +174,14 @@ impl Entry {
         } else {
             e
         }
+    }
+
+    /// Whether the backend answered for the current value at or after `t` (a load, a check, a
+    /// renewal or a re-issue).
+    pub(crate) fn confirmed_since(&self, t: Instant) -> bool {
+        lock(&self.sched)
+            .as_ref()
+            .is_some_and(|s| s.last_ok >= t && s.failures == 0)
     }
 
     pub(crate) fn is_loaded(&self) -> bool {

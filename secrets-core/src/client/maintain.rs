@@ -83,9 +83,10 @@ impl Entry {
     pub(crate) async fn maintain(self: &Arc<Self>, trigger: Trigger) -> Result<()> {
         loop {
             if self.is_closed() {
-                return match trigger {
-                    Trigger::Forced => Err(shut_down()),
-                    _ => Ok(()),
+                return if trigger.is_asked() {
+                    Err(shut_down())
+                } else {
+                    Ok(())
                 };
             }
             let (result, ours) = {
@@ -93,9 +94,7 @@ impl Entry {
                 match slot.as_ref() {
                     // A forced refresh must not settle for a check that began before it was
                     // asked for (it may have read the value the caller just found stale).
-                    Some(m) if trigger == Trigger::Forced && m.trigger != Trigger::Forced => {
-                        (m.result.clone(), false)
-                    }
+                    Some(m) if !m.trigger.answers(trigger) => (m.result.clone(), false),
                     Some(m) => (m.result.clone(), true),
                     None => {
                         let m = self.start(trigger);
@@ -162,6 +161,19 @@ impl Entry {
         }
     }
 
+    /// Start a scheduled check in the background unless a maintenance is under way: a read that
+    /// found the value due serves it at once and lets this bring the next one
+    /// (stale-while-revalidate). Its outcome lands in the schedule (failures, backoff, events).
+    pub(crate) fn revalidate(self: &Arc<Self>) {
+        if self.is_closed() {
+            return;
+        }
+        let mut slot = lock(&self.flight);
+        if slot.is_none() {
+            *slot = Some(self.start(Trigger::Due));
+        }
+    }
+
     /// Stop the maintenance under way (at shutdown) and wait until it has stopped, so nothing
     /// it obtained is applied afterwards.
     pub(crate) async fn stop_maintenance(&self) {
@@ -189,7 +201,7 @@ impl Entry {
                 return Ok(());
             }
             let mut wait = None;
-            if trigger == Trigger::Forced && now < sched.not_before {
+            if trigger.is_asked() && now < sched.not_before {
                 if sched.not_before - now > MIN_GAP {
                     // The backend asked for quiet (Retry-After): a caller's refresh waits too.
                     return Err(self.annotate(Error::throttled(
@@ -231,7 +243,7 @@ impl Entry {
                 "the version probe was refused (the credentials may read the value but not its \
                  metadata): checks read the value instead; grant metadata access to make them cheaper");
         }
-        let scheduled = trigger != Trigger::Forced;
+        let scheduled = !trigger.is_asked();
         let result = match answer {
             Ok(Answer::Renewed(lease)) => self.apply_renewal(&snap.secret, lease, sched, sent, at),
             Ok(Answer::Fetched { secret, reissue }) => {
@@ -274,7 +286,7 @@ impl Entry {
                 if self.caps().renew
                     && lease.renewable
                     && !sched.capped
-                    && trigger == Trigger::Due
+                    && matches!(trigger, Trigger::Due | Trigger::Confirm)
                     && !snap.is_expired(now) =>
             {
                 Action::Renew(lease.clone())

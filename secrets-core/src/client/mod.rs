@@ -152,9 +152,12 @@ impl Secrets {
     /// A cache hit takes no async lock, allocates nothing and copies no secret bytes; a reference
     /// in canonical form (what [`SecretRef`]'s `Display` prints) is not even parsed. A miss
     /// fetches once however many callers wait for it. A `NotFound` is remembered briefly (see
-    /// [`SecretsBuilder::negative_cache_ttl`]). A cached value past its check time is re-checked
-    /// on read unless a handle keeps it fresh; if that check fails the last good value is served
-    /// until its hard expiry, after which this returns [`ErrorKind::Expired`].
+    /// [`SecretsBuilder::negative_cache_ttl`]). A cached value past its check time is served at
+    /// once while one check runs in the background (unless a handle keeps it fresh), within the
+    /// grace of [`SecretsBuilder::stale_while_revalidate`]; later than that the read waits for
+    /// the check. If checks fail the last good value is served until its hard expiry, after which
+    /// this returns [`ErrorKind::Expired`]. [`get_secret_fresh`](Self::get_secret_fresh) is the
+    /// read that must reach the backend.
     pub async fn get_secret(&self, r: impl ToSecretRef) -> Result<Secret> {
         if let Some(secret) = self.hit(r.as_text()) {
             return Ok(secret);
@@ -163,6 +166,40 @@ impl Secrets {
         let r = r.to_secret_ref()?;
         let view = self.view(&r).await?;
         self.read(&view, &r).await
+    }
+
+    /// `r` as the backend has it now, confirmed within `within` or a
+    /// [`Timeout`](ErrorKind::Timeout) error: for the reads that must not be answered from the
+    /// cache alone (an operator's check, a value about to be handed to a third party). An
+    /// unleased value is checked (the version probe where the source has one, a read if it
+    /// moved); a renewable lease is renewed, any other lease re-issued. A value loaded during the
+    /// call counts as confirmed, and concurrent calls for one secret share one backend call. A
+    /// failed check is returned as the error; the cached value is kept for other readers.
+    pub async fn get_secret_fresh(&self, r: impl ToSecretRef, within: Duration) -> Result<Secret> {
+        let r = r.to_secret_ref()?.into_owned();
+        let clock = self.inner.ctx.clock.clone();
+        let asked = clock.now();
+        let confirm = async {
+            let view = self.view(&r).await?;
+            let entry = view.entry.clone();
+            if !entry.confirmed_since(asked) {
+                entry.maintain(Trigger::Confirm).await?;
+                entry.replan();
+            }
+            if view.is_detached() {
+                // The new value no longer has this view's field: read it afresh to say so.
+                return Ok(self.view(&r).await?.value());
+            }
+            Ok(view.value())
+        };
+        tokio::select! {
+            result = confirm => result,
+            () = clock.sleep_until(later(asked, within)) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("the backend did not confirm the value within {within:?}"),
+            )
+            .with_ref(&r)),
+        }
     }
 
     /// A fresh cached value, without parsing, allocating or waiting.
@@ -470,11 +507,19 @@ impl Secrets {
         let entry = &view.entry;
         let clock = &entry.ctx.clock;
         let now = clock.now();
-        let fresh = entry
-            .snapshot()
-            .is_some_and(|s| now < s.next_check && !s.is_expired(now));
-        if fresh {
-            return Ok(view.value());
+        if let Some(s) = entry.snapshot().filter(|s| !s.is_expired(now)) {
+            if now < s.next_check {
+                return Ok(view.value());
+            }
+            // Due, but within the grace: served at once, checked in the background. A handle's
+            // driver checks it on its own.
+            let grace = entry.ctx.config.stale_grace_for(&entry.key);
+            if now < later(s.next_check, grace) {
+                if !entry.has_driver() {
+                    entry.revalidate();
+                }
+                return Ok(view.value());
+            }
         }
         let mut failure = None;
         if !entry.has_driver() {
@@ -641,6 +686,18 @@ impl SecretsBuilder {
     /// good value of an unleased secret indefinitely).
     pub fn max_staleness(mut self, max: Duration) -> Self {
         self.config.max_staleness = Some(max);
+        self
+    }
+
+    /// How long past its check time a cached value is still served at once by
+    /// [`get_secret`](Secrets::get_secret) while one check runs in the background
+    /// (stale-while-revalidate; default: the secret's refresh interval, so a value is at most two
+    /// intervals old when a read returns it). A read later than that waits for the check, as a
+    /// read of a value past its lease or expiry always does. `Duration::ZERO`: every read of a
+    /// due value waits for its check. Reads that must reach the backend use
+    /// [`get_secret_fresh`](Secrets::get_secret_fresh).
+    pub fn stale_while_revalidate(mut self, grace: Duration) -> Self {
+        self.config.stale_grace = Some(grace);
         self
     }
 
