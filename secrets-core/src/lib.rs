@@ -33,6 +33,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
+pub mod budget;
 mod client;
 pub mod clock;
 pub mod error;
@@ -49,6 +50,7 @@ pub mod tls;
 pub mod value;
 
 pub use backoff::Backoff;
+pub use budget::RequestBudget;
 pub use client::telemetry;
 pub use client::{
     Current, Health, RotationEvent, RotationEvents, SecretHandle, SecretHealth, SecretState,

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 
+use crate::budget::RequestBudget;
 use crate::error::Result;
 use crate::reference::SecretRef;
 use crate::secret::{Lease, Secret, Version};
@@ -36,6 +37,10 @@ pub struct Capabilities {
     /// The shortest wait before the client asks again after a failure (the backend's retry
     /// guidance; default 1 s). Backoff grows from here; a `Retry-After` may ask for longer.
     pub retry_floor: Duration,
+    /// The budget of calls the client gives this source unless the application sets its own
+    /// ([`SecretsBuilder::request_budget`](crate::SecretsBuilder::request_budget)): the backend's
+    /// documented quota, so that one process alone never exceeds it. `None`: unbudgeted.
+    pub request_budget: Option<RequestBudget>,
 }
 
 impl Default for Capabilities {
@@ -56,6 +61,7 @@ impl Capabilities {
         revoke: false,
         watch: false,
         retry_floor: Duration::from_secs(1),
+        request_budget: None,
     };
 }
 

@@ -373,6 +373,12 @@ impl SecretSource for AwsSource {
         caps.stages = true;
         caps.binary = true;
         caps.retry_floor = RETRY_FLOOR;
+        // "AWS Secrets Manager quotas": the combined rate of GetSecretValue and DescribeSecret
+        // is 10,000 per second per account and Region; one process alone never exceeds it.
+        caps.request_budget = Some(keyrack_core::RequestBudget::new(
+            10_000,
+            std::time::Duration::from_secs(1),
+        ));
         caps
     }
 

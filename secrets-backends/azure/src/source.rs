@@ -436,6 +436,12 @@ impl SecretSource for AzureSource {
         // Key Vault's throttling guidance ("Azure Key Vault throttling guidance": back off 1, 2,
         // 4, 8, 16 s after a 429 that gives no Retry-After): no retry sooner than a second.
         caps.retry_floor = Duration::from_secs(1);
+        // "Azure Key Vault service limits": 4,000 secret GET transactions per 10 s per vault
+        // (and region); the budget covers every vault of this source.
+        caps.request_budget = Some(keyrack_core::RequestBudget::new(
+            4_000,
+            Duration::from_secs(10),
+        ));
         caps
     }
 

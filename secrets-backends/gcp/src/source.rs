@@ -456,6 +456,11 @@ impl SecretSource for GcpSource {
         // off in favour of the client's) waits at least 1 s before the first retry, doubling to
         // 60 s; so no retry sooner than a second.
         caps.retry_floor = Duration::from_secs(1);
+        // Secret Manager's quotas: 90,000 access requests per minute per project.
+        caps.request_budget = Some(keyrack_core::RequestBudget::new(
+            90_000,
+            Duration::from_secs(60),
+        ));
         caps
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::budget::{Bucket, RequestBudget};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
@@ -53,6 +54,9 @@ pub(crate) struct Config {
     pub(crate) renew_increment: Option<Duration>,
     pub(crate) event_capacity: usize,
     pub(crate) request_timeout: Duration,
+    /// Request budgets set by the application, by source name (`None`: unbudgeted), over the
+    /// sources' defaults.
+    pub(crate) budgets: HashMap<String, Option<RequestBudget>>,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             renew_increment: None,
             event_capacity: 256,
             request_timeout: Duration::from_secs(30),
+            budgets: HashMap::new(),
         }
     }
 }
@@ -98,13 +103,20 @@ pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) events: broadcast::Sender<RotationEvent>,
     pub(crate) revoker: Arc<Revoker>,
+    /// The request budget of each budgeted source, by name.
+    buckets: HashMap<Arc<str>, Bucket>,
     /// The client was shut down: no entry starts a task any more.
     closed: AtomicBool,
     rng: Mutex<fastrand::Rng>,
 }
 
 impl Ctx {
-    pub(crate) fn new(clock: Arc<dyn Clock>, config: Config, seed: Option<u64>) -> Self {
+    pub(crate) fn new(
+        clock: Arc<dyn Clock>,
+        config: Config,
+        budgets: HashMap<Arc<str>, RequestBudget>,
+        seed: Option<u64>,
+    ) -> Self {
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let rng = match seed {
             Some(s) => fastrand::Rng::with_seed(s),
@@ -117,6 +129,13 @@ impl Ctx {
                 config.backoff,
                 config.request_timeout,
             )),
+            buckets: budgets
+                .into_iter()
+                .map(|(name, budget)| {
+                    super::telemetry::budget_rate(&name, budget.rate());
+                    (name, Bucket::new(budget))
+                })
+                .collect(),
             clock,
             config,
             events,
@@ -151,9 +170,40 @@ impl Ctx {
     ) -> Result<T> {
         let span = tracing::debug_span!(target: "keyrack_core::backend", "backend_call",
             source = %source, operation, secret = %secret);
+        let bucket = self.buckets.get(source);
+        if let Some(bucket) = bucket {
+            let now = self.clock.now();
+            let at = bucket.reserve(now);
+            if at > now {
+                super::telemetry::budget_wait(source, at - now);
+                span.in_scope(|| {
+                    tracing::trace!(target: "keyrack_core::backend",
+                    wait = ?(at - now), "waiting for the source's request budget")
+                });
+                self.clock.sleep_until(at).await;
+            }
+        }
         let started = self.clock.now();
         let result = self.bounded(call).instrument(span.clone()).await;
-        let took = self.clock.now().saturating_duration_since(started);
+        let answered = self.clock.now();
+        let took = answered.saturating_duration_since(started);
+        if let Some(bucket) = bucket {
+            let changed = match &result {
+                Err(e) if e.kind() == &ErrorKind::Throttled => {
+                    let cut = bucket.throttled(answered);
+                    if let Some(rate) = cut {
+                        tracing::info!(target: "keyrack_core::backend", source = %source, rate,
+                            "the backend throttled: this source's request rate is cut");
+                    }
+                    cut
+                }
+                Ok(_) => bucket.succeeded(answered),
+                Err(_) => None,
+            };
+            if let Some(rate) = changed {
+                super::telemetry::budget_rate(source, rate);
+            }
+        }
         super::telemetry::backend_call(
             source,
             operation,
@@ -166,6 +216,11 @@ impl Ctx {
                 kind = ?e.kind(), error = %e, "backend call failed"),
         });
         result
+    }
+
+    /// The calls per second source `name`'s budget allows now (`None`: unbudgeted).
+    pub(crate) fn budget_rate(&self, name: &str) -> Option<f64> {
+        self.buckets.get(name).map(Bucket::rate)
     }
 
     /// A uniform random number in `[0, 1)` for jitter.

@@ -388,6 +388,13 @@ impl Secrets {
         result.map(|()| true)
     }
 
+    /// The calls per second source `name`'s request budget allows now: its budget, or less while
+    /// it is cut after throttling (`None`: the source is unbudgeted or not registered). Also the
+    /// `keyrack_request_budget_per_second` gauge.
+    pub fn request_rate(&self, name: &str) -> Option<f64> {
+        self.inner.ctx.budget_rate(name)
+    }
+
     /// The state of every secret held (fresh, stale, failing, expired) and an overall verdict
     /// for readiness probes; see [`Health`] for the rules. Makes no backend call.
     pub fn health(&self) -> Health {
@@ -701,6 +708,25 @@ impl SecretsBuilder {
         self
     }
 
+    /// The budget of backend calls for source `name` (default: the source's own, its
+    /// backend's documented quota, see [`Capabilities::request_budget`]): calls wait for room in
+    /// it, and an adaptive budget is cut while the backend throttles. Set a fleet's share of a
+    /// shared quota here, e.g. `RequestBudget::new(4_000, Duration::from_secs(10))` divided by
+    /// the number of pods. See [`RequestBudget`].
+    ///
+    /// [`Capabilities::request_budget`]: crate::Capabilities::request_budget
+    /// [`RequestBudget`]: crate::RequestBudget
+    pub fn request_budget(mut self, name: impl Into<String>, budget: crate::RequestBudget) -> Self {
+        self.config.budgets.insert(name.into(), Some(budget));
+        self
+    }
+
+    /// No request budget for source `name`, not even the source's default.
+    pub fn unbudgeted(mut self, name: impl Into<String>) -> Self {
+        self.config.budgets.insert(name.into(), None);
+        self
+    }
+
     /// Backoff after failures (default: full jitter, 1 s doubling to 5 min).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
@@ -757,7 +783,7 @@ impl SecretsBuilder {
     /// Validate and build.
     pub fn build(self) -> Result<Secrets> {
         let mut problems = self.problems;
-        let mut sources = HashMap::new();
+        let mut sources: HashMap<String, (Arc<str>, Arc<dyn SecretSource>)> = HashMap::new();
         for (name, source) in self.sources {
             match SecretRef::new(&name, "x") {
                 Ok(r) if r.source() == name => {}
@@ -798,6 +824,26 @@ impl SecretsBuilder {
         if c.request_timeout.is_zero() {
             problems.push("request timeout must be positive".into());
         }
+        let mut budgets = HashMap::new();
+        for (name, budget) in &c.budgets {
+            if !sources.contains_key(name) {
+                problems.push(format!(
+                    "a request budget names `{name}`, which is not registered"
+                ));
+            }
+            if let Some(problem) = budget.and_then(|b| b.problem()) {
+                problems.push(format!("source `{name}`: {problem}"));
+            }
+        }
+        for (name, (shared, source)) in &sources {
+            let budget = match c.budgets.get(name) {
+                Some(set) => *set,
+                None => source.capabilities().request_budget,
+            };
+            if let Some(budget) = budget.filter(|b| b.problem().is_none()) {
+                budgets.insert(shared.clone(), budget);
+            }
+        }
         if !problems.is_empty() {
             return Err(Error::new(ErrorKind::Config, problems.join("; ")));
         }
@@ -812,7 +858,7 @@ impl SecretsBuilder {
         clamp(&mut config.request_timeout);
         clamp(&mut config.backoff.initial);
         clamp(&mut config.backoff.max);
-        let ctx = Arc::new(Ctx::new(self.clock, config, self.seed));
+        let ctx = Arc::new(Ctx::new(self.clock, config, budgets, self.seed));
         let front = Arc::new(Front::default());
         let evicted = Arc::downgrade(&front);
         let policy = moka::sync::Cache::builder()

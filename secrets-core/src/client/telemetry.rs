@@ -27,11 +27,17 @@ pub const BACKEND_DURATION: &str = "keyrack_backend_request_duration_seconds";
 pub const EVENTS: &str = "keyrack_events_total";
 /// Events a subscriber missed because it fell behind.
 pub const EVENTS_DROPPED: &str = "keyrack_events_dropped_total";
+/// The request budget's current rate in calls per second, labelled `source` (below the
+/// configured budget while cut after throttling).
+pub const BUDGET_RATE: &str = "keyrack_request_budget_per_second";
+/// How long calls waited for their source's request budget, in seconds, labelled `source`
+/// (recorded only for calls that waited).
+pub const BUDGET_WAIT: &str = "keyrack_request_budget_wait_seconds";
 
 /// Describe every metric to the installed recorder (units and help text). Call it once after
 /// installing a recorder; metrics are emitted whether or not it is called.
 pub fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(CACHE_HITS, "Secret reads answered from the fresh cache");
     describe_counter!(
         CACHE_MISSES,
@@ -50,6 +56,15 @@ pub fn describe_metrics() {
     describe_counter!(
         EVENTS_DROPPED,
         "Rotation events dropped because a subscriber fell behind"
+    );
+    describe_gauge!(
+        BUDGET_RATE,
+        "Calls per second the source's request budget allows now"
+    );
+    describe_histogram!(
+        BUDGET_WAIT,
+        Unit::Seconds,
+        "Time calls waited for their source's request budget"
     );
 }
 
@@ -90,6 +105,14 @@ pub(crate) fn event(ev: &RotationEvent) {
         RotationEvent::Lagged { .. } => return,
     };
     metrics::counter!(EVENTS, "kind" => kind).increment(1);
+}
+
+pub(crate) fn budget_rate(source: &str, rate: f64) {
+    metrics::gauge!(BUDGET_RATE, "source" => source.to_owned()).set(rate);
+}
+
+pub(crate) fn budget_wait(source: &str, waited: Duration) {
+    metrics::histogram!(BUDGET_WAIT, "source" => source.to_owned()).record(waited.as_secs_f64());
 }
 
 pub(crate) fn events_dropped(missed: u64) {

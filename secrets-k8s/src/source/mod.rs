@@ -274,6 +274,9 @@ impl SecretSource for KubernetesSecrets {
         // `Retry-After: 1` (kubernetes/kubernetes#117734), and client-go's reflector backs off
         // from 800 ms; so no retry sooner than a second.
         caps.retry_floor = Duration::from_secs(1);
+        // client-go's defaults for a client that does not set its own: 5 requests per second,
+        // bursts of 10 (rest.Config's QPS and Burst).
+        caps.request_budget = Some(keyrack_core::RequestBudget::per_second(5).with_burst(10));
         // See `version`: the client's look after its feed opens and its retries after a watch
         // reported a deletion need no request; any other check is the one GET a read is.
         caps.version_probe = true;

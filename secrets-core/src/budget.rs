@@ -1,0 +1,269 @@
+//! Request budgets: how many backend calls one source is given, so that a process (and a fleet of
+//! them) stays within what the backend accepts.
+//!
+//! A [`RequestBudget`] is a rate, written as backends document their quotas ("4,000 per 10 s"),
+//! with a burst. The client spaces its calls to a source by it (a token bucket: a call waits until
+//! the budget has room, in the order calls asked), and, unless the budget is
+//! [`fixed`](RequestBudget::fixed), adapts it to the backend's answers as the AWS SDKs' adaptive
+//! retry mode does: each throttling answer (at most one per second) halves the rate, and each
+//! success after that gives back a twentieth of the budget per second since the last change, so
+//! a fleet that together exceeds a shared quota slows down until the backend stops refusing, then
+//! creeps back. Lease renewals and version probes are calls like any other; revocations at
+//! shutdown are not budgeted.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A budget of backend calls for one source: at most `requests` per `per` on average, and at
+/// most `burst` calls at once. See the [module docs](self).
+///
+/// Sources state a default ([`Capabilities::request_budget`](crate::Capabilities)); the
+/// application sets its own with
+/// [`SecretsBuilder::request_budget`](crate::SecretsBuilder::request_budget), for example its
+/// share of a quota the whole fleet draws on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestBudget {
+    requests: u32,
+    per: Duration,
+    burst: u32,
+    adaptive: bool,
+}
+
+impl RequestBudget {
+    /// `requests` per `per` (e.g. `RequestBudget::new(4_000, Duration::from_secs(10))`), with
+    /// bursts of up to one second's worth (at least 1), adaptive.
+    pub fn new(requests: u32, per: Duration) -> Self {
+        let per_second = if per.is_zero() {
+            f64::from(requests)
+        } else {
+            f64::from(requests) / per.as_secs_f64()
+        };
+        // Whole calls, at least one, at most the budget itself.
+        let burst = per_second.ceil().clamp(1.0, f64::from(requests.max(1)));
+        RequestBudget {
+            requests,
+            per,
+            // A float that was clamped to a u32's range.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            burst: burst as u32,
+            adaptive: true,
+        }
+    }
+
+    /// `n` requests per second.
+    pub fn per_second(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(1))
+    }
+
+    /// At most `burst` calls at once (default: one second's worth). At least 1.
+    pub fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = burst.max(1);
+        self
+    }
+
+    /// Keep the rate whatever the backend answers (default: adaptive).
+    pub fn fixed(mut self) -> Self {
+        self.adaptive = false;
+        self
+    }
+
+    /// The average rate, in calls per second.
+    pub fn rate(&self) -> f64 {
+        if self.per.is_zero() {
+            return f64::INFINITY;
+        }
+        f64::from(self.requests) / self.per.as_secs_f64()
+    }
+
+    /// At most this many calls at once.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Whether throttling answers cut the rate.
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive
+    }
+
+    /// Why this budget cannot be used, if it cannot.
+    pub(crate) fn problem(&self) -> Option<&'static str> {
+        if self.requests == 0 || self.per.is_zero() {
+            Some("a request budget needs at least 1 request per a positive duration")
+        } else {
+            None
+        }
+    }
+}
+
+/// The budget's rate never falls below this share of the budget when cut (nor below one call
+/// per 20 s, unless the budget itself is lower).
+const FLOOR_SHARE: f64 = 0.01;
+const FLOOR_RATE: f64 = 0.05;
+/// A cut halves the rate.
+const CUT: f64 = 0.5;
+/// At most one cut per this: the answers to calls sent before the cut are not news.
+const CUT_GAP: Duration = Duration::from_secs(1);
+/// After a cut, this share of the budget is given back per second.
+const RECOVERY_SHARE: f64 = 0.05;
+
+/// A [`RequestBudget`] in use: the token bucket (as the time the next call would be due at the
+/// current rate, "virtual scheduling") and the adapted rate.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    budget: RequestBudget,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Calls per second now (the budget's rate unless cut).
+    rate: f64,
+    /// When the next call is due if calls came evenly at `rate`; `None` before the first.
+    due: Option<Instant>,
+    /// The last cut or restoration.
+    changed: Option<Instant>,
+    last_cut: Option<Instant>,
+}
+
+impl Bucket {
+    pub(crate) fn new(budget: RequestBudget) -> Self {
+        Bucket {
+            budget,
+            state: Mutex::new(State {
+                rate: budget.rate(),
+                due: None,
+                changed: None,
+                last_cut: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take a place for one call asked for at `now`: returns when it may be sent (`now` when the
+    /// budget has room). Places are given in the order asked, so waiting callers go first come,
+    /// first served, and a caller that gives up still counts (the budget errs on the side of
+    /// fewer calls).
+    pub(crate) fn reserve(&self, now: Instant) -> Instant {
+        let mut st = self.state();
+        let interval = Duration::from_secs_f64(1.0 / st.rate);
+        // A cut rate cuts the burst with it (one second's worth stays one second's worth).
+        let burst = (f64::from(self.budget.burst) * st.rate / self.budget.rate()).max(1.0);
+        let slack = interval.mul_f64(burst - 1.0);
+        let due = st.due.map_or(now, |d| d.max(now));
+        let at = due.checked_sub(slack).map_or(now, |t| t.max(now));
+        st.due = Some(due + interval);
+        at
+    }
+
+    /// The backend throttled a call answered at `now`: cut the rate (adaptive budgets only).
+    /// Returns the new rate when it changed.
+    pub(crate) fn throttled(&self, now: Instant) -> Option<f64> {
+        if !self.budget.adaptive {
+            return None;
+        }
+        let mut st = self.state();
+        if st
+            .last_cut
+            .is_some_and(|t| now.saturating_duration_since(t) < CUT_GAP)
+        {
+            return None;
+        }
+        let full = self.budget.rate();
+        let floor = (full * FLOOR_SHARE).max(FLOOR_RATE).min(full);
+        let rate = (st.rate * CUT).max(floor);
+        st.last_cut = Some(now);
+        st.changed = Some(now);
+        // No burst right after a refusal: the calls that follow are spaced at the new rate.
+        let burst = (f64::from(self.budget.burst) * rate / full).max(1.0);
+        let slack = Duration::from_secs_f64(1.0 / rate).mul_f64(burst - 1.0);
+        st.due = Some(st.due.map_or(now, |d| d.max(now)).max(now + slack));
+        (rate != st.rate).then(|| {
+            st.rate = rate;
+            rate
+        })
+    }
+
+    /// A call answered at `now` without throttling: give back some of a cut rate. Returns the
+    /// new rate when it changed.
+    pub(crate) fn succeeded(&self, now: Instant) -> Option<f64> {
+        let full = self.budget.rate();
+        let mut st = self.state();
+        if st.rate >= full {
+            return None;
+        }
+        let since = st
+            .changed
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let rate = (st.rate + full * RECOVERY_SHARE * since.as_secs_f64()).min(full);
+        st.changed = Some(now);
+        (rate != st.rate).then(|| {
+            st.rate = rate;
+            rate
+        })
+    }
+
+    /// The rate now, in calls per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.state().rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Clock;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn documented_quotas_read_as_written() {
+        let azure = RequestBudget::new(4_000, S(10));
+        assert_eq!((azure.rate(), azure.burst()), (400.0, 400));
+        let slow = RequestBudget::new(1, S(20));
+        assert_eq!((slow.rate(), slow.burst()), (0.05, 1));
+        assert!(RequestBudget::new(0, S(1)).problem().is_some());
+        assert!(RequestBudget::new(5, Duration::ZERO).problem().is_some());
+        assert_eq!(RequestBudget::per_second(5).with_burst(0).burst(), 1);
+    }
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let bucket = Bucket::new(RequestBudget::per_second(2).with_burst(3));
+        let t0 = crate::ManualClock::new().now();
+        let at: Vec<Duration> = (0..7).map(|_| bucket.reserve(t0) - t0).collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            at,
+            [ms(0), ms(0), ms(0), ms(500), ms(1000), ms(1500), ms(2000)]
+        );
+        // Ten idle seconds refill the burst, no more.
+        let t1 = t0 + S(12);
+        let at: Vec<Duration> = (0..4).map(|_| bucket.reserve(t1) - t1).collect();
+        assert_eq!(at, [ms(0), ms(0), ms(0), ms(500)]);
+    }
+
+    #[test]
+    fn throttling_halves_once_per_second_and_success_restores_gradually() {
+        let bucket = Bucket::new(RequestBudget::per_second(100));
+        let t0 = crate::ManualClock::new().now();
+        assert_eq!(bucket.throttled(t0), Some(50.0));
+        // Answers to calls sent before the cut are no news.
+        assert_eq!(bucket.throttled(t0 + Duration::from_millis(300)), None);
+        assert_eq!(bucket.throttled(t0 + S(1)), Some(25.0));
+        for i in 2..20 {
+            bucket.throttled(t0 + S(i));
+        }
+        assert_eq!(bucket.rate(), 1.0, "floored at 1 % of the budget");
+        // 5 % of the budget back per second: full again 20 s later.
+        assert_eq!(bucket.succeeded(t0 + S(29)), Some(51.0));
+        assert_eq!(bucket.succeeded(t0 + S(49)), Some(100.0));
+        assert_eq!(bucket.succeeded(t0 + S(50)), None);
+        // A fixed budget is never cut.
+        let fixed = Bucket::new(RequestBudget::per_second(100).fixed());
+        assert_eq!(fixed.throttled(t0), None);
+        assert_eq!(fixed.rate(), 100.0);
+    }
+}

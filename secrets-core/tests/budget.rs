@@ -1,0 +1,338 @@
+#![allow(clippy::unwrap_used)] // test helpers unwrap too
+//! Request budgets, on a manual clock: calls spaced to the budget, the rate cut by throttling and
+//! given back by successes, bad budgets refused, and a small fleet against a backend that enforces
+//! a quota (the reason budgets exist).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use keyrack_core::sources::MemorySource;
+use keyrack_core::{
+    Capabilities, Clock, Error, ErrorKind, Lease, ManualClock, RequestBudget, Result, Secret,
+    SecretRef, SecretSource, Secrets, Version, async_trait,
+};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+#[tokio::test]
+async fn calls_wait_for_room_in_the_budget() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    for i in 0..10 {
+        memory.set(format!("s{i}"), "v");
+    }
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", memory.clone())
+        .request_budget("mem", RequestBudget::per_second(2).with_burst(1).fixed())
+        .build()
+        .unwrap();
+    let reads = tokio::spawn({
+        let secrets = secrets.clone();
+        async move {
+            join_all((0..10).map(|i| {
+                let secrets = secrets.clone();
+                async move { secrets.get_secret(format!("mem://s{i}")).await }
+            }))
+            .await
+        }
+    });
+    keyrack_core::testkit::settle().await;
+    assert_eq!(memory.calls().fetch, 1, "a burst of one");
+    let mut seen = vec![memory.calls().fetch];
+    for _ in 0..9 {
+        clock.advance(MS(500)).await;
+        seen.push(memory.calls().fetch);
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "one call per 500 ms");
+    assert!(reads.await.unwrap().iter().all(Result::is_ok));
+    assert_eq!(secrets.request_rate("mem"), Some(2.0));
+}
+
+#[tokio::test]
+async fn throttling_cuts_the_rate_and_successes_give_it_back() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    for i in 0..4 {
+        memory.set(format!("s{i}"), "v");
+    }
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", memory.clone())
+        .request_budget("mem", RequestBudget::per_second(10))
+        .build()
+        .unwrap();
+    memory.throttle(None);
+    let e = secrets.get_secret("mem://s0").await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Throttled);
+    assert_eq!(secrets.request_rate("mem"), Some(5.0));
+    clock.advance(S(2)).await;
+    secrets.get_secret("mem://s1").await.unwrap_err();
+    assert_eq!(secrets.request_rate("mem"), Some(2.5));
+    memory.recover();
+    clock.advance(S(10)).await;
+    secrets.get_secret("mem://s2").await.unwrap();
+    // Half a call per second back for each of the 10 s since the cut.
+    assert_eq!(secrets.request_rate("mem"), Some(7.5));
+    clock.advance(S(10)).await;
+    secrets.get_secret("mem://s3").await.unwrap();
+    assert_eq!(secrets.request_rate("mem"), Some(10.0));
+}
+
+#[tokio::test]
+async fn a_hung_backend_is_not_budgeted_into_a_pile_up() {
+    // Calls waiting for a budget are not sent while the backend hangs any faster than the
+    // budget allows: a hang costs the budget, not extra calls.
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    for i in 0..20 {
+        memory.set(format!("s{i}"), "v");
+    }
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", memory.clone())
+        .request_budget("mem", RequestBudget::per_second(1).fixed())
+        .request_timeout(S(30))
+        .build()
+        .unwrap();
+    memory.hang();
+    let reads = tokio::spawn({
+        let secrets = secrets.clone();
+        async move {
+            join_all((0..20).map(|i| {
+                let secrets = secrets.clone();
+                async move { secrets.get_secret(format!("mem://s{i}")).await }
+            }))
+            .await
+        }
+    });
+    for _ in 0..10 {
+        clock.advance(S(1)).await;
+    }
+    assert!(
+        memory.calls().fetch <= 11,
+        "{} calls in 10 s",
+        memory.calls().fetch
+    );
+    memory.recover();
+    for _ in 0..20 {
+        clock.advance(S(1)).await;
+    }
+    assert!(reads.await.unwrap().iter().all(Result::is_ok));
+}
+
+#[test]
+fn bad_budgets_are_config_errors_naming_the_source() {
+    let e = Secrets::builder()
+        .source("mem", MemorySource::new())
+        .request_budget("mem", RequestBudget::new(0, S(1)))
+        .request_budget("nope", RequestBudget::per_second(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Config);
+    let text = e.to_string();
+    assert!(text.contains("`nope`, which is not registered"), "{text}");
+    assert!(
+        text.contains("source `mem`: a request budget needs"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_source_default_applies_unless_the_application_overrides_it() {
+    let clock = ManualClock::new();
+    let quota = Quota::new(clock.clone(), 100, S(1));
+    let defaulted = Secrets::builder()
+        .clock(clock.clone())
+        .source("q", quota.clone())
+        .build()
+        .unwrap();
+    assert_eq!(defaulted.request_rate("q"), Some(100.0));
+    let own = Secrets::builder()
+        .clock(clock.clone())
+        .source("q", quota.clone())
+        .request_budget("q", RequestBudget::per_second(3))
+        .build()
+        .unwrap();
+    assert_eq!(own.request_rate("q"), Some(3.0));
+    let none = Secrets::builder()
+        .clock(clock.clone())
+        .source("q", quota)
+        .unbudgeted("q")
+        .build()
+        .unwrap();
+    assert_eq!(none.request_rate("q"), None);
+}
+
+/// 50 processes restarting together, 20 secrets each, against a backend whose quota (100 calls
+/// per second in all) is refused with 429s and no Retry-After past it. Each process has its
+/// share (2/s, what `request_budget` is for) or none: with the share, nothing is throttled and
+/// every process has its secrets by the quota's floor (1,000 calls / 100 per s = 10 s) plus a
+/// little; without, most first calls are refused.
+#[tokio::test]
+async fn a_fleet_sharing_a_quota_is_not_throttled_with_its_share() {
+    const PODS: usize = 50;
+    const SECRETS: usize = 20;
+    let mut throttled_by = Vec::new();
+    for share in [
+        Some(RequestBudget::per_second(2).with_burst(1)),
+        // The source's default: the whole quota per process, adaptive.
+        Some(RequestBudget::per_second(100)),
+        None,
+    ] {
+        let clock = ManualClock::new();
+        let quota = Quota::new(clock.clone(), 100, S(1));
+        let pods: Vec<Secrets> = (0..PODS)
+            .map(|pod| {
+                let mut b = Secrets::builder()
+                    .clock(clock.clone())
+                    .source("q", quota.clone())
+                    .jitter_seed(pod as u64);
+                b = match share {
+                    Some(budget) => b.request_budget("q", budget),
+                    None => b.unbudgeted("q"),
+                };
+                b.build().unwrap()
+            })
+            .collect();
+        let start = clock.now();
+        let started: Vec<_> = pods
+            .iter()
+            .map(|secrets| {
+                let secrets = secrets.clone();
+                let clock = clock.clone();
+                tokio::spawn(async move {
+                    let refs: Vec<String> = (0..SECRETS).map(|i| format!("q://s{i}")).collect();
+                    // A service's start-up: read each, retry what failed, until all are held.
+                    loop {
+                        let results = join_all(refs.iter().map(|r| secrets.get_secret(r))).await;
+                        if results.iter().all(Result::is_ok) {
+                            return;
+                        }
+                        clock.sleep_until(clock.now() + S(1)).await;
+                    }
+                })
+            })
+            .collect();
+        let mut done = None;
+        for _ in 0..600 {
+            clock.advance(MS(100)).await;
+            if started.iter().all(tokio::task::JoinHandle::is_finished) {
+                done = Some(clock.now() - start);
+                break;
+            }
+        }
+        let (calls, throttled) = quota.counts();
+        println!(
+            "share {:?}: all pods ready after {done:?}, {calls} calls, {throttled} throttled",
+            share.map(|b| b.rate())
+        );
+        assert!(done.is_some(), "every pod started");
+        throttled_by.push((calls, throttled));
+        if share.is_some_and(|b| b.rate() == 2.0) {
+            assert_eq!(throttled, 0);
+            assert!(done.unwrap() <= S(12), "ready after {done:?}, floor 10 s");
+        }
+    }
+    let [_, (adaptive_calls, adaptive), (none_calls, none)] = throttled_by[..] else {
+        unreachable!()
+    };
+    assert!(none > none_calls / 2, "{none} of {none_calls}");
+    assert!(
+        adaptive_calls < none_calls && adaptive < none,
+        "adaptive {adaptive} of {adaptive_calls}, unbudgeted {none} of {none_calls}"
+    );
+}
+
+/// A backend with a quota: `limit` calls per `window` (sliding), refused past it as a 429 with
+/// no Retry-After; every secret exists. Its default budget is the quota itself.
+#[derive(Clone, Debug)]
+struct Quota {
+    clock: ManualClock,
+    limit: usize,
+    window: Duration,
+    state: Arc<Mutex<QuotaState>>,
+}
+
+#[derive(Debug, Default)]
+struct QuotaState {
+    recent: VecDeque<Instant>,
+    calls: usize,
+    throttled: usize,
+}
+
+impl Quota {
+    fn new(clock: ManualClock, limit: usize, window: Duration) -> Self {
+        Quota {
+            clock,
+            limit,
+            window,
+            state: Arc::default(),
+        }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.calls, st.throttled)
+    }
+}
+
+#[async_trait]
+impl SecretSource for Quota {
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::NONE;
+        caps.request_budget = Some(RequestBudget::new(
+            u32::try_from(self.limit).unwrap(),
+            self.window,
+        ));
+        caps
+    }
+
+    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
+        let now = self.clock.now();
+        let mut st = self.state.lock().unwrap();
+        st.calls += 1;
+        while st
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+        {
+            st.recent.pop_front();
+        }
+        if st.recent.len() >= self.limit {
+            st.throttled += 1;
+            return Err(Error::throttled(None, "429 Too Many Requests"));
+        }
+        st.recent.push_back(now);
+        drop(st);
+        Ok(Secret::new(r.path().to_owned()).versioned("1"))
+    }
+
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
+        keyrack_core::fetch_each(self, refs, 4).await
+    }
+
+    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
+        Err(Error::new(ErrorKind::Unsupported, "no probe"))
+    }
+
+    async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
+        Err(Error::new(ErrorKind::Unsupported, "no leases"))
+    }
+
+    async fn revoke(&self, _lease: &Lease) -> Result<()> {
+        Err(Error::new(ErrorKind::Unsupported, "no leases"))
+    }
+
+    fn watch(
+        &self,
+        _r: &SecretRef,
+    ) -> Option<futures_util::stream::BoxStream<'static, Result<keyrack_core::SourceEvent>>> {
+        None
+    }
+
+    async fn shutdown(&self) {}
+}
