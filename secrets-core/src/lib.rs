@@ -49,6 +49,7 @@ pub mod tls;
 pub mod value;
 
 pub use backoff::Backoff;
+pub use client::telemetry;
 pub use client::{
     Current, Health, RotationEvent, RotationEvents, SecretHandle, SecretHealth, SecretState,
     Secrets, SecretsBuilder, ToSecretRef, Verdict,

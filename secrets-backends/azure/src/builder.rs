@@ -418,7 +418,7 @@ impl AzureBuilder {
             urls: self.vault_urls,
             template: self.template,
         };
-        AzureSource::new(vaults, maker, secret_options, self.clock)
+        AzureSource::new(vaults, maker, secret_options, self.clock, self.timeout)
     }
 }
 

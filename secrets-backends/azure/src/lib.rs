@@ -67,6 +67,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod challenge;
 mod credential;
 mod errors;
 #[cfg(fuzzing)]

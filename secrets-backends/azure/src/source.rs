@@ -16,6 +16,7 @@ use keyrack_core::{
     SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each,
 };
 
+use crate::challenge::{ScopeDiscovery, ScopeWitness};
 use crate::credential::CredentialMaker;
 use crate::errors::from_azure;
 
@@ -44,6 +45,9 @@ impl Vaults {
 /// References: `azure-kv://<vault-name>/<secret-name>[?version=<id>][#field]`, or
 /// `azure-kv://<secret-name>` in the builder's default vault. One source serves any number of
 /// vaults; each gets its own SDK client (and its own authentication challenge) on first use.
+/// Reads of a vault that start together before its challenge was answered wait for the first
+/// one: N cold reads cost one challenge round trip, not N (a failed challenge fails those that
+/// waited for it and is tried again by the next read).
 ///
 /// - No selector reads the latest version; `?version=<id>` (the last segment of the secret's
 ///   id URL) pins one. `?stage=` is `Unsupported`: Key Vault has no staging labels.
@@ -100,6 +104,15 @@ struct Inner {
     auth: Mutex<Auth>,
     /// Its wall time reads a `Retry-After` given as an HTTP-date.
     clock: Arc<dyn Clock>,
+    /// The request timeout; also bounds a vault's first read, which waiting reads depend on.
+    timeout: Duration,
+}
+
+/// A vault's SDK client and the discovery of its token scope.
+#[derive(Clone)]
+struct VaultClient {
+    client: Arc<SecretClient>,
+    discovery: Arc<ScopeDiscovery>,
 }
 
 /// The credential and the clients that use it, replaced together when Key Vault refuses an
@@ -108,7 +121,7 @@ struct Auth {
     /// Counts replacements, so that reads failing together replace a credential once.
     generation: u64,
     credential: Arc<dyn TokenCredential>,
-    clients: HashMap<String, Arc<SecretClient>>,
+    clients: HashMap<String, VaultClient>,
 }
 
 impl fmt::Debug for AzureSource {
@@ -255,6 +268,7 @@ impl AzureSource {
         maker: CredentialMaker,
         options: SecretClientOptions,
         clock: Arc<dyn Clock>,
+        timeout: Duration,
     ) -> Result<Self> {
         let credential = maker.make()?;
         Ok(AzureSource {
@@ -268,6 +282,7 @@ impl AzureSource {
                     clients: HashMap::new(),
                 }),
                 clock,
+                timeout,
             }),
         })
     }
@@ -277,11 +292,11 @@ impl AzureSource {
     /// an access token, the source replaces its credential and its clients: ask for the client
     /// again rather than keeping it.
     pub fn client(&self, vault: &str) -> Result<Arc<SecretClient>> {
-        self.client_and_generation(vault).map(|(c, _)| c)
+        self.client_and_generation(vault).map(|(c, _)| c.client)
     }
 
     /// The client for `vault` and the generation of the credential it uses.
-    fn client_and_generation(&self, vault: &str) -> Result<(Arc<SecretClient>, u64)> {
+    fn client_and_generation(&self, vault: &str) -> Result<(VaultClient, u64)> {
         check_vault(vault)?;
         let mut auth = self.inner.auth();
         let generation = auth.generation;
@@ -289,18 +304,22 @@ impl AzureSource {
             return Ok((c.clone(), generation));
         }
         let url = self.inner.vaults.url_for(vault);
-        let client = SecretClient::new(
-            &url,
-            auth.credential.clone(),
-            Some(self.inner.options.clone()),
-        )
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("vault `{vault}` at `{url}`: {e}"),
-            )
-        })?;
-        let client = Arc::new(client);
+        let discovery = Arc::new(ScopeDiscovery::default());
+        let witness = Arc::new(ScopeWitness {
+            inner: auth.credential.clone(),
+            discovery: discovery.clone(),
+        });
+        let client =
+            SecretClient::new(&url, witness, Some(self.inner.options.clone())).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("vault `{vault}` at `{url}`: {e}"),
+                )
+            })?;
+        let client = VaultClient {
+            client: Arc::new(client),
+            discovery,
+        };
         auth.clients.insert(vault.to_owned(), client.clone());
         Ok((client, generation))
     }
@@ -329,6 +348,39 @@ impl AzureSource {
             // Cannot happen with a configuration that built once; keep the current credential.
             Err(e) => tracing::warn!("Key Vault refused the access token; no new credential: {e}"),
         }
+    }
+
+    /// One Get Secret.
+    async fn get_secret(
+        &self,
+        client: &SecretClient,
+        generation: u64,
+        name: &str,
+        version: Option<String>,
+    ) -> Result<Secret> {
+        let options = SecretClientGetSecretOptions {
+            secret_version: version,
+            ..Default::default()
+        };
+        let response = match client.get_secret(name, Some(options)).await {
+            Ok(response) => response,
+            Err(e) => {
+                // Key Vault's own 401: the SDK answered the challenge with the credential's
+                // (cached) token and Key Vault refused it again.
+                if e.http_status() == Some(StatusCode::Unauthorized) {
+                    self.replace_credential(generation);
+                }
+                return Err(from_azure("GetSecret", e, self.inner.clock.wall()));
+            }
+        };
+        let model = response.into_model().map_err(|e| match e.kind() {
+            AzureKind::DataConversion => Error::new(
+                ErrorKind::Backend,
+                "Key Vault GetSecret: unreadable response",
+            ),
+            _ => from_azure("GetSecret", e, self.inner.clock.wall()),
+        })?;
+        secret_from(model)
     }
 
     /// The vault and secret a reference names.
@@ -391,29 +443,9 @@ impl SecretSource for AzureSource {
         let (vault, name) = self.locate(r)?;
         let version = selected_version(r)?;
         let (client, generation) = self.client_and_generation(vault)?;
-        let options = SecretClientGetSecretOptions {
-            secret_version: version,
-            ..Default::default()
-        };
-        let response = match client.get_secret(name, Some(options)).await {
-            Ok(response) => response,
-            Err(e) => {
-                // Key Vault's own 401: the SDK answered the challenge with the credential's
-                // (cached) token and Key Vault refused it again.
-                if e.http_status() == Some(StatusCode::Unauthorized) {
-                    self.replace_credential(generation);
-                }
-                return Err(from_azure("GetSecret", e, self.inner.clock.wall()));
-            }
-        };
-        let model = response.into_model().map_err(|e| match e.kind() {
-            AzureKind::DataConversion => Error::new(
-                ErrorKind::Backend,
-                "Key Vault GetSecret: unreadable response",
-            ),
-            _ => from_azure("GetSecret", e, self.inner.clock.wall()),
-        })?;
-        secret_from(model)
+        // A cold vault's first read goes alone; concurrent ones wait for its challenge.
+        let read = || self.get_secret(&client.client, generation, name, version.clone());
+        client.discovery.read(self.inner.timeout, read).await
     }
 
     async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {

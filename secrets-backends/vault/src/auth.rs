@@ -293,6 +293,24 @@ impl Auth {
         Self::lookup_self(http, token).await.map(|_| ())
     }
 
+    /// Revoke `token` and every lease issued under it (`auth/token/revoke-self`, allowed by
+    /// Vault's `default` policy).
+    pub(crate) async fn revoke_self(http: &Http, token: &SecretValue) -> Result<()> {
+        let answer = http
+            .send(
+                Method::POST,
+                "auth/token/revoke-self",
+                &[],
+                Some(&Body::json(&serde_json::json!({}))?),
+                Some(token),
+            )
+            .await?;
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        Ok(())
+    }
+
     /// Renew `token` (`auth/token/renew-self`).
     pub(crate) async fn renew_self(http: &Http, token: &SecretValue) -> Result<Login> {
         let answer = http

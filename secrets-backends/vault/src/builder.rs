@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::auth::Auth;
 use crate::http::Http;
-use crate::session::Session;
+use crate::session::{Session, TokenCleanup};
 use crate::source::VaultSource;
 
 /// Configures a [`VaultSource`].
@@ -35,7 +35,13 @@ pub struct VaultBuilder {
     timeout: Duration,
     clock: Arc<dyn Clock>,
     crypto_provider: Option<Arc<CryptoProvider>>,
+    revoke_token: Option<bool>,
+    shutdown_timeout: Duration,
 }
+
+/// How long [`SecretSource::shutdown`](keyrack_core::SecretSource::shutdown) waits for Vault to
+/// answer the token's revocation by default: well inside Kubernetes' default 30 s grace period.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for VaultBuilder {
     fn default() -> Self {
@@ -63,6 +69,8 @@ impl VaultBuilder {
             timeout: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
             crypto_provider: None,
+            revoke_token: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 
@@ -175,6 +183,32 @@ impl VaultBuilder {
         self
     }
 
+    /// Whether [`shutdown`](keyrack_core::SecretSource::shutdown) revokes the source's own token
+    /// (`auth/token/revoke-self`), which ends every lease issued under it as well: database
+    /// users, cloud credentials. Default: **yes for a token the source logged in for** (AppRole,
+    /// JWT, Kubernetes): it is the process's own and nobody else can use it; **no for a static
+    /// token** ([`Auth::Token`], `VAULT_TOKEN`): it was handed in and may be shared with other
+    /// processes (turn it on when the token is this process's alone).
+    ///
+    /// Without revocation, a restarted pod leaves its token and the leases issued under it alive
+    /// until their TTLs. A source dropped without shutdown sends the same revocation as a
+    /// detached task on the current Tokio runtime, best effort: a process that exits without
+    /// calling [`Secrets::shutdown`](keyrack_core::Secrets::shutdown) may never send it. After a
+    /// revocation the source refuses further reads with
+    /// [`ErrorKind::Shutdown`](keyrack_core::ErrorKind::Shutdown) instead of logging in again.
+    pub fn revoke_token_on_shutdown(mut self, revoke: bool) -> Self {
+        self.revoke_token = Some(revoke);
+        self
+    }
+
+    /// The longest shutdown waits for Vault to answer the token's revocation (default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`], 5 s); past it the shutdown goes on and the token lives until
+    /// its TTL.
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
     /// Validate and build. No request is made until the first read.
     pub fn build(self) -> Result<VaultSource> {
         let config = |m: String| Error::new(ErrorKind::Config, m);
@@ -272,7 +306,11 @@ impl VaultBuilder {
             namespace: self.namespace,
             clock: self.clock.clone(),
         };
-        let session = Session::new(http, auth, self.clock.clone());
+        let cleanup = TokenCleanup {
+            revoke: self.revoke_token.unwrap_or_else(|| auth.can_login()),
+            timeout: self.shutdown_timeout,
+        };
+        let session = Session::new(http, auth, self.clock.clone(), cleanup);
         Ok(VaultSource::new(session, self.clock))
     }
 }

@@ -27,6 +27,21 @@
 //! is down the token keeper retries after 1 s, then waits longer each time (up to a minute,
 //! and at least as long as a `Retry-After` says).
 //!
+//! # Cleanup at shutdown
+//!
+//! [`Secrets::shutdown`](keyrack_core::Secrets::shutdown) revokes the source's own token
+//! (`auth/token/revoke-self`), and with it every lease issued under it, when the source logged
+//! in for that token (AppRole, JWT, Kubernetes); a static token given with [`Auth::Token`] or
+//! `VAULT_TOKEN` is left alone, since other processes may share it. Change either with
+//! [`VaultBuilder::revoke_token_on_shutdown`]. The revocation waits at most
+//! [`VaultBuilder::with_shutdown_timeout`] (5 s by default): a Vault that does not answer does
+//! not hold up the shutdown. A pod restarted with a clean shutdown therefore leaves no token and
+//! no lease behind, where it used to leave one token and its leases until their TTLs (measured
+//! against OpenBao: `tests/openbao_cleanup.rs`). A process that exits without `shutdown` gets a
+//! best effort only (a source dropped on a running Tokio runtime sends the revocation as a
+//! detached task, which an exiting process may never run): keep token TTLs short
+//! (`token_ttl` on the role) so what is left behind ends soon.
+//!
 //! # Permissions
 //!
 //! The policy of the token the source logs in with needs these capabilities (paths as Vault
@@ -44,6 +59,7 @@
 //! | any | `sys/internal/ui/mounts/<path>` | none: Vault answers it for any token with a capability on `<path>` | finding the engine; if refused, the path is read as given, as a plain logical path |
 //! | the source's own token | `auth/token/renew-self` | `update` | renewal (granted by Vault's `default` policy) |
 //! | | `auth/token/lookup-self` | `read` | a static token's TTL at start, and after a 403 whether the token itself is dead (granted by `default`) |
+//! | | `auth/token/revoke-self` | `update` | revoking it and its leases at shutdown (granted by `default`) |
 //!
 //! Logins (`auth/<mount>/login` for AppRole, JWT and Kubernetes) need no policy.
 //!
@@ -79,5 +95,5 @@ mod session;
 mod source;
 
 pub use auth::Auth;
-pub use builder::VaultBuilder;
+pub use builder::{DEFAULT_SHUTDOWN_TIMEOUT, VaultBuilder};
 pub use source::VaultSource;

@@ -3,6 +3,11 @@
 //!
 //! Leases die with the token that created them, so every new login bumps a generation that the
 //! source's change feed reports: the client then re-issues the dynamic secrets it holds.
+//!
+//! At shutdown the token is revoked (`auth/token/revoke-self`, which revokes the leases issued
+//! under it too) when [`TokenCleanup`] says so, within a bounded time: a pod that restarts leaves
+//! neither token nor leases behind until their TTLs. A session dropped without shutdown makes
+//! the same call as a detached task, if a Tokio runtime is still there to run it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -10,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use keyrack_core::backoff::MAX_RETRY_AFTER;
-use keyrack_core::{Backoff, Clock, ErrorKind, Result, SecretValue, schedule};
+use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SecretValue, schedule};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -58,6 +63,20 @@ pub(crate) struct Session {
     closed: AtomicBool,
     /// The last `lookup-self` after a refusal: the generation asked about, and when.
     looked_up: Mutex<Option<(u64, Instant)>>,
+    cleanup: TokenCleanup,
+    /// The token was revoked at shutdown: no call may log in again (its token would be left
+    /// behind).
+    revoked: AtomicBool,
+}
+
+/// What happens to the source's own token at shutdown.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenCleanup {
+    /// Revoke it (`auth/token/revoke-self`).
+    pub(crate) revoke: bool,
+    /// The longest the revocation may take: a Vault that does not answer does not hold up the
+    /// shutdown longer than this.
+    pub(crate) timeout: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,11 +89,50 @@ impl Drop for Session {
         if let Some(task) = lock(&self.keeper).take() {
             task.abort();
         }
+        // Dropped without shutdown: revoke as a detached task, best effort. It runs only if the
+        // runtime lives on (a process that exits right after may never send it); the token and
+        // its leases then last until their TTLs.
+        if !self.cleanup.revoke || self.is_closed() {
+            return;
+        }
+        let Some(state) = self.current.swap(None) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (http, timeout) = (self.http.clone(), self.cleanup.timeout);
+        runtime.spawn(async move {
+            revoke_within(&http, &state.token, timeout).await;
+        });
+    }
+}
+
+/// Revoke `token` (and the leases issued under it), giving up after `timeout` — real time, as
+/// the request timeout: a shutdown must end even under a manual clock nobody advances. Whether
+/// it worked is logged, never returned: a shutdown goes on either way.
+async fn revoke_within(http: &Http, token: &SecretValue, timeout: Duration) {
+    match tokio::time::timeout(timeout, Auth::revoke_self(http, token)).await {
+        Ok(Ok(())) => tracing::debug!("revoked the Vault token and its leases"),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "revoking the Vault token at shutdown failed; it and its leases last until their TTLs"
+        ),
+        Err(_) => tracing::warn!(
+            ?timeout,
+            "Vault did not answer the token revocation in time; the token and its leases last \
+             until their TTLs"
+        ),
     }
 }
 
 impl Session {
-    pub(crate) fn new(http: Http, auth: Auth, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub(crate) fn new(
+        http: Http,
+        auth: Auth,
+        clock: Arc<dyn Clock>,
+        cleanup: TokenCleanup,
+    ) -> Arc<Self> {
         Arc::new(Session {
             http,
             auth,
@@ -86,6 +144,8 @@ impl Session {
             keeper: Mutex::new(None),
             closed: AtomicBool::new(false),
             looked_up: Mutex::new(None),
+            cleanup,
+            revoked: AtomicBool::new(false),
         })
     }
 
@@ -108,7 +168,8 @@ impl Session {
         self.current.load().as_ref().map_or(0, |s| s.generation)
     }
 
-    /// The current token and its generation, logging in first if there is none yet.
+    /// The current token and its generation, logging in first if there is none yet (an error
+    /// once the token was revoked at shutdown).
     pub(crate) async fn token(self: &Arc<Self>) -> Result<(SecretValue, u64)> {
         if let Some(state) = self.current.load_full() {
             return Ok((state.token.clone(), state.generation));
@@ -120,6 +181,12 @@ impl Session {
     /// `None`, already logged in at all).
     pub(crate) async fn login(self: &Arc<Self>, stale: Option<u64>) -> Result<(SecretValue, u64)> {
         let _one_at_a_time = self.login_lock.lock().await;
+        if self.revoked.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::Shutdown,
+                "the Vault source was shut down and its token revoked",
+            ));
+        }
         let previous = self.current.load_full();
         if let Some(state) = &previous
             && stale != Some(state.generation)
@@ -217,7 +284,9 @@ impl Session {
     }
 
     /// Stop keeping the token alive, for good, and wait until the keeper has stopped: it makes
-    /// no call after this returns.
+    /// no call after this returns. Then revoke the token if so configured, within the cleanup's
+    /// timeout; after that, calls that need a token fail with [`ErrorKind::Shutdown`] rather
+    /// than log in again.
     pub(crate) async fn shutdown(&self) {
         let task = {
             let mut keeper = lock(&self.keeper);
@@ -227,6 +296,19 @@ impl Session {
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
+        }
+        if !self.cleanup.revoke {
+            return;
+        }
+        // Under the login lock, so a login under way lands before the token is taken, and none
+        // starts after.
+        let state = {
+            let _no_login = self.login_lock.lock().await;
+            self.revoked.store(true, Ordering::Release);
+            self.current.swap(None)
+        };
+        if let Some(state) = state {
+            revoke_within(&self.http, &state.token, self.cleanup.timeout).await;
         }
     }
 

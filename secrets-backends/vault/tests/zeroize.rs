@@ -178,6 +178,8 @@ fn the_source_leaves_no_more_copies_than_the_transport() {
                     SecretValue::copy_from_slice(SECRET_ID.as_bytes()),
                 ))
                 .with_clock(ManualClock::new())
+                // The transport baseline sends no revocation: compare like with like.
+                .revoke_token_on_shutdown(false)
                 .build()
                 .unwrap();
             let secret = source.fetch(&r("vault://secret/app")).await.unwrap();

@@ -144,6 +144,12 @@ impl Ctx {
         let started = self.clock.now();
         let result = self.bounded(call).instrument(span.clone()).await;
         let took = self.clock.now().saturating_duration_since(started);
+        super::telemetry::backend_call(
+            source,
+            operation,
+            result.as_ref().map(|_| ()).map_err(Error::kind),
+            took,
+        );
         span.in_scope(|| match &result {
             Ok(_) => tracing::debug!(target: "keyrack_core::backend", ?took, "backend call ok"),
             Err(e) => tracing::debug!(target: "keyrack_core::backend", ?took,

@@ -323,6 +323,7 @@ impl Entry {
             }
             _ => tracing::debug!(target: "keyrack_core::events", event = %ev, "secret event"),
         }
+        super::telemetry::event(&ev);
         if let Some(events) = self.events.get() {
             let _ = events.send(ev.clone());
         }

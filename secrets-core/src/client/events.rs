@@ -195,6 +195,7 @@ impl RotationEvents {
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(target: "keyrack_core::events", missed,
                         "a rotation event subscriber fell behind; events were dropped");
+                    super::telemetry::events_dropped(missed);
                     Some((RotationEvent::Lagged { missed }, rx))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,

@@ -11,6 +11,7 @@ mod handle;
 mod health;
 mod maintain;
 mod revoker;
+pub mod telemetry;
 mod view;
 
 use std::borrow::Cow;
@@ -158,6 +159,7 @@ impl Secrets {
         if let Some(secret) = self.hit(r.as_text()) {
             return Ok(secret);
         }
+        telemetry::cache_miss();
         let r = r.to_secret_ref()?;
         let view = self.view(&r).await?;
         self.read(&view, &r).await
@@ -180,6 +182,7 @@ impl Secrets {
                 h.set(n);
                 n % HIT_SAMPLE == 0
             });
+            telemetry::cache_hit();
             if !sample {
                 return Some(secret);
             }

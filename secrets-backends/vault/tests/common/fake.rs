@@ -193,6 +193,10 @@ async fn answer(b: &Behaviour, req: Request) -> Response {
         }
         _ if !alive => vault_error(403, "permission denied"),
         ("POST" | "PUT", "auth/token/renew-self") => Response::json(200, &auth(&token, ttl)),
+        ("POST" | "PUT", "auth/token/revoke-self") => {
+            b.dead.lock().unwrap().insert(token);
+            Response::status(204)
+        }
         ("GET", "auth/token/lookup-self") => Response::json(
             200,
             &envelope(json!({

@@ -1,0 +1,119 @@
+//! Metrics, through the [`metrics`] facade: the library emits, the application installs a
+//! recorder (Prometheus, OpenTelemetry, ...). Without a recorder each call is a load of the
+//! facade's global and nothing more.
+//!
+//! Labels are the source's registered name, the operation and the outcome: bounded sets, never a
+//! reference or a value.
+
+use std::time::Duration;
+
+use crate::error::ErrorKind;
+
+use super::events::RotationEvent;
+
+/// Reads answered from the cache (`get_secret` and friends, handles excluded: a handle's
+/// `current()` is not a cache lookup).
+pub const CACHE_HITS: &str = "keyrack_cache_hits_total";
+/// Reads that had to look further than the fresh cache (a fetch, a wait on another caller's
+/// fetch, or a stale value).
+pub const CACHE_MISSES: &str = "keyrack_cache_misses_total";
+/// Backend calls, labelled `source`, `operation` (`fetch`, `fetch_many`, `version`, `renew`,
+/// `revoke`) and `outcome` (`ok` or the error kind in snake case, e.g. `permission_denied`).
+pub const BACKEND_REQUESTS: &str = "keyrack_backend_requests_total";
+/// Duration of backend calls in seconds, labelled `source` and `operation`.
+pub const BACKEND_DURATION: &str = "keyrack_backend_request_duration_seconds";
+/// Lifecycle events, labelled `kind` (`rotated`, `renewed`, `refresh_failed`, `recovered`,
+/// `expired`, `deleted`).
+pub const EVENTS: &str = "keyrack_events_total";
+/// Events a subscriber missed because it fell behind.
+pub const EVENTS_DROPPED: &str = "keyrack_events_dropped_total";
+
+/// Describe every metric to the installed recorder (units and help text). Call it once after
+/// installing a recorder; metrics are emitted whether or not it is called.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(CACHE_HITS, "Secret reads answered from the fresh cache");
+    describe_counter!(
+        CACHE_MISSES,
+        "Secret reads that needed a backend call, a wait or a stale value"
+    );
+    describe_counter!(
+        BACKEND_REQUESTS,
+        "Backend calls by source, operation and outcome"
+    );
+    describe_histogram!(
+        BACKEND_DURATION,
+        Unit::Seconds,
+        "Duration of backend calls by source and operation"
+    );
+    describe_counter!(EVENTS, "Secret lifecycle events by kind");
+    describe_counter!(
+        EVENTS_DROPPED,
+        "Rotation events dropped because a subscriber fell behind"
+    );
+}
+
+pub(crate) fn cache_hit() {
+    metrics::counter!(CACHE_HITS).increment(1);
+}
+
+pub(crate) fn cache_miss() {
+    metrics::counter!(CACHE_MISSES).increment(1);
+}
+
+pub(crate) fn backend_call(
+    source: &str,
+    operation: &'static str,
+    outcome: Result<(), &ErrorKind>,
+    took: Duration,
+) {
+    let outcome = match outcome {
+        Ok(()) => "ok",
+        Err(kind) => kind_label(kind),
+    };
+    metrics::counter!(BACKEND_REQUESTS, "source" => source.to_owned(),
+        "operation" => operation, "outcome" => outcome)
+    .increment(1);
+    metrics::histogram!(BACKEND_DURATION, "source" => source.to_owned(),
+        "operation" => operation)
+    .record(took.as_secs_f64());
+}
+
+pub(crate) fn event(ev: &RotationEvent) {
+    let kind = match ev {
+        RotationEvent::Rotated { .. } => "rotated",
+        RotationEvent::Renewed { .. } => "renewed",
+        RotationEvent::RefreshFailed { .. } => "refresh_failed",
+        RotationEvent::Recovered { .. } => "recovered",
+        RotationEvent::Expired { .. } => "expired",
+        RotationEvent::Deleted { .. } => "deleted",
+        RotationEvent::Lagged { .. } => return,
+    };
+    metrics::counter!(EVENTS, "kind" => kind).increment(1);
+}
+
+pub(crate) fn events_dropped(missed: u64) {
+    metrics::counter!(EVENTS_DROPPED).increment(missed);
+}
+
+/// The label of an error kind: snake case, stable.
+pub(crate) fn kind_label(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::PermissionDenied => "permission_denied",
+        ErrorKind::Unauthenticated => "unauthenticated",
+        ErrorKind::Throttled => "throttled",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::InvalidRef => "invalid_ref",
+        ErrorKind::InvalidValue => "invalid_value",
+        ErrorKind::Unsupported => "unsupported",
+        ErrorKind::Expired => "expired",
+        ErrorKind::Deleted => "deleted",
+        ErrorKind::Disabled => "disabled",
+        ErrorKind::Corrupted => "corrupted",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Config => "config",
+        ErrorKind::Shutdown => "shutdown",
+        ErrorKind::Backend => "backend",
+    }
+}

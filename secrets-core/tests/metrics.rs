@@ -1,0 +1,192 @@
+//! The metrics the client emits, counted by a recorder local to each test (no global recorder,
+//! so each test passes alone and in any order), against the calls the source saw.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use metrics::{
+    Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+
+use keyrack_core::sources::MemorySource;
+use keyrack_core::telemetry::{
+    BACKEND_DURATION, BACKEND_REQUESTS, CACHE_HITS, CACHE_MISSES, EVENTS,
+};
+use keyrack_core::{ErrorKind, ManualClock, Secrets};
+
+/// Counters and histogram sample counts by name and sorted labels.
+#[derive(Default)]
+struct Counting {
+    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    histograms: Mutex<BTreeMap<String, Arc<Samples>>>,
+}
+
+#[derive(Default)]
+struct Samples(AtomicU64);
+
+impl HistogramFn for Samples {
+    fn record(&self, _value: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn id(key: &Key) -> String {
+    let mut labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl Counting {
+    fn counter(&self, id: &str) -> u64 {
+        let counters = self.counters.lock().unwrap();
+        counters.get(id).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn samples(&self, id: &str) -> u64 {
+        let histograms = self.histograms.lock().unwrap();
+        histograms
+            .get(id)
+            .map_or(0, |h| h.0.load(Ordering::Relaxed))
+    }
+
+    fn all_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.counters.lock().unwrap().keys().cloned().collect();
+        ids.extend(self.histograms.lock().unwrap().keys().cloned());
+        ids
+    }
+}
+
+impl Recorder for Counting {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let mut counters = self.counters.lock().unwrap();
+        Counter::from_arc(counters.entry(id(key)).or_default().clone())
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        let mut histograms = self.histograms.lock().unwrap();
+        Histogram::from_arc(histograms.entry(id(key)).or_default().clone())
+    }
+}
+
+/// Run `body` on a current-thread runtime with `recorder` as this thread's recorder: every task
+/// the client spawns runs on this thread, so it reports there too.
+fn recorded<F: Future<Output = ()>>(recorder: &Counting, body: impl FnOnce() -> F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(recorder, || rt.block_on(body()));
+}
+
+#[test]
+fn counters_match_the_calls_the_source_saw() {
+    let recorder = Counting::default();
+    let memory = MemorySource::new();
+    recorded(&recorder, || async {
+        let secrets = Secrets::builder()
+            .source("mem", memory.clone())
+            .build()
+            .unwrap();
+        memory.set("app", "hunter2-value");
+        secrets.get_secret("mem://app").await.unwrap();
+        secrets.get_secret("mem://app").await.unwrap();
+        secrets.get_secret("mem://app").await.unwrap();
+
+        memory.fail(ErrorKind::PermissionDenied);
+        let err = secrets.get_secret("mem://other").await.unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::PermissionDenied);
+        memory.recover();
+
+        let handle = secrets.handle("mem://app").await.unwrap();
+        memory.rotate("app", "hunter2-next");
+        handle.refresh_now().await.unwrap();
+        secrets.shutdown().await;
+    });
+
+    let calls = memory.calls();
+    let ok_fetches = recorder.counter(&format!(
+        "{BACKEND_REQUESTS}{{operation=fetch,outcome=ok,source=mem}}"
+    ));
+    let denied = recorder.counter(&format!(
+        "{BACKEND_REQUESTS}{{operation=fetch,outcome=permission_denied,source=mem}}"
+    ));
+    assert_eq!(denied, 1, "{:?}", recorder.all_ids());
+    assert_eq!(ok_fetches + denied, calls.fetch, "{:?}", recorder.all_ids());
+    assert_eq!(
+        recorder.samples(&format!("{BACKEND_DURATION}{{operation=fetch,source=mem}}")),
+        calls.fetch
+    );
+    assert_eq!(recorder.counter(&format!("{CACHE_HITS}{{}}")), 2);
+    assert_eq!(recorder.counter(&format!("{CACHE_MISSES}{{}}")), 2);
+    assert_eq!(recorder.counter(&format!("{EVENTS}{{kind=rotated}}")), 1);
+
+    // Labels are bounded sets: no reference path, no value.
+    for id in recorder.all_ids() {
+        assert!(!id.contains("hunter2"), "{id}");
+        assert!(!id.contains("app") && !id.contains("other"), "{id}");
+    }
+}
+
+#[test]
+fn a_hanging_backend_counts_as_a_timeout() {
+    let recorder = Counting::default();
+    let memory = MemorySource::new();
+    let clock = ManualClock::new();
+    recorded(&recorder, || async {
+        let secrets = Secrets::builder()
+            .clock(clock.clone())
+            .source("mem", memory.clone())
+            .request_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap();
+        memory.hang();
+        let read = tokio::spawn({
+            let secrets = secrets.clone();
+            async move { secrets.get_secret("mem://slow").await }
+        });
+        while clock.sleepers() == 0 {
+            tokio::task::yield_now().await;
+        }
+        clock.advance(std::time::Duration::from_secs(6)).await;
+        let err = read.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::Timeout);
+        memory.recover();
+        secrets.shutdown().await;
+    });
+    assert_eq!(
+        recorder.counter(&format!(
+            "{BACKEND_REQUESTS}{{operation=fetch,outcome=timeout,source=mem}}"
+        )),
+        1,
+        "{:?}",
+        recorder.all_ids()
+    );
+}
+
+#[test]
+fn without_a_recorder_nothing_is_recorded_and_reads_work() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let memory = MemorySource::new();
+        memory.set("app", "v");
+        let secrets = Secrets::builder().source("mem", memory).build().unwrap();
+        secrets.get_secret("mem://app").await.unwrap();
+        keyrack_core::telemetry::describe_metrics();
+    });
+}
