@@ -36,6 +36,8 @@ pub(crate) struct Applied {
     pub(crate) ends: Option<SystemTime>,
     /// The lease's TTL when issued, if leased.
     pub(crate) ttl: Option<Duration>,
+    /// Whether the lease may be renewed (`true` when not leased).
+    pub(crate) renewable: bool,
     pub(crate) options: PgConnectOptions,
 }
 
@@ -68,6 +70,7 @@ pub(crate) fn apply(base: &PgConnectOptions, secret: &Secret) -> Result<Applied,
         user,
         ends: secret.hard_expiry(),
         ttl: secret.lease().map(|l| l.ttl),
+        renewable: secret.lease().is_none_or(|l| l.renewable),
         options,
     })
 }

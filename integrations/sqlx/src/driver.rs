@@ -22,6 +22,8 @@ const SWAP_GRACE: Duration = Duration::from_millis(500);
 const MAX_NAP: Duration = Duration::from_secs(1);
 /// Longest pause between two tries of credentials the database refused.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Longest lead before the expiry margin at which the pool asks for new credentials itself.
+const MAX_REISSUE_LEAD: Duration = Duration::from_secs(30);
 
 /// What the driver and the pool's hooks share.
 pub(crate) struct Shared {
@@ -140,7 +142,13 @@ pub(crate) struct InUse {
     pub(crate) id: CredentialId,
     pub(crate) version: Option<Version>,
     pub(crate) ends: Option<SystemTime>,
+    /// The lease's TTL when issued.
     pub(crate) ttl: Option<Duration>,
+    /// The lease can no longer be extended (not renewable, or a renewal came back shorter
+    /// than the TTL it was issued with: the max TTL): only a re-issue replaces it.
+    pub(crate) capped: bool,
+    /// The pool asked the handle for a re-issue of these credentials already.
+    pub(crate) reissue_asked: bool,
 }
 
 impl InUse {
@@ -150,6 +158,8 @@ impl InUse {
             version: applied.version.clone(),
             ends: applied.ends,
             ttl: applied.ttl,
+            capped: !applied.renewable,
+            reissue_asked: false,
         }
     }
 }
@@ -224,13 +234,31 @@ impl Driver {
         }
     }
 
-    /// The expiry margin, at most a quarter of the lease's TTL: a lease of a few seconds is
-    /// used for most of its life, not given up at once.
+    /// The expiry margin, at most an eighth of the lease's TTL. The client renews a lease
+    /// when about a quarter of it is left (⅔ of the TTL plus a third of a 10-20 % grace), so a
+    /// margin under that leaves the renewal time to arrive: with a quarter (this crate's first
+    /// bound) a 3 s lease renewed ~150 ms late was given up although it was being extended.
     fn margin(&self) -> Duration {
         match self.in_use.ttl {
-            Some(ttl) => self.margin.min(ttl / 4),
+            Some(ttl) => self.margin.min(ttl / 8),
             None => self.margin,
         }
+    }
+
+    /// When to ask for new credentials if the client has not re-issued capped ones by then:
+    /// a quarter of the TTL (at most 30 s) before the expiry margin. The client re-issues a
+    /// capped lease ⅔ of the way through its last stretch, which leaves as little as ~⅓ of
+    /// that stretch (0.5 s of a 3 s lease capped at 2 s) — less than the pool's margin; the
+    /// pool then gave up the old credentials before their replacement arrived (the ~1 % of
+    /// failed queries with 3 s leases). Asking earlier puts the replacement in place while
+    /// the old credentials still have the margin plus this lead to run.
+    fn reissue_at(&self) -> Option<SystemTime> {
+        if !self.in_use.capped || self.in_use.reissue_asked {
+            return None;
+        }
+        let (ends, ttl) = (self.in_use.ends?, self.in_use.ttl?);
+        let before = self.margin() + (ttl / 4).min(MAX_REISSUE_LEAD);
+        Some(ends.checked_sub(before).unwrap_or(ends))
     }
 
     fn next_wake(&self) -> Instant {
@@ -239,11 +267,12 @@ impl Driver {
         if let Some(r) = &self.refusal {
             wake = wake.min(r.retry_at);
         }
-        if let Some(ends) = self.in_use.ends {
-            let deadline = self
-                .shared
-                .clock
-                .deadline_for(ends.checked_sub(self.margin()).unwrap_or(ends));
+        let give_up = self
+            .in_use
+            .ends
+            .map(|ends| ends.checked_sub(self.margin()).unwrap_or(ends));
+        for at in [give_up, self.reissue_at()].into_iter().flatten() {
+            let deadline = self.shared.clock.deadline_for(at);
             wake = wake.min(deadline.max(now + Duration::from_millis(10)));
         }
         wake
@@ -256,6 +285,12 @@ impl Driver {
             if id == self.in_use.id {
                 // Renewed (or nothing new): the same credentials last longer.
                 self.in_use.ends = current.hard_expiry();
+                if let (Some(lease), Some(issued)) = (current.lease(), self.in_use.ttl) {
+                    // Backends answer whole seconds: more than 1 % short is the max TTL.
+                    if !lease.renewable || lease.ttl < issued.saturating_sub(issued / 100) {
+                        self.in_use.capped = true;
+                    }
+                }
                 self.refusal = None;
                 (id, None, None)
             } else if self
@@ -278,7 +313,29 @@ impl Driver {
                 Err(e) => self.refuse(id, version, e),
             },
         }
+        self.ask_reissue();
         self.check_end().await;
+    }
+
+    /// Ask the client to re-issue capped credentials now, once, if it has not by
+    /// [`reissue_at`](Self::reissue_at). The client joins this with its own maintenance.
+    fn ask_reissue(&mut self) {
+        let Some(at) = self.reissue_at() else {
+            return;
+        };
+        if self.shared.clock.wall() < at {
+            return;
+        }
+        self.in_use.reissue_asked = true;
+        let handle = self.handle.clone();
+        let version = self.in_use.version.clone();
+        tracing::debug!(
+            target: "keyrack_sqlx",
+            "credentials in use cannot be renewed past their end; asking for new ones"
+        );
+        tokio::spawn(async move {
+            let _ = handle.refresh_if_current(version.as_ref()).await;
+        });
     }
 
     async fn swap(&mut self, new: Applied) {

@@ -202,7 +202,12 @@ impl RotatingPgPoolBuilder {
     }
 
     /// How long before the credentials in use end the pool stops using them when no
-    /// replacement could be applied (default 2 s): time for queries in flight to finish.
+    /// replacement could be applied (default 2 s, at most an eighth of the lease's TTL): time
+    /// for queries in flight to finish.
+    ///
+    /// Once a lease can no longer be renewed (its max TTL), the pool asks the client to
+    /// re-issue it a quarter of its TTL (at most 30 s) before this margin, unless the client
+    /// has already done so; the replacement is then in place well before the margin.
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
         self

@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use keyrack_core::{Backoff, Clock, Secrets, SystemClock};
 use keyrack_fake_server::proxy::{Fault, FaultProxy};
@@ -181,6 +181,29 @@ struct Load {
     ok: AtomicU64,
     failed: AtomicU64,
     stop: AtomicBool,
+    /// Each failure: when (wall clock), and the error with its causes.
+    failures: std::sync::Mutex<Vec<(SystemTime, String)>>,
+}
+
+/// One query through the pool; a failure (of the acquire or of the query on the acquired
+/// connection) as its text with every cause.
+async fn try_query(pool: &RotatingPgPool) -> Result<(), String> {
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            text.push_str(&format!(" <- {c} [{c:?}]"));
+            cause = c.source();
+        }
+        text
+    }
+    let mut conn = pool.acquire().await.map_err(|e| chain(&e))?;
+    let n: i64 = sqlx::query_scalar("select count(*) from items")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| format!("query on an acquired connection: {} [{e:?}]", chain(&e)))?;
+    assert_eq!(n, 2);
+    Ok(())
 }
 
 fn start_load(pool: &Arc<RotatingPgPool>, workers: usize, every: Duration) -> Arc<Load> {
@@ -190,10 +213,11 @@ fn start_load(pool: &Arc<RotatingPgPool>, workers: usize, every: Duration) -> Ar
         tokio::spawn(async move {
             let mut next = now();
             while !load.stop.load(Ordering::Relaxed) {
-                match query(&pool).await {
+                match try_query(&pool).await {
                     Ok(()) => load.ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         println!("query failed: {e}");
+                        load.failures.lock().unwrap().push((SystemClock.wall(), e));
                         load.failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -528,11 +552,8 @@ async fn vault_down_past_the_lease_expires_the_pool_then_it_recovers() {
 }
 
 /// Leases of 3 s (max 9 s): renewals every 2 s, a new user every few seconds; 20 queries/s for
-/// 20 s. Reports what fails; fails the test on any failure that is not a typed expiry.
-///
-/// KNOWN DEFECT, not fixed yet: on 2026-12-05 4 of 400 queries failed (cause not yet analysed),
-/// so this test is ignored until it is; run it with `--ignored`.
-#[ignore = "known defect: ~1% of queries fail with 3 s leases; cause not yet analysed"]
+/// 20 s. No query may fail. On a failure it prints the timeline (the handle's and the pool's
+/// events, each failure with its error) relative to the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn very_short_leases() {
     let role = new_role(&good_statements(), "3s", "9s");
@@ -541,6 +562,8 @@ async fn very_short_leases() {
         .handle(format!("vault://database/creds/{role}"))
         .await
         .unwrap();
+    let t0 = SystemClock.wall();
+    let mut rotations = handle.subscribe();
     let pool = Arc::new(
         RotatingPgPool::builder(handle, base())
             .pool_options(PgPoolOptions::new().max_connections(4))
@@ -549,6 +572,25 @@ async fn very_short_leases() {
             .unwrap(),
     );
     let mut events = pool.subscribe();
+    let timeline = Arc::new(std::sync::Mutex::new(Vec::<(SystemTime, String)>::new()));
+    let recorder = {
+        let timeline = timeline.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    e = rotations.recv() => match e {
+                        Some(e) => timeline.lock().unwrap().push((SystemClock.wall(), format!("handle: {e:?}"))),
+                        None => break,
+                    },
+                    e = events.recv() => match e {
+                        Ok(e) => timeline.lock().unwrap().push((SystemClock.wall(), format!("pool: {e:?}"))),
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    },
+                }
+            }
+        })
+    };
     let load = start_load(&pool, 4, Duration::from_millis(200));
     sleep(Duration::from_secs(20)).await;
     load.stop.store(true, Ordering::Relaxed);
@@ -557,13 +599,25 @@ async fn very_short_leases() {
         load.ok.load(Ordering::Relaxed),
         load.failed.load(Ordering::Relaxed),
     );
-    let mut applied = 0;
-    while let Ok(e) = events.try_recv() {
-        if matches!(e, PoolEvent::Applied { .. }) {
-            applied += 1;
-        }
-    }
+    recorder.abort();
+    let mut lines = timeline.lock().unwrap().clone();
+    lines.extend(
+        load.failures
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(at, e)| (*at, format!("FAILED: {e}"))),
+    );
+    lines.sort_by_key(|(at, _)| *at);
+    let applied = lines
+        .iter()
+        .filter(|(_, l)| l.starts_with("pool: Applied"))
+        .count();
+    let ms = |at: SystemTime| at.duration_since(t0).map_or(0, |d| d.as_millis());
     println!("short leases: {ok} ok, {failed} failed, {applied} credentials applied");
+    for (at, line) in &lines {
+        println!("{:>6} ms  {line}", ms(*at));
+    }
     assert!(applied >= 2, "{applied}");
     assert_eq!(failed, 0);
     Arc::into_inner(pool).unwrap().close().await;
