@@ -13,6 +13,7 @@
 //! | `gcp` | `gcp`: Google Secret Manager | [`keyrack-gcp`](https://docs.rs/keyrack-gcp) |
 //! | `k8s` | `k8s`: the pod's projected token, backend logins with it, `k8s://` Secrets | [`keyrack-k8s`](https://docs.rs/keyrack-k8s) |
 //! | `rustls` | `rustls`: certificates that rotate, as rustls server and client certificate resolvers fed by handles | [`keyrack-rustls`](https://docs.rs/keyrack-rustls) |
+//! | `sqlx` | `sqlx`: a sqlx PostgreSQL pool on a handle's rotating credentials (Vault dynamic database secrets) | [`keyrack-sqlx`](https://docs.rs/keyrack-sqlx) |
 //! | `testkit` | `testkit`: conformance suite, fault injection, for your tests | |
 //!
 //! The client runs on Tokio (its tasks are spawned on the runtime current when a handle is
@@ -63,3 +64,7 @@ pub use keyrack_k8s as k8s;
 /// [`keyrack-rustls`](https://docs.rs/keyrack-rustls) crate.
 #[cfg(feature = "rustls")]
 pub use keyrack_rustls as rustls;
+/// sqlx PostgreSQL pools on rotating credentials: the
+/// [`keyrack-sqlx`](https://docs.rs/keyrack-sqlx) crate.
+#[cfg(feature = "sqlx")]
+pub use keyrack_sqlx as sqlx;

@@ -5,9 +5,16 @@
     feature = "aws",
     feature = "azure",
     feature = "gcp",
-    feature = "k8s"
+    feature = "k8s",
+    feature = "sqlx"
 ))]
-#![allow(dead_code, unused_variables, unused_imports, clippy::unwrap_used)]
+#![allow(
+    dead_code,
+    unused_variables,
+    unused_imports,
+    unused_mut,
+    clippy::unwrap_used
+)]
 
 type Result = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -23,6 +30,22 @@ async fn vault() -> Result {
         .get_secret("vault://secret/payments#api_key")
         .await?;
     let db = secrets.handle("vault://database/creds/app").await?;
+    // end
+    Ok(())
+}
+
+async fn sqlx_pool(secrets: keyrack::Secrets) -> Result {
+    // README
+    use keyrack::sqlx::RotatingPgPool;
+    use keyrack::sqlx::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+    let creds = secrets.handle("vault://database/creds/app").await?;
+    let base = PgConnectOptions::new().host("db.internal").database("app");
+    let pool = RotatingPgPool::builder(creds, base)
+        .pool_options(PgPoolOptions::new().max_connections(8))
+        .build()
+        .await?;
+    let mut events = pool.subscribe(); // Applied, ReplacementFailed, Expired
     // end
     Ok(())
 }
@@ -130,5 +153,5 @@ fn the_readme_shows_these_snippets() {
         assert!(readme.contains(&snippet), "README.md lacks:\n{snippet}");
         found += 1;
     }
-    assert_eq!(found, 7);
+    assert_eq!(found, 8);
 }
