@@ -300,6 +300,13 @@ impl Secrets {
         out
     }
 
+    /// Whether a source is registered under `name` (the scheme a reference starts with), so a
+    /// caller can tell a reference to an unregistered source from one its source refused
+    /// without fetching.
+    pub fn has_source(&self, name: &str) -> bool {
+        self.inner.sources.contains_key(name)
+    }
+
     /// Every event of every secret this client holds.
     pub fn events(&self) -> RotationEvents {
         RotationEvents::new(self.inner.ctx.events.subscribe())
