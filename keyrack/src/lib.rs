@@ -12,6 +12,7 @@
 //! | `azure` | `azure`: Azure Key Vault | [`keyrack-azure`](https://docs.rs/keyrack-azure) |
 //! | `gcp` | `gcp`: Google Secret Manager | [`keyrack-gcp`](https://docs.rs/keyrack-gcp) |
 //! | `k8s` | `k8s`: the pod's projected token, backend logins with it, `k8s://` Secrets | [`keyrack-k8s`](https://docs.rs/keyrack-k8s) |
+//! | `figment` | `figment`: `secret:<reference>` values in figment configuration, resolved at load time or kept live | [`keyrack-figment`](https://docs.rs/keyrack-figment) |
 //! | `testkit` | `testkit`: conformance suite, fault injection, for your tests | |
 //!
 //! The client runs on Tokio (its tasks are spawned on the runtime current when a handle is
@@ -57,3 +58,8 @@ pub use keyrack_gcp as gcp;
 /// [`keyrack-k8s`](https://docs.rs/keyrack-k8s) crate.
 #[cfg(feature = "k8s")]
 pub use keyrack_k8s as k8s;
+
+/// Secret references in figment configuration: the
+/// [`keyrack-figment`](https://docs.rs/keyrack-figment) crate.
+#[cfg(feature = "figment")]
+pub use keyrack_figment as figment;

@@ -5,7 +5,8 @@
     feature = "aws",
     feature = "azure",
     feature = "gcp",
-    feature = "k8s"
+    feature = "k8s",
+    feature = "figment"
 ))]
 #![allow(dead_code, unused_variables, unused_imports, clippy::unwrap_used)]
 
@@ -116,6 +117,33 @@ async fn k8s_pod() -> Result {
     Ok(())
 }
 
+async fn configuration() -> Result {
+    let secrets = keyrack::Secrets::builder().build()?;
+    // README
+    use keyrack::figment::figment::{
+        Figment,
+        providers::{Env, Format, Toml},
+    };
+    use keyrack::figment::{Resolver, SecretRefField};
+
+    #[derive(serde::Deserialize)]
+    struct Db {
+        host: String,
+        user: String,
+        password: SecretRefField,
+    }
+
+    let figment = Figment::from(Toml::file("app.toml")).merge(Env::prefixed("APP_").split("__"));
+    let config = Resolver::new(&secrets)
+        .live("db.password")
+        .resolve(&figment)
+        .await?;
+    let db: Db = config.extract_inner("db")?; // `user` resolved; `password` keeps its reference
+    let password = config.handle("db.password").unwrap(); // a handle that follows rotations
+    // end
+    Ok(())
+}
+
 #[test]
 fn the_readme_shows_these_snippets() {
     let readme = include_str!("../README.md");
@@ -130,5 +158,5 @@ fn the_readme_shows_these_snippets() {
         assert!(readme.contains(&snippet), "README.md lacks:\n{snippet}");
         found += 1;
     }
-    assert_eq!(found, 7);
+    assert_eq!(found, 8);
 }
