@@ -9,7 +9,9 @@
 //! rotations, and [`SecretRefField`] is the field type such a key deserializes into. A literal
 //! string that starts with `secret:` is written `secret::…` (`"secret::x"` reads as `secret:x`):
 //! a reference never starts with `:`, so the escape cannot be taken for one. Only whole strings
-//! are placeholders: `"user=secret:…"` is plain text.
+//! are placeholders: `"user=secret:…"` is plain text. The profiles the selected one reads
+//! (`default`, the selected one, `global`) are resolved, every profile with
+//! [`Resolver::all_profiles`].
 //!
 //! Why figment and not the `config` crate: figment keeps each value's provenance (which file,
 //! which environment variable, through a tag on every value), so an error names the key and

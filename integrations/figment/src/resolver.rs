@@ -49,12 +49,14 @@ pub const PROVIDER_NAME: &str = "keyrack secret reference";
 pub struct Resolver<'s> {
     secrets: &'s Secrets,
     live: Vec<String>,
+    all_profiles: bool,
 }
 
 impl fmt::Debug for Resolver<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Resolver")
             .field("live", &self.live)
+            .field("all_profiles", &self.all_profiles)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +76,7 @@ impl<'s> Resolver<'s> {
         Resolver {
             secrets,
             live: Vec::new(),
+            all_profiles: false,
         }
     }
 
@@ -86,15 +89,32 @@ impl<'s> Resolver<'s> {
         self
     }
 
-    /// Fetch every reference of `figment` (each distinct reference once, batched per source
-    /// where the source can) and return the configuration with the values in place.
+    /// Resolve the references of every profile, not only those the selected profile reads
+    /// (`default`, the selected one, `global`: the default), so that the resolved figment can be
+    /// re-`select`ed. Off by default: a `prod` profile naming a source that is not registered
+    /// in development must not fail a development start, nor be read with its credentials.
+    pub fn all_profiles(mut self, all: bool) -> Self {
+        self.all_profiles = all;
+        self
+    }
+
+    /// Fetch every reference of `figment` that its selected profile reads (see
+    /// [`all_profiles`](Self::all_profiles)), each distinct reference once, batched per source
+    /// where the source can, and return the configuration with the values in place. Escaped
+    /// literals (`secret::…`) are unescaped in every profile.
     ///
     /// Every failing key is reported ([`ConfigError::Secrets`]), not only the first.
     pub async fn resolve(&self, figment: &Figment) -> Result<Resolved, ConfigError> {
         let data = figment.data().map_err(|e| ConfigError::Load(Box::new(e)))?;
         let mut sites = Vec::new();
         let mut problems = Vec::new();
+        let selected = figment.profile();
         for (profile, dict) in &data {
+            let read =
+                *profile == Profile::Default || *profile == Profile::Global || profile == selected;
+            if !read && !self.all_profiles {
+                continue;
+            }
             for (k, v) in dict {
                 let mut key = vec![k.clone()];
                 self.walk(figment, profile, &mut key, v, &mut sites, &mut problems);

@@ -490,3 +490,47 @@ async fn a_configuration_without_references_is_unchanged() {
     assert_eq!(config.extract_inner::<u32>("a").unwrap(), 1);
     assert_eq!(m.calls(), Default::default());
 }
+
+/// Only the profiles the selected one reads are resolved by default: a `prod` profile naming a
+/// source that is not registered here does not fail a `dev` start.
+#[tokio::test]
+async fn profiles_not_selected_are_left_alone_unless_asked() {
+    let m = memory();
+    let secrets = client(&m);
+    let figment = toml_profiles(
+        r#"
+        [default]
+        api = "secret:mem://api"
+        [dev]
+        db = "secret:mem://db#password"
+        [prod]
+        db = "secret:vault-prod://secret/db#password"
+        "#,
+    )
+    .select("dev");
+    let config = resolve(&figment, &secrets).await.unwrap();
+    assert_eq!(config.extract_inner::<String>("db").unwrap(), PASSWORD);
+    assert_eq!(config.extract_inner::<String>("api").unwrap(), API_KEY);
+
+    let err = Resolver::new(&secrets)
+        .all_profiles(true)
+        .resolve(&figment)
+        .await
+        .unwrap_err();
+    let [p] = err.problems() else { panic!("{err}") };
+    assert_eq!(p.profile().as_str(), "prod");
+    assert_eq!(p.key(), "db");
+    assert!(err.to_string().contains("in profile `prod`"), "{err}");
+}
+
+/// A long reference (perhaps a value pasted after `secret:x://`) is cut in messages.
+#[tokio::test]
+async fn a_long_reference_is_cut_in_errors() {
+    let secrets = client(&memory());
+    let long = "Q".repeat(3000);
+    let figment = toml(&format!(r#"key = "secret:mem://{long}""#));
+    let err = resolve(&figment, &secrets).await.unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(&long[..200]), "{shown}");
+    assert!(shown.contains("(3006 bytes)"), "{shown}");
+}
