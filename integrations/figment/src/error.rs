@@ -96,7 +96,8 @@ pub enum ProblemKind {
     Unauthenticated,
     /// The source could not be reached, did not answer in time, or asked to slow down.
     Unreachable,
-    /// The secret is not UTF-8 text, which a configuration value must be.
+    /// The secret is not UTF-8 text, which a resolved configuration value must be (a live key's
+    /// value may be binary: it stays behind its handle).
     NotText,
     /// The key was named live ([`Resolver::live`](crate::Resolver::live)) but holds a value
     /// that is not a `secret:` reference.

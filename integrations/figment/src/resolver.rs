@@ -163,10 +163,8 @@ impl<'s> Resolver<'s> {
         let mut handles: HashMap<SecretRef, SecretHandle> = HashMap::new();
         let mut live_failures: HashMap<SecretRef, Failure> = HashMap::new();
         for (r, result) in live_fetch.into_iter().zip(made) {
+            // A live value never enters the figment, so it may be binary (a key, a keystore).
             match result {
-                Ok(h) if h.current().expose_str().is_err() => {
-                    live_failures.insert(r, Failure::NotText);
-                }
                 Ok(h) => {
                     handles.insert(r, h);
                 }

@@ -419,6 +419,25 @@ async fn a_live_key_becomes_a_handle_that_follows_rotation() {
     assert!(!format!("{config:?}").contains("rotated"));
 }
 
+/// A live value stays behind its handle, so it may be binary; resolved into the figment, it
+/// may not.
+#[tokio::test]
+async fn a_live_key_may_hold_bytes() {
+    let m = memory();
+    m.set("keystore", vec![0xff_u8, 0x00, 0x01]);
+    let secrets = client(&m);
+    let figment = toml(r#"keystore = "secret:mem://keystore""#);
+    let config = Resolver::new(&secrets)
+        .live("keystore")
+        .resolve(&figment)
+        .await
+        .unwrap();
+    let handle = config.handle("keystore").unwrap();
+    assert_eq!(handle.current().expose_bytes(), [0xff, 0x00, 0x01]);
+    let err = resolve(&figment, &secrets).await.unwrap_err();
+    assert_eq!(err.problems()[0].kind(), &ProblemKind::NotText);
+}
+
 #[tokio::test]
 async fn a_live_key_fails_like_any_other() {
     let m = memory();
