@@ -14,6 +14,7 @@
 //! | `k8s` | `k8s`: the pod's projected token, backend logins with it, `k8s://` Secrets | [`keyrack-k8s`](https://docs.rs/keyrack-k8s) |
 //! | `rustls` | `rustls`: certificates that rotate, as rustls server and client certificate resolvers fed by handles | [`keyrack-rustls`](https://docs.rs/keyrack-rustls) |
 //! | `sqlx` | `sqlx`: a sqlx PostgreSQL pool on a handle's rotating credentials (Vault dynamic database secrets) | [`keyrack-sqlx`](https://docs.rs/keyrack-sqlx) |
+//! | `figment` | `figment`: `secret:<reference>` values in figment configuration, resolved at load time or kept live | [`keyrack-figment`](https://docs.rs/keyrack-figment) |
 //! | `testkit` | `testkit`: conformance suite, fault injection, for your tests | |
 //!
 //! The client runs on Tokio (its tasks are spawned on the runtime current when a handle is
@@ -60,6 +61,10 @@ pub use keyrack_gcp as gcp;
 #[cfg(feature = "k8s")]
 pub use keyrack_k8s as k8s;
 
+/// Secret references in figment configuration: the
+/// [`keyrack-figment`](https://docs.rs/keyrack-figment) crate.
+#[cfg(feature = "figment")]
+pub use keyrack_figment as figment;
 /// rustls certificates that rotate (Vault PKI, Kubernetes TLS Secrets, PEM files): the
 /// [`keyrack-rustls`](https://docs.rs/keyrack-rustls) crate.
 #[cfg(feature = "rustls")]

@@ -6,7 +6,8 @@
     feature = "azure",
     feature = "gcp",
     feature = "k8s",
-    feature = "sqlx"
+    feature = "sqlx",
+    feature = "figment"
 ))]
 #![allow(
     dead_code,
@@ -135,6 +136,33 @@ async fn k8s_pod() -> Result {
     let api_key = secrets
         .get_secret("k8s://payments/app-config#api_key")
         .await?; // watched: `Rotated` on change
+    // end
+    Ok(())
+}
+
+async fn configuration() -> Result {
+    let secrets = keyrack::Secrets::builder().build()?;
+    // README
+    use keyrack::figment::figment::{
+        Figment,
+        providers::{Env, Format, Toml},
+    };
+    use keyrack::figment::{Resolver, SecretRefField};
+
+    #[derive(serde::Deserialize)]
+    struct Db {
+        host: String,
+        user: String,
+        password: SecretRefField,
+    }
+
+    let figment = Figment::from(Toml::file("app.toml")).merge(Env::prefixed("APP_").split("__"));
+    let config = Resolver::new(&secrets)
+        .live("db.password")
+        .resolve(&figment)
+        .await?;
+    let db: Db = config.extract_inner("db")?; // `user` resolved; `password` keeps its reference
+    let password = config.handle("db.password").unwrap(); // a handle that follows rotations
     // end
     Ok(())
 }

@@ -337,6 +337,22 @@ impl Secrets {
         out
     }
 
+    /// Whether a source is registered under `name` (the scheme a reference starts with), so a
+    /// caller can tell a reference to an unregistered source from one its source refused
+    /// without fetching.
+    ///
+    /// ```
+    /// # use keyrack_core::{Secrets, sources::MemorySource};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> keyrack_core::Result<()> {
+    /// let secrets = Secrets::builder().source("mem", MemorySource::new()).build()?;
+    /// assert!(secrets.has_source("mem"));
+    /// assert!(!secrets.has_source("vault"));
+    /// # Ok(()) }
+    /// ```
+    pub fn has_source(&self, name: &str) -> bool {
+        self.inner.sources.contains_key(name)
+    }
+
     /// Every event of every secret this client holds.
     pub fn events(&self) -> RotationEvents {
         RotationEvents::new(self.inner.ctx.events.subscribe())
