@@ -181,5 +181,5 @@ fn the_readme_shows_these_snippets() {
         assert!(readme.contains(&snippet), "README.md lacks:\n{snippet}");
         found += 1;
     }
-    assert_eq!(found, 8);
+    assert_eq!(found, 9);
 }
