@@ -8,8 +8,12 @@
 //! retry mode does: each throttling answer (at most one per second) halves the rate, and each
 //! success after that gives back a twentieth of the budget per second since the last change, so
 //! a fleet that together exceeds a shared quota slows down until the backend stops refusing, then
-//! creeps back. Lease renewals and version probes are calls like any other; revocations at
-//! shutdown are not budgeted.
+//! creeps back. Lease renewals and version probes are calls like any other; revocations are not
+//! budgeted (they end access, and shutdown must not wait for room). A call that would wait longer
+//! than the client's request timeout for room is not queued: it fails at once with
+//! [`Throttled`](crate::ErrorKind::Throttled) and the wait as its retry hint, so callers that
+//! give up and retry cannot build an unbounded queue; a call whose caller gives up while it waits
+//! gives its place back.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -89,6 +93,8 @@ impl RequestBudget {
     pub(crate) fn problem(&self) -> Option<&'static str> {
         if self.requests == 0 || self.per.is_zero() {
             Some("a request budget needs at least 1 request per a positive duration")
+        } else if self.rate() < 1.0 / 86_400.0 {
+            Some("a request budget of less than 1 request per day is no budget (use `unbudgeted`)")
         } else {
             None
         }
@@ -105,6 +111,15 @@ const CUT: f64 = 0.5;
 const CUT_GAP: Duration = Duration::from_secs(1);
 /// After a cut, this share of the budget is given back per second.
 const RECOVERY_SHARE: f64 = 0.05;
+
+/// A call's place in a [`Bucket`]: when it may be sent.
+#[derive(Debug)]
+pub(crate) struct Place {
+    pub(crate) at: Instant,
+    /// The bucket's next due time this place set, and the interval it added.
+    next: Instant,
+    interval: Duration,
+}
 
 /// A [`RequestBudget`] in use: the token bucket (as the time the next call would be due at the
 /// current rate, "virtual scheduling") and the adapted rate.
@@ -142,11 +157,11 @@ impl Bucket {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Take a place for one call asked for at `now`: returns when it may be sent (`now` when the
-    /// budget has room). Places are given in the order asked, so waiting callers go first come,
-    /// first served, and a caller that gives up still counts (the budget errs on the side of
-    /// fewer calls).
-    pub(crate) fn reserve(&self, now: Instant) -> Instant {
+    /// Take a place for one call asked for at `now`, if it can be sent within `max_wait`: the
+    /// place says when it may be sent (`now` when the budget has room). Places are given in the
+    /// order asked, so waiting callers go first come, first served. A call that would wait longer
+    /// takes no place: `Err` says how long it would have waited.
+    pub(crate) fn reserve(&self, now: Instant, max_wait: Duration) -> Result<Place, Duration> {
         let mut st = self.state();
         let interval = Duration::from_secs_f64(1.0 / st.rate);
         // A cut rate cuts the burst with it (one second's worth stays one second's worth).
@@ -154,8 +169,21 @@ impl Bucket {
         let slack = interval.mul_f64(burst - 1.0);
         let due = st.due.map_or(now, |d| d.max(now));
         let at = due.checked_sub(slack).map_or(now, |t| t.max(now));
-        st.due = Some(due + interval);
-        at
+        if at.saturating_duration_since(now) > max_wait {
+            return Err(at - now);
+        }
+        let next = due.checked_add(interval).unwrap_or(due);
+        st.due = Some(next);
+        Ok(Place { at, next, interval })
+    }
+
+    /// Give back a place whose call was never sent (its caller gave up while it waited), if no
+    /// later place was given since: the budget's room is not lost to abandoned calls.
+    pub(crate) fn release(&self, place: &Place) {
+        let mut st = self.state();
+        if st.due == Some(place.next) {
+            st.due = place.next.checked_sub(place.interval);
+        }
     }
 
     /// The backend throttled a call answered at `now`: cut the rate (adaptive budgets only).
@@ -179,7 +207,8 @@ impl Bucket {
         // No burst right after a refusal: the calls that follow are spaced at the new rate.
         let burst = (f64::from(self.budget.burst) * rate / full).max(1.0);
         let slack = Duration::from_secs_f64(1.0 / rate).mul_f64(burst - 1.0);
-        st.due = Some(st.due.map_or(now, |d| d.max(now)).max(now + slack));
+        let drained = now.checked_add(slack).unwrap_or(now);
+        st.due = Some(st.due.map_or(now, |d| d.max(now)).max(drained));
         (rate != st.rate).then(|| {
             st.rate = rate;
             rate
@@ -226,6 +255,8 @@ mod tests {
         assert_eq!((slow.rate(), slow.burst()), (0.05, 1));
         assert!(RequestBudget::new(0, S(1)).problem().is_some());
         assert!(RequestBudget::new(5, Duration::ZERO).problem().is_some());
+        assert!(RequestBudget::new(1, Duration::MAX).problem().is_some());
+        assert!(RequestBudget::new(1, S(86_400)).problem().is_none());
         assert_eq!(RequestBudget::per_second(5).with_burst(0).burst(), 1);
     }
 
@@ -233,7 +264,9 @@ mod tests {
     fn a_burst_then_the_rate() {
         let bucket = Bucket::new(RequestBudget::per_second(2).with_burst(3));
         let t0 = crate::ManualClock::new().now();
-        let at: Vec<Duration> = (0..7).map(|_| bucket.reserve(t0) - t0).collect();
+        let at: Vec<Duration> = (0..7)
+            .map(|_| bucket.reserve(t0, S(60)).unwrap().at - t0)
+            .collect();
         let ms = |n| Duration::from_millis(n);
         assert_eq!(
             at,
@@ -241,7 +274,9 @@ mod tests {
         );
         // Ten idle seconds refill the burst, no more.
         let t1 = t0 + S(12);
-        let at: Vec<Duration> = (0..4).map(|_| bucket.reserve(t1) - t1).collect();
+        let at: Vec<Duration> = (0..4)
+            .map(|_| bucket.reserve(t1, S(60)).unwrap().at - t1)
+            .collect();
         assert_eq!(at, [ms(0), ms(0), ms(0), ms(500)]);
     }
 

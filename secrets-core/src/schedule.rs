@@ -26,6 +26,13 @@ pub fn lease_delay(remaining: Duration, grace: Duration) -> Duration {
     remaining.mul_f64(2.0 / 3.0) + grace / 3
 }
 
+/// Delay until a lease that can no longer be extended, with `remaining` time left, is replaced:
+/// as a renewal would be ([`lease_delay`]), but leaving at least twice the `grace` of overlap
+/// (immediately if less than that is left).
+pub fn replace_delay(remaining: Duration, grace: Duration) -> Duration {
+    lease_delay(remaining, grace).min(remaining.saturating_sub(grace * 2))
+}
+
 /// Whether a renewal to `renewed` (down from `previous`) shows the lease has stopped extending.
 /// Backends answer whole seconds and cap at the max TTL, so anything more than 1 % shorter is a cap.
 pub fn stopped_extending(previous: Duration, renewed: Duration) -> bool {
@@ -48,6 +55,16 @@ mod tests {
     use super::*;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn a_capped_lease_is_replaced_with_an_overlap_left() {
+        // Plenty left: as a renewal, ⅔ of the way.
+        assert_eq!(replace_delay(S(3000), S(360)), S(2120));
+        // Little left: twice the grace of overlap kept.
+        assert_eq!(replace_delay(S(1000), S(360)), S(280));
+        // Less than that left: now.
+        assert_eq!(replace_delay(S(500), S(360)), Duration::ZERO);
+    }
 
     #[test]
     fn grace_is_ten_to_twenty_percent_of_the_smaller() {

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use futures_util::future::join_all;
 use keyrack_core::sources::MemorySource;
 use keyrack_core::{
@@ -124,6 +125,132 @@ async fn a_hung_backend_is_not_budgeted_into_a_pile_up() {
     assert!(reads.await.unwrap().iter().all(Result::is_ok));
 }
 
+#[tokio::test]
+async fn shutdown_revocations_do_not_wait_for_the_budget() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    for i in 0..3 {
+        memory.lease(format!("db{i}"), S(3600), S(86_400), true);
+        memory.set(format!("db{i}"), "v");
+    }
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", memory.clone())
+        .request_budget("mem", RequestBudget::new(1, S(4)).fixed())
+        .revoke_on_shutdown(true)
+        .build()
+        .unwrap();
+    let loads = tokio::spawn({
+        let secrets = secrets.clone();
+        async move {
+            for i in 0..3 {
+                secrets.get_secret(format!("mem://db{i}")).await.unwrap();
+            }
+        }
+    });
+    for _ in 0..3 {
+        clock.advance(S(4)).await;
+    }
+    loads.await.unwrap();
+    let shutdown = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.shutdown().await }
+    });
+    keyrack_core::testkit::settle().await;
+    clock.advance(MS(10)).await;
+    assert!(shutdown.is_finished(), "shutdown waited for the budget");
+    assert_eq!(memory.calls().revoke, 3);
+}
+
+#[tokio::test]
+async fn a_call_that_would_wait_past_the_request_timeout_is_refused_at_once() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    memory.set("a", "v");
+    memory.set("b", "v");
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", memory.clone())
+        .request_budget("mem", RequestBudget::new(1, S(10)).fixed())
+        .request_timeout(S(5))
+        .build()
+        .unwrap();
+    secrets.get_secret("mem://a").await.unwrap();
+    // Room in 10 s, the timeout is 5 s: refused now, with the wait as its hint, and no place
+    // taken (retrying callers cannot pile up a queue).
+    for _ in 0..5 {
+        let refused = secrets.get_secret("mem://b").now_or_never();
+        let e = refused.expect("not queued").unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Throttled);
+        assert!(e.retry_after().is_some_and(|w| w <= S(10)), "{e}");
+        clock.advance(S(1)).await;
+    }
+    assert_eq!(memory.calls().fetch, 1);
+    clock.advance(S(5)).await;
+    secrets.get_secret("mem://b").await.unwrap();
+    assert_eq!(memory.calls().fetch, 2);
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_gives_its_place_back() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    for path in ["a", "b", "c"] {
+        memory.set(path, "v");
+    }
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", memory.clone())
+        .request_budget("mem", RequestBudget::new(1, S(2)).fixed())
+        .build()
+        .unwrap();
+    secrets.get_secret("mem://a").await.unwrap();
+    let gives_up = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.get_secret("mem://b").await }
+    });
+    clock.advance(S(1)).await;
+    gives_up.abort();
+    let _ = gives_up.await;
+    // The place at t = 2 s is free again: the next caller takes it, not the one at t = 4 s.
+    let next = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.get_secret("mem://c").await }
+    });
+    clock.advance(S(1)).await;
+    assert!(next.await.unwrap().is_ok());
+    assert_eq!(memory.calls().fetch, 2);
+}
+
+#[tokio::test]
+async fn one_source_under_two_names_has_one_budget() {
+    let clock = ManualClock::new();
+    // A backend refusing past 1 call per second, whose default budget says so.
+    let quota = Quota::new(clock.clone(), 1, S(1));
+    let shared: Arc<dyn SecretSource> = Arc::new(quota.clone());
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .shared_source("one", shared.clone())
+        .shared_source("two", shared)
+        .build()
+        .unwrap();
+    let reads = tokio::spawn({
+        let secrets = secrets.clone();
+        async move {
+            let (a, b) = tokio::join!(secrets.get_secret("one://x"), secrets.get_secret("two://y"));
+            a.and(b)
+        }
+    });
+    keyrack_core::testkit::settle().await;
+    clock.advance(S(1)).await;
+    reads.await.unwrap().unwrap();
+    assert_eq!(
+        quota.counts(),
+        (2, 0),
+        "two calls, a second apart, none throttled"
+    );
+}
+
 #[test]
 fn bad_budgets_are_config_errors_naming_the_source() {
     let e = Secrets::builder()
@@ -139,6 +266,13 @@ fn bad_budgets_are_config_errors_naming_the_source() {
         text.contains("source `mem`: a request budget needs"),
         "{text}"
     );
+    // A period no clock could hold is refused too, not a panic at the first call.
+    let e = Secrets::builder()
+        .source("mem", MemorySource::new())
+        .request_budget("mem", RequestBudget::new(1, Duration::MAX))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("less than 1 request per day"), "{e}");
 }
 
 #[tokio::test]

@@ -104,7 +104,7 @@ pub(crate) struct Ctx {
     pub(crate) events: broadcast::Sender<RotationEvent>,
     pub(crate) revoker: Arc<Revoker>,
     /// The request budget of each budgeted source, by name.
-    buckets: HashMap<Arc<str>, Bucket>,
+    buckets: HashMap<Arc<str>, Arc<Bucket>>,
     /// The client was shut down: no entry starts a task any more.
     closed: AtomicBool,
     rng: Mutex<fastrand::Rng>,
@@ -114,7 +114,7 @@ impl Ctx {
     pub(crate) fn new(
         clock: Arc<dyn Clock>,
         config: Config,
-        budgets: HashMap<Arc<str>, RequestBudget>,
+        buckets: HashMap<Arc<str>, Arc<Bucket>>,
         seed: Option<u64>,
     ) -> Self {
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
@@ -129,13 +129,7 @@ impl Ctx {
                 config.backoff,
                 config.request_timeout,
             )),
-            buckets: budgets
-                .into_iter()
-                .map(|(name, budget)| {
-                    super::telemetry::budget_rate(&name, budget.rate());
-                    (name, Bucket::new(budget))
-                })
-                .collect(),
+            buckets,
             clock,
             config,
             events,
@@ -170,17 +164,34 @@ impl Ctx {
     ) -> Result<T> {
         let span = tracing::debug_span!(target: "keyrack_core::backend", "backend_call",
             source = %source, operation, secret = %secret);
-        let bucket = self.buckets.get(source);
+        // Revocations end access and must not wait at shutdown: they are not budgeted.
+        let bucket = (operation != "revoke")
+            .then(|| self.buckets.get(source))
+            .flatten();
         if let Some(bucket) = bucket {
             let now = self.clock.now();
-            let at = bucket.reserve(now);
-            if at > now {
-                super::telemetry::budget_wait(source, at - now);
+            let place = match bucket.reserve(now, self.config.request_timeout) {
+                Ok(place) => place,
+                Err(wait) => {
+                    return Err(Error::throttled(
+                        Some(wait),
+                        "the source's request budget has no room within the request timeout",
+                    ));
+                }
+            };
+            if place.at > now {
+                super::telemetry::budget_wait(source, place.at - now);
                 span.in_scope(|| {
                     tracing::trace!(target: "keyrack_core::backend",
-                    wait = ?(at - now), "waiting for the source's request budget")
+                    wait = ?(place.at - now), "waiting for the source's request budget")
                 });
-                self.clock.sleep_until(at).await;
+                // Given back if the caller gives up before its turn.
+                let unsent = Unsent {
+                    bucket,
+                    place: &place,
+                };
+                self.clock.sleep_until(place.at).await;
+                std::mem::forget(unsent);
             }
         }
         let started = self.clock.now();
@@ -220,12 +231,24 @@ impl Ctx {
 
     /// The calls per second source `name`'s budget allows now (`None`: unbudgeted).
     pub(crate) fn budget_rate(&self, name: &str) -> Option<f64> {
-        self.buckets.get(name).map(Bucket::rate)
+        self.buckets.get(name).map(|b| b.rate())
     }
 
     /// A uniform random number in `[0, 1)` for jitter.
     pub(crate) fn unit(&self) -> f64 {
         self.rng.lock().unwrap_or_else(|p| p.into_inner()).f64()
+    }
+}
+
+/// A budget place whose call was not sent yet: given back when dropped.
+struct Unsent<'a> {
+    bucket: &'a Bucket,
+    place: &'a crate::budget::Place,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.bucket.release(self.place);
     }
 }
 

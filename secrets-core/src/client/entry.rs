@@ -80,9 +80,10 @@ pub(crate) enum Trigger {
 }
 
 impl Trigger {
-    /// A caller's check now (not a schedule's): it may not settle for a check that began before
-    /// it was asked for, it waits out the backend's last-answer gap, and its failure does not
-    /// grow the backoff.
+    /// A caller's check now (not a schedule's): it does not settle for a scheduled check under
+    /// way (it may have read the value the caller just found stale; it may join another
+    /// caller's check under way), it waits out the backend's last-answer gap, and its failure
+    /// does not grow the backoff.
     pub(crate) fn is_asked(self) -> bool {
         matches!(self, Trigger::Forced | Trigger::Confirm)
     }
@@ -177,7 +178,7 @@ impl Entry {
     }
 
     /// Whether the backend answered for the current value at or after `t` (a load, a check, a
-    /// renewal or a re-issue).
+    /// renewal or a re-issue; the answer's arrival counts, so a call sent just before `t` does).
     pub(crate) fn confirmed_since(&self, t: Instant) -> bool {
         lock(&self.sched)
             .as_ref()
@@ -289,8 +290,12 @@ impl Entry {
             0 => {
                 let interval = config.interval_for(&self.key);
                 let mut next = match &meta.lease {
-                    // Less left than the grace: replace it now rather than after it ends.
-                    Some(l) if sched.capped && l.ttl <= sched.grace => now,
+                    // A lease that stopped extending is replaced while the old one still has a
+                    // useful overlap left (twice the grace, 20-40 % of a full TTL, or what
+                    // is left if less): its holders (a pool draining connections) need that time.
+                    Some(l) if sched.capped => {
+                        later(sched.received, schedule::replace_delay(l.ttl, sched.grace))
+                    }
                     Some(l) => later(sched.received, schedule::lease_delay(l.ttl, sched.grace)),
                     None => later(
                         sched.last_ok,

@@ -96,6 +96,8 @@ impl Entry {
                     // asked for (it may have read the value the caller just found stale).
                     Some(m) if !m.trigger.answers(trigger) => (m.result.clone(), false),
                     Some(m) => (m.result.clone(), true),
+                    // Closed since the look above (see `revalidate`): start nothing.
+                    None if self.is_closed() => continue,
                     None => {
                         let m = self.start(trigger);
                         let result = m.result.clone();
@@ -165,11 +167,10 @@ impl Entry {
     /// found the value due serves it at once and lets this bring the next one
     /// (stale-while-revalidate). Its outcome lands in the schedule (failures, backoff, events).
     pub(crate) fn revalidate(self: &Arc<Self>) {
-        if self.is_closed() {
-            return;
-        }
+        // Looked at under the slot's lock: shutdown closes the entry before it takes the lock to
+        // stop what runs, so a maintenance is either seen and stopped or never started.
         let mut slot = lock(&self.flight);
-        if slot.is_none() {
+        if slot.is_none() && !self.is_closed() {
             *slot = Some(self.start(Trigger::Due));
         }
     }

@@ -172,9 +172,12 @@ impl Secrets {
     /// [`Timeout`](ErrorKind::Timeout) error: for the reads that must not be answered from the
     /// cache alone (an operator's check, a value about to be handed to a third party). An
     /// unleased value is checked (the version probe where the source has one, a read if it
-    /// moved); a renewable lease is renewed, any other lease re-issued. A value loaded during the
-    /// call counts as confirmed, and concurrent calls for one secret share one backend call. A
-    /// failed check is returned as the error; the cached value is kept for other readers.
+    /// moved); a renewable lease is renewed, any other lease re-issued. A value whose answer
+    /// arrived during the call counts as confirmed, and concurrent calls for one secret share one
+    /// backend call (a forced or confirming one already under way is joined). A failed check is
+    /// returned as the error; the cached value is kept for other readers. Calls to one secret
+    /// are at least a second apart, so give `within` more than a second plus the backend's
+    /// latency when a background check may be under way.
     pub async fn get_secret_fresh(&self, r: impl ToSecretRef, within: Duration) -> Result<Secret> {
         let r = r.to_secret_ref()?.into_owned();
         let clock = self.inner.ctx.clock.clone();
@@ -714,9 +717,11 @@ impl SecretsBuilder {
 
     /// How long past its check time a cached value is still served at once by
     /// [`get_secret`](Secrets::get_secret) while one check runs in the background
-    /// (stale-while-revalidate; default: the secret's refresh interval, so a value is at most two
-    /// intervals old when a read returns it). A read later than that waits for the check, as a
-    /// read of a value past its lease or expiry always does. `Duration::ZERO`: every read of a
+    /// (stale-while-revalidate; default: the secret's refresh interval, so while checks succeed a
+    /// value is at most two intervals old when a read returns it; while they fail, the grace
+    /// counts from each retry's time and the last good value is served until its hard expiry,
+    /// as before). A read later than that waits for the check (at most the request timeout), as
+    /// a read of a value past its lease or expiry always does. `Duration::ZERO`: every read of a
     /// due value waits for its check. Reads that must reach the backend use
     /// [`get_secret_fresh`](Secrets::get_secret_fresh).
     pub fn stale_while_revalidate(mut self, grace: Duration) -> Self {
@@ -840,7 +845,6 @@ impl SecretsBuilder {
         if c.request_timeout.is_zero() {
             problems.push("request timeout must be positive".into());
         }
-        let mut budgets = HashMap::new();
         for (name, budget) in &c.budgets {
             if !sources.contains_key(name) {
                 problems.push(format!(
@@ -851,14 +855,34 @@ impl SecretsBuilder {
                 problems.push(format!("source `{name}`: {problem}"));
             }
         }
-        for (name, (shared, source)) in &sources {
+        // One bucket per source: a source registered under two names shares one budget (the
+        // first name's, in name order).
+        let mut buckets = HashMap::new();
+        let mut by_source: Vec<(Arc<dyn SecretSource>, Arc<crate::budget::Bucket>)> = Vec::new();
+        let mut names: Vec<&String> = sources.keys().collect();
+        names.sort_unstable();
+        for name in names {
+            let (shared, source) = &sources[name];
             let budget = match c.budgets.get(name) {
                 Some(set) => *set,
                 None => source.capabilities().request_budget,
             };
-            if let Some(budget) = budget.filter(|b| b.problem().is_none()) {
-                budgets.insert(shared.clone(), budget);
-            }
+            let Some(budget) = budget.filter(|b| b.problem().is_none()) else {
+                continue;
+            };
+            let same = |(s, _): &&(Arc<dyn SecretSource>, _)| {
+                std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(source))
+            };
+            let bucket = match by_source.iter().find(same) {
+                Some((_, b)) => b.clone(),
+                None => {
+                    let b = Arc::new(crate::budget::Bucket::new(budget));
+                    by_source.push((source.clone(), b.clone()));
+                    b
+                }
+            };
+            telemetry::budget_rate(shared, bucket.rate());
+            buckets.insert(shared.clone(), bucket);
         }
         if !problems.is_empty() {
             return Err(Error::new(ErrorKind::Config, problems.join("; ")));
@@ -874,7 +898,7 @@ impl SecretsBuilder {
         clamp(&mut config.request_timeout);
         clamp(&mut config.backoff.initial);
         clamp(&mut config.backoff.max);
-        let ctx = Arc::new(Ctx::new(self.clock, config, budgets, self.seed));
+        let ctx = Arc::new(Ctx::new(self.clock, config, buckets, self.seed));
         let front = Arc::new(Front::default());
         let evicted = Arc::downgrade(&front);
         let policy = moka::sync::Cache::builder()
