@@ -5,6 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
 
 use metrics::{
     Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
@@ -21,6 +24,23 @@ use keyrack_core::{ErrorKind, ManualClock, Secrets};
 struct Counting {
     counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     histograms: Mutex<BTreeMap<String, Arc<Samples>>>,
+    gauges: Mutex<BTreeMap<String, Arc<Level>>>,
+}
+
+/// A gauge's last value (f64 bits).
+#[derive(Default)]
+struct Level(AtomicU64);
+
+impl metrics::GaugeFn for Level {
+    fn increment(&self, value: f64) {
+        self.set(f64::from_bits(self.0.load(Ordering::Relaxed)) + value);
+    }
+    fn decrement(&self, value: f64) {
+        self.increment(-value);
+    }
+    fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -54,9 +74,17 @@ impl Counting {
             .map_or(0, |h| h.0.load(Ordering::Relaxed))
     }
 
+    fn gauge(&self, id: &str) -> Option<f64> {
+        let gauges = self.gauges.lock().unwrap();
+        gauges
+            .get(id)
+            .map(|g| f64::from_bits(g.0.load(Ordering::Relaxed)))
+    }
+
     fn all_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.counters.lock().unwrap().keys().cloned().collect();
         ids.extend(self.histograms.lock().unwrap().keys().cloned());
+        ids.extend(self.gauges.lock().unwrap().keys().cloned());
         ids
     }
 }
@@ -71,8 +99,9 @@ impl Recorder for Counting {
         Counter::from_arc(counters.entry(id(key)).or_default().clone())
     }
 
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let mut gauges = self.gauges.lock().unwrap();
+        Gauge::from_arc(gauges.entry(id(key)).or_default().clone())
     }
 
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
@@ -189,4 +218,43 @@ fn without_a_recorder_nothing_is_recorded_and_reads_work() {
         secrets.get_secret("mem://app").await.unwrap();
         keyrack_core::telemetry::describe_metrics();
     });
+}
+
+#[test]
+fn gauges_say_what_is_held_how_old_and_when_the_nearest_lease_ends() {
+    use keyrack_core::telemetry::{HANDLES, NEAREST_LEASE_END, OLDEST_SUCCESS_AGE, SECRETS_HELD};
+    let recorder = Counting::default();
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let second = MemorySource::with_clock(clock.clone());
+    recorded(&recorder, || async {
+        let secrets = Secrets::builder()
+            .clock(clock.clone())
+            .source("mem", memory.clone())
+            .source("idle", second.clone())
+            .build()
+            .unwrap();
+        memory.set("app", "hunter2-value");
+        memory.lease("db", S(60), S(600), true);
+        memory.set("db", "hunter2-cred");
+        let _app = secrets.handle("mem://app").await.unwrap();
+        let _db = secrets.get_secret("mem://db").await.unwrap();
+        // The backend stops answering: the oldest answer ages, the lease end nears.
+        memory.hang();
+        clock.advance(S(30)).await;
+        secrets.record_gauges();
+        let g = |name: &str, source: &str| recorder.gauge(&format!("{name}{{source={source}}}"));
+        assert_eq!(g(SECRETS_HELD, "mem"), Some(2.0));
+        assert_eq!(g(HANDLES, "mem"), Some(1.0));
+        assert_eq!(g(OLDEST_SUCCESS_AGE, "mem"), Some(30.0));
+        assert_eq!(g(NEAREST_LEASE_END, "mem"), Some(30.0));
+        // A registered source holding nothing reads 0, and has no lease gauge.
+        assert_eq!(g(SECRETS_HELD, "idle"), Some(0.0));
+        assert_eq!(g(NEAREST_LEASE_END, "idle"), None);
+        memory.recover();
+        secrets.shutdown().await;
+    });
+    for id in recorder.all_ids() {
+        assert!(!id.contains("hunter2") && !id.contains("app"), "{id}");
+    }
 }

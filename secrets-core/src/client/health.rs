@@ -141,6 +141,32 @@ impl Entry {
     }
 }
 
+/// What the gauges say of one secret.
+pub(crate) struct GaugeFacts {
+    pub(crate) handles: usize,
+    /// Since the backend last answered for it (`None` while loading).
+    pub(crate) since_success: Option<std::time::Duration>,
+    /// Until its lease ends (`None` without a lease; zero once ended).
+    pub(crate) to_lease_end: Option<std::time::Duration>,
+}
+
+impl Entry {
+    pub(crate) fn gauge_facts(&self, now: Instant) -> GaugeFacts {
+        let since_success = lock(&self.sched)
+            .as_ref()
+            .map(|s| now.saturating_duration_since(s.last_ok));
+        let to_lease_end = self.snapshot().and_then(|snap| {
+            snap.secret.lease()?;
+            Some(snap.hard_deadline?.saturating_duration_since(now))
+        });
+        GaugeFacts {
+            handles: self.handle_count(),
+            since_success,
+            to_lease_end,
+        }
+    }
+}
+
 /// The verdict over `secrets` (rules on [`Health`]).
 pub(crate) fn verdict(secrets: &[SecretHealth]) -> Verdict {
     let expired_in_use = secrets

@@ -428,6 +428,44 @@ impl Secrets {
         }
     }
 
+    /// Set the gauges that describe what the client holds, per source: secrets held
+    /// (`keyrack_secrets_held`), live handles (`keyrack_handles`), seconds since the backend last
+    /// answered for the secret longest without an answer (`keyrack_oldest_success_age_seconds`)
+    /// and seconds until the nearest lease end (`keyrack_nearest_lease_end_seconds`). They change
+    /// with time, so they are computed when asked: call this where the metrics are exported (a
+    /// `/metrics` handler, before rendering). Makes no backend call; costs a lock and a look per
+    /// secret held, like [`health`](Self::health).
+    pub fn record_gauges(&self) {
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.entries)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let now = self.inner.ctx.clock.now();
+        // Per source: held, handles, oldest success, nearest lease end.
+        let mut by_source: HashMap<Arc<str>, (usize, usize, Duration, Option<Duration>)> = self
+            .inner
+            .sources
+            .values()
+            .map(|(name, _)| (name.clone(), (0, 0, Duration::ZERO, None)))
+            .collect();
+        for entry in &entries {
+            let facts = entry.gauge_facts(now);
+            let row =
+                by_source
+                    .entry(entry.source_name.clone())
+                    .or_insert((0, 0, Duration::ZERO, None));
+            row.0 += 1;
+            row.1 += facts.handles;
+            row.2 = row.2.max(facts.since_success.unwrap_or(Duration::ZERO));
+            if let Some(end) = facts.to_lease_end {
+                row.3 = Some(row.3.map_or(end, |e: Duration| e.min(end)));
+            }
+        }
+        for (source, (held, handles, oldest, lease_end)) in by_source {
+            telemetry::source_gauges(&source, held, handles, oldest, lease_end);
+        }
+    }
+
     /// Number of secrets held (cached or behind a live handle).
     pub fn held(&self) -> usize {
         let mut entries = lock(&self.inner.entries);

@@ -30,6 +30,16 @@ pub const EVENTS_DROPPED: &str = "keyrack_events_dropped_total";
 /// The request budget's current rate in calls per second, labelled `source` (below the
 /// configured budget while cut after throttling).
 pub const BUDGET_RATE: &str = "keyrack_request_budget_per_second";
+/// Secrets held (cached or behind a handle), labelled `source`; set by
+/// [`Secrets::record_gauges`](crate::Secrets::record_gauges), like the gauges below.
+pub const SECRETS_HELD: &str = "keyrack_secrets_held";
+/// Live handles, labelled `source`.
+pub const HANDLES: &str = "keyrack_handles";
+/// Seconds since the backend last answered for the secret that has gone longest without an
+/// answer, labelled `source`: what an alert on stalled refreshes watches.
+pub const OLDEST_SUCCESS_AGE: &str = "keyrack_oldest_success_age_seconds";
+/// Seconds until the nearest lease end, labelled `source` (absent for a source without leases).
+pub const NEAREST_LEASE_END: &str = "keyrack_nearest_lease_end_seconds";
 /// How long calls waited for their source's request budget, in seconds, labelled `source`
 /// (recorded only for calls that waited).
 pub const BUDGET_WAIT: &str = "keyrack_request_budget_wait_seconds";
@@ -56,6 +66,18 @@ pub fn describe_metrics() {
     describe_counter!(
         EVENTS_DROPPED,
         "Rotation events dropped because a subscriber fell behind"
+    );
+    describe_gauge!(SECRETS_HELD, "Secrets held, cached or behind a handle");
+    describe_gauge!(HANDLES, "Live handles");
+    describe_gauge!(
+        OLDEST_SUCCESS_AGE,
+        Unit::Seconds,
+        "Seconds since the backend last answered for the secret longest without an answer"
+    );
+    describe_gauge!(
+        NEAREST_LEASE_END,
+        Unit::Seconds,
+        "Seconds until the nearest lease end"
     );
     describe_gauge!(
         BUDGET_RATE,
@@ -105,6 +127,24 @@ pub(crate) fn event(ev: &RotationEvent) {
         RotationEvent::Lagged { .. } => return,
     };
     metrics::counter!(EVENTS, "kind" => kind).increment(1);
+}
+
+/// The gauges of one source.
+pub(crate) fn source_gauges(
+    source: &str,
+    held: usize,
+    handles: usize,
+    oldest: Duration,
+    lease_end: Option<Duration>,
+) {
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    let (held, handles) = (held as f64, handles as f64);
+    metrics::gauge!(SECRETS_HELD, "source" => source.to_owned()).set(held);
+    metrics::gauge!(HANDLES, "source" => source.to_owned()).set(handles);
+    metrics::gauge!(OLDEST_SUCCESS_AGE, "source" => source.to_owned()).set(oldest.as_secs_f64());
+    if let Some(end) = lease_end {
+        metrics::gauge!(NEAREST_LEASE_END, "source" => source.to_owned()).set(end.as_secs_f64());
+    }
 }
 
 pub(crate) fn budget_rate(source: &str, rate: f64) {
