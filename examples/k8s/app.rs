@@ -15,6 +15,7 @@
 //! | `VAULT_ADDR`, `VAULT_K8S_ROLE`, `VAULT_K8S_AUTH`, `VAULT_K8S_MOUNT`, `VAULT_K8S_TOKEN_FILE`, `VAULT_CACERT` | see `keyrack::k8s::detect` |
 //! | `APP_VAULT_SECRET` | `vault://secret/app/config#api_key` |
 //! | `APP_K8S_SECRET` | `k8s://<the pod's namespace>/db-creds#password` |
+//! | `APP_LISTEN` | `0.0.0.0:8080`: `/healthz`, `/readyz`, `/metrics` (`examples/src/probes.rs`), served once both secrets are held; the Deployment's probes ask there |
 #![allow(clippy::print_stdout)] // a program whose output is the point
 
 use std::process::ExitCode;
@@ -95,6 +96,17 @@ async fn main() -> ExitCode {
     println!("startup: {vault_ref}: {}", describe(&api_key.current()));
     println!("startup: {k8s_ref}: {}", describe(&db_password.current()));
 
+    // Probes and metrics, once the secrets are held (the Deployment's startup probe waits).
+    let listen = var("APP_LISTEN", "0.0.0.0:8080".into());
+    let server = match serve_probes(&secrets, &listen).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("cannot serve probes on {listen}: {e}");
+            secrets.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+
     // A real service would serve requests here, reading `api_key.current()` when it needs it.
     loop {
         tokio::select! {
@@ -109,8 +121,23 @@ async fn main() -> ExitCode {
             },
         }
     }
+    server.abort();
     secrets.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// `/healthz`, `/readyz` and `/metrics` on `listen`, served by a task of their own.
+async fn serve_probes(
+    secrets: &Secrets,
+    listen: &str,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Box<dyn std::error::Error>> {
+    let prometheus = keyrack_examples::probes::install_prometheus()?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let app = keyrack_examples::probes::router(secrets.clone(), prometheus);
+    println!("probes: http://{listen}/healthz, /readyz, /metrics");
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
 }
 
 /// Ctrl-C, or SIGTERM (what the kubelet sends when the pod is deleted).

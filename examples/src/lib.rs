@@ -1,1 +1,3 @@
-//! Examples live beside this crate as `[[example]]` targets.
+//! Examples live beside this crate as `[[example]]` targets; what several of them share is here.
+
+pub mod probes;
