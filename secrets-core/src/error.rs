@@ -216,27 +216,6 @@ impl Error {
     }
 }
 
-/// A reference as errors print it: whole when short, else its start and its length, so a long
-/// string passed where a reference was expected (a pasted key) is never quoted whole.
-struct Shown<'a>(&'a SecretRef);
-
-/// Longer references are cut in errors.
-const SHOWN_REF_MAX: usize = 120;
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = self.0.as_str();
-        if text.len() <= SHOWN_REF_MAX {
-            return f.write_str(text);
-        }
-        let mut cut = SHOWN_REF_MAX / 2;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        write!(f, "{}… ({} bytes)", &text[..cut], text.len())
-    }
-}
-
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
@@ -248,7 +227,7 @@ impl fmt::Display for Error {
             write!(f, ": {}", i.message)?;
         }
         if let Some(r) = &i.reference {
-            write!(f, " [ref `{}`", Shown(r))?;
+            write!(f, " [ref `{}`", r.shown())?;
             if let Some(s) = &i.source_name {
                 write!(f, ", source `{s}`")?;
             }
@@ -266,7 +245,7 @@ impl fmt::Debug for Error {
         let mut d = f.debug_struct("Error");
         d.field("kind", &i.kind).field("message", &i.message);
         if let Some(r) = &i.reference {
-            d.field("ref", &format_args!("{}", Shown(r)));
+            d.field("ref", &format_args!("{}", r.shown()));
         }
         if let Some(s) = &i.source_name {
             d.field("source", s);

@@ -504,6 +504,13 @@ impl SecretRef {
         self.inner.parts.field.as_deref()
     }
 
+    /// The reference as errors and messages show it: whole when short, else its start and its
+    /// length, so a long string passed where a reference was expected (a pasted key) is never
+    /// quoted whole. Its `Debug` is the same text in quotes.
+    pub fn shown(&self) -> Shown<'_> {
+        Shown(self)
+    }
+
     /// The canonical URI (what `Display` prints), without formatting it.
     pub fn as_str(&self) -> &str {
         &self.inner.text
@@ -768,6 +775,32 @@ impl<'de> serde::Deserialize<'de> for SecretRef {
         }
 
         deserializer.deserialize_str(RefVisitor)
+    }
+}
+
+/// A [`SecretRef`] as messages show it (from [`SecretRef::shown`]).
+pub struct Shown<'a>(&'a SecretRef);
+
+/// Longer references are cut in messages.
+const SHOWN_REF_MAX: usize = 120;
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0.as_str();
+        if text.len() <= SHOWN_REF_MAX {
+            return f.write_str(text);
+        }
+        let mut cut = SHOWN_REF_MAX / 2;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        write!(f, "{}… ({} bytes)", &text[..cut], text.len())
+    }
+}
+
+impl fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 

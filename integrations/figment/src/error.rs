@@ -5,9 +5,6 @@ use std::fmt;
 use figment::{Metadata, Profile};
 use keyrack_core::{ErrorKind, RefErrorKind, SecretRef};
 
-/// Longer references are cut in messages.
-const SHOWN_REF_MAX: usize = 120;
-
 /// Why [`resolve`](crate::resolve) failed.
 ///
 /// Every failing key is reported, not only the first: a configuration with three bad references
@@ -210,7 +207,7 @@ impl fmt::Display for Problem {
         }
         write!(f, ": {}", self.kind)?;
         if let Some(r) = &self.reference {
-            write!(f, " [ref `{}`]", Shown(r))?;
+            write!(f, " [ref `{}`]", r.shown())?;
         }
         Ok(())
     }
@@ -222,33 +219,9 @@ impl fmt::Debug for Problem {
             .field("key", &self.key())
             .field("profile", &self.profile.as_str())
             .field("from", &self.metadata.as_ref().map(|m| &m.name))
-            .field("reference", &self.reference.as_ref().map(Shown))
+            .field("reference", &self.reference.as_ref().map(SecretRef::shown))
             .field("kind", &self.kind)
             .field("cause", &self.cause)
             .finish()
-    }
-}
-
-/// A reference as messages show it: whole when short, else its start and its length, like
-/// keyrack's own errors (a long "reference" may be a value pasted where one belongs).
-struct Shown<'a>(&'a SecretRef);
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = self.0.as_str();
-        if text.len() <= SHOWN_REF_MAX {
-            return f.write_str(text);
-        }
-        let mut cut = SHOWN_REF_MAX / 2;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        write!(f, "{}… ({} bytes)", &text[..cut], text.len())
-    }
-}
-
-impl fmt::Debug for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
     }
 }
