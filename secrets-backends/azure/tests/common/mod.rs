@@ -87,6 +87,13 @@ pub struct State {
     /// Answers for the next authorized vault requests, before anything else: each test says
     /// what each one is shaped after.
     pub canned: std::collections::VecDeque<Canned>,
+    /// Answers for the next requests without a valid token, in place of the challenge.
+    pub challenge_faults: std::collections::VecDeque<Canned>,
+    /// Requests without a valid token are accepted and never answered while this is set (a
+    /// vault, or the route to it, that hangs); requests with a token are answered.
+    pub hang_unauthorized: bool,
+    /// Requests without a valid token are answered after this long (a slow first round trip).
+    pub unauthorized_delay: Option<std::time::Duration>,
 }
 
 /// An answer a test sets up for the vault.
@@ -167,7 +174,16 @@ impl Fake {
         let s = state.clone();
         let vault = FakeServer::https(move |req| {
             let s = s.clone();
-            async move { vault_answer(&s, &req) }
+            // The fake delays its answers in real time, as a slow server does.
+            #[allow(clippy::disallowed_methods)]
+            async move {
+                match unauthorized_wait(&s, &req) {
+                    Some(None) => std::future::pending::<()>().await,
+                    Some(Some(delay)) => tokio::time::sleep(delay).await,
+                    None => {}
+                }
+                vault_answer(&s, &req)
+            }
         })
         .await;
         let s = state.clone();
@@ -267,24 +283,46 @@ fn error_body(code: &str, message: &str, inner: Option<&str>) -> Value {
     json!({ "error": error })
 }
 
+fn is_authorized(st: &State, req: &Request) -> bool {
+    req.header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .is_some_and(|t| st.issued.iter().any(|i| i == t))
+}
+
+/// How long a request waits before its answer: `None` not at all, `Some(None)` forever (it
+/// hangs), `Some(Some(d))` for `d`.
+fn unauthorized_wait(state: &Mutex<State>, req: &Request) -> Option<Option<std::time::Duration>> {
+    let st = state.lock().unwrap();
+    if is_authorized(&st, req) {
+        return None;
+    }
+    if st.hang_unauthorized {
+        return Some(None);
+    }
+    st.unauthorized_delay.map(Some)
+}
+
+fn canned_answer(canned: Canned) -> Response {
+    let mut r = match canned.body {
+        CannedBody::Json(body) => Response::json(canned.status, &body),
+        CannedBody::Html(page) => Response::text(canned.status, "text/html", page),
+    };
+    for (name, value) in canned.headers {
+        r = r.header(name, value);
+    }
+    r
+}
+
 fn vault_answer(state: &Mutex<State>, req: &Request) -> Response {
     let mut st = state.lock().unwrap();
-    let authorized = req
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .is_some_and(|t| st.issued.iter().any(|i| i == t));
-    if !authorized {
+    if !is_authorized(&st, req) {
+        if let Some(fault) = st.challenge_faults.pop_front() {
+            return canned_answer(fault);
+        }
         return challenge(st.challenge_resource.as_deref());
     }
     if let Some(canned) = st.canned.pop_front() {
-        let mut r = match canned.body {
-            CannedBody::Json(body) => Response::json(canned.status, &body),
-            CannedBody::Html(page) => Response::text(canned.status, "text/html", page),
-        };
-        for (name, value) in canned.headers {
-            r = r.header(name, value);
-        }
-        return r;
+        return canned_answer(canned);
     }
     if let Some((n, secs)) = st.throttle {
         st.throttle = (n > 1).then_some((n - 1, secs));
