@@ -14,6 +14,11 @@
 //! [`Throttled`](crate::ErrorKind::Throttled) and the wait as its retry hint, so callers that
 //! give up and retry cannot build an unbounded queue; a call whose caller gives up while it waits
 //! gives its place back.
+//!
+//! The budget counts backend requests. The client takes a place before each call to a source;
+//! a source whose one call sends several requests (AWS's batch read that falls back to single
+//! reads, say) calls [`another_request`] before each request after the first, so that a fleet's
+//! share of a quota holds whatever the source makes of a call.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -98,6 +103,42 @@ impl RequestBudget {
         } else {
             None
         }
+    }
+}
+
+/// For [`SecretSource`](crate::SecretSource) implementations: call before each backend request
+/// a call sends after its first, so the request is counted against the source's budget. It
+/// returns once the budget has room (at once, usually), or fails with
+/// [`Throttled`](crate::ErrorKind::Throttled) when the room is further away than the client's
+/// request timeout: return that error rather than send the request. Outside a call from a
+/// [`Secrets`](crate::Secrets) client (a source used on its own) and for an unbudgeted source it
+/// returns `Ok` at once.
+pub async fn another_request() -> crate::Result<()> {
+    crate::client::gate::another_request().await
+}
+
+/// The requests of one call to a source, for a source that sends several: the first has the
+/// place the client took for the call, each further one waits for its own
+/// ([`another_request`]). Make one per call and call
+/// [`before_request`](Self::before_request) before every request, in whatever order they go.
+#[derive(Debug, Default)]
+pub struct CallRequests {
+    sent: std::sync::atomic::AtomicBool,
+}
+
+impl CallRequests {
+    /// No request sent yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Before each request of this call: `Ok` when it may be sent; `Throttled` when the budget
+    /// has no room within the request timeout (do not send it).
+    pub async fn before_request(&self) -> crate::Result<()> {
+        if !self.sent.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        another_request().await
     }
 }
 

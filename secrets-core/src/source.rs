@@ -126,15 +126,26 @@ pub trait SecretSource: Send + Sync + Debug + 'static {
 }
 
 /// `fetch_many` for sources without a batch API: one `fetch` per reference, at most `concurrency`
-/// at a time, results in input order.
+/// at a time, results in input order. Each `fetch` is counted as a request against the source's
+/// [request budget](crate::budget) when a [`Secrets`](crate::Secrets) client calls it.
 pub async fn fetch_each<S: SecretSource + ?Sized>(
     source: &S,
     refs: &[SecretRef],
     concurrency: usize,
 ) -> Vec<Result<Secret>> {
+    // Each read is a request of its own against the source's budget (the client took a place
+    // for the call, which covers the first).
+    let requests = crate::budget::CallRequests::new();
+    let requests = &requests;
     // Collected first: a lazily mapped iterator inside the stream makes the future's `Send`-ness
     // unprovable to rustc inside `#[async_trait]` methods.
-    let fetches: Vec<_> = refs.iter().map(|r| source.fetch(r)).collect();
+    let fetches: Vec<_> = refs
+        .iter()
+        .map(|r| async move {
+            requests.before_request().await?;
+            source.fetch(r).await
+        })
+        .collect();
     futures_util::stream::iter(fetches)
         .buffered(concurrency.max(1))
         .collect()

@@ -301,6 +301,78 @@ async fn a_source_default_applies_unless_the_application_overrides_it() {
     assert_eq!(none.request_rate("q"), None);
 }
 
+/// A prefetch is one call to the source, but each of its reads is a request against the budget
+/// (`fetch_each` asks for a place before every read after the first): ten reads at 2 per second
+/// against a quota of 2 per second are spaced, none refused. (Before, the ten went out on the
+/// call's one place: eight were throttled.)
+#[tokio::test]
+async fn a_prefetchs_reads_each_count_against_the_budget() {
+    let clock = ManualClock::new();
+    let quota = Quota::new(clock.clone(), 2, S(1));
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("q", quota.clone())
+        .request_budget("q", RequestBudget::per_second(2).with_burst(1))
+        .build()
+        .unwrap();
+    let refs: Vec<String> = (0..10).map(|i| format!("q://s{i}")).collect();
+    let prefetch = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.prefetch(&refs).await }
+    });
+    for _ in 0..10 {
+        clock.advance(MS(500)).await;
+    }
+    let results = prefetch.await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(quota.counts(), (10, 0), "ten reads, none throttled");
+}
+
+/// A call's further requests wait for room only during the first half of the request timeout:
+/// a prefetch that the budget cannot serve in time returns the reads it made and `Throttled`
+/// for the rest, instead of running into the timeout and losing them all.
+#[tokio::test]
+async fn a_prefetch_longer_than_its_budget_allows_keeps_what_it_read() {
+    let clock = ManualClock::new();
+    let quota = Quota::new(clock.clone(), 100, S(1));
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("q", quota.clone())
+        .request_budget("q", RequestBudget::per_second(1).with_burst(1))
+        .request_timeout(S(4))
+        .build()
+        .unwrap();
+    let refs: Vec<String> = (0..10).map(|i| format!("q://s{i}")).collect();
+    let prefetch = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.prefetch(&refs).await }
+    });
+    for _ in 0..8 {
+        clock.advance(MS(500)).await;
+    }
+    let results = prefetch.await.unwrap();
+    let read = results.iter().filter(|r| r.is_ok()).count();
+    // Places at 0, 1 and 2 s: within half of the 4 s timeout.
+    assert_eq!(read, 3, "{results:?}");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(e.kind(), &ErrorKind::Throttled, "{e}");
+    }
+    assert_eq!(quota.counts(), (3, 0));
+    // What was read is held: no request to read it again.
+    secrets.get_secret("q://s0").await.unwrap();
+    assert_eq!(quota.counts(), (3, 0));
+}
+
+/// A source used on its own (no client around the call) is never held back by
+/// `another_request`.
+#[test]
+fn another_request_outside_a_client_call_returns_at_once() {
+    assert!(matches!(
+        keyrack_core::budget::another_request().now_or_never(),
+        Some(Ok(()))
+    ));
+}
+
 /// 50 processes restarting together, 20 secrets each, against a backend whose quota (100 calls
 /// per second in all) is refused with 429s and no Retry-After past it. Each process has its
 /// share (2/s, what `request_budget` is for) or none: with the share, nothing is throttled and

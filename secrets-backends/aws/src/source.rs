@@ -9,6 +9,7 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use keyrack_core::budget::CallRequests;
 use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
     SecretValue, Selector, SourceEvent, Version, async_trait,
@@ -89,6 +90,8 @@ impl Default for Tuning {
 /// single read is throttled too, the fallback stops: no single read is tried again or started,
 /// and every secret left answers `Throttled` with the service's `Retry-After`, for the client's
 /// backoff to handle. A throttled account costs the batches plus the single reads in flight.
+/// Every request counts against the client's [request budget](keyrack_core::budget): a batch
+/// and each single read that replaces it, and the DescribeSecret beside a read.
 ///
 /// **References.** Only the `?version=` and `?stage=` selectors are taken: any other parameter
 /// (`?Stage=`, `?versionId=`) is refused as `InvalidRef` rather than ignored. Names longer than
@@ -252,7 +255,12 @@ impl AwsSource {
 
     /// GetSecretValue of `AWSCURRENT` for the batch fallback: bounded concurrency, and none at
     /// all once a fallback read of this `fetch_many` was throttled.
-    async fn fallback_read(&self, id: &str, stop: &FallbackStop) -> Result<Secret> {
+    async fn fallback_read(
+        &self,
+        id: &str,
+        stop: &FallbackStop,
+        requests: &CallRequests,
+    ) -> Result<Secret> {
         if let Some(e) = stop.get() {
             return Err(e);
         }
@@ -264,7 +272,12 @@ impl AwsSource {
         if let Some(e) = stop.get() {
             return Err(e);
         }
-        let result = self.get_value(id, &Pick::Stage(AWSCURRENT)).await;
+        // Each single read counts against the budget: a refused batch must not turn one call's
+        // place into twenty requests.
+        let result = match requests.before_request().await {
+            Ok(()) => self.get_value(id, &Pick::Stage(AWSCURRENT)).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result
             && e.kind() == &ErrorKind::Throttled
         {
@@ -272,6 +285,46 @@ impl AwsSource {
             stop.set(e.clone());
         }
         result
+    }
+
+    /// One reference's value, and its rotation schedule unless a probe just read it; every
+    /// request counted in `requests`.
+    async fn fetch_with(&self, r: &SecretRef, requests: &CallRequests) -> Result<Secret> {
+        let id = secret_id(r)?;
+        let pick = pick(r)?;
+        requests.before_request().await?;
+        if !self.tuning.rotation_schedule || matches!(pick, Pick::Version(_)) {
+            return self.get_value(id, &pick).await;
+        }
+        // The probe just before this read (a routine check) described the secret already.
+        if let Some(next_rotation) = self.take_described(id) {
+            let secret = self.get_value(id, &pick).await?;
+            return Ok(match next_rotation {
+                Some(at) => secret.next_rotation(at),
+                None => secret,
+            });
+        }
+        let describe = async {
+            requests.before_request().await?;
+            self.client
+                .describe_secret()
+                .secret_id(id)
+                .send()
+                .await
+                .map_err(|e| from_sdk("DescribeSecret", e, self.clock.wall()))
+        };
+        let (value, described) = tokio::join!(self.get_value(id, &pick), describe);
+        let secret = value?;
+        match described {
+            Ok(d) => match d.next_rotation_date().and_then(wall) {
+                Some(at) => Ok(secret.next_rotation(at)),
+                None => Ok(secret),
+            },
+            Err(e) => {
+                tracing::debug!(secret = id, error = %e, "no rotation schedule");
+                Ok(secret)
+            }
+        }
     }
 
     fn lock_described(&self) -> MutexGuard<'_, Described> {
@@ -296,7 +349,15 @@ impl AwsSource {
     }
 
     /// One BatchGetSecretValue of up to 20 distinct ids; one result per id, in order.
-    async fn batch(&self, ids: &[String], stop: &FallbackStop) -> Vec<Result<Secret>> {
+    async fn batch(
+        &self,
+        ids: &[String],
+        stop: &FallbackStop,
+        requests: &CallRequests,
+    ) -> Vec<Result<Secret>> {
+        if let Err(e) = requests.before_request().await {
+            return vec![Err(e); ids.len()];
+        }
         let response = self
             .client
             .batch_get_secret_value()
@@ -351,7 +412,7 @@ impl AwsSource {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.is_none())
-            .map(|(i, _)| async move { (i, self.fallback_read(&ids[i], stop).await) })
+            .map(|(i, _)| async move { (i, self.fallback_read(&ids[i], stop, requests).await) })
             .collect();
         for (i, result) in futures_util::future::join_all(rest).await {
             slots[i] = Some(result);
@@ -383,33 +444,7 @@ impl SecretSource for AwsSource {
     }
 
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
-        let id = secret_id(r)?;
-        let pick = pick(r)?;
-        if !self.tuning.rotation_schedule || matches!(pick, Pick::Version(_)) {
-            return self.get_value(id, &pick).await;
-        }
-        // The probe just before this read (a routine check) described the secret already.
-        if let Some(next_rotation) = self.take_described(id) {
-            let secret = self.get_value(id, &pick).await?;
-            return Ok(match next_rotation {
-                Some(at) => secret.next_rotation(at),
-                None => secret,
-            });
-        }
-        let describe = self.client.describe_secret().secret_id(id).send();
-        let (value, described) = tokio::join!(self.get_value(id, &pick), describe);
-        let secret = value?;
-        match described {
-            Ok(d) => match d.next_rotation_date().and_then(wall) {
-                Some(at) => Ok(secret.next_rotation(at)),
-                None => Ok(secret),
-            },
-            Err(e) => {
-                let e = from_sdk("DescribeSecret", e, self.clock.wall());
-                tracing::debug!(secret = id, error = %e, "no rotation schedule");
-                Ok(secret)
-            }
-        }
+        self.fetch_with(r, &CallRequests::new()).await
     }
 
     async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
@@ -433,9 +468,10 @@ impl SecretSource for AwsSource {
         // Collected first: a lazily mapped iterator in the stream makes the future's `Send`-ness
         // unprovable inside `#[async_trait]`.
         let stop = FallbackStop::default();
+        let requests = CallRequests::new();
         let batch_calls: Vec<_> = ids
             .chunks(BATCH_SIZE)
-            .map(|c| self.batch(c, &stop))
+            .map(|c| self.batch(c, &stop, &requests))
             .collect();
         let batches = futures_util::stream::iter(batch_calls)
             .buffered(BATCHES_IN_FLIGHT)
@@ -444,7 +480,7 @@ impl SecretSource for AwsSource {
             refs.iter()
                 .zip(&batched)
                 .filter(|(_, b)| b.is_none())
-                .map(|(r, _)| self.fetch(r))
+                .map(|(r, _)| self.fetch_with(r, &requests))
                 .collect::<Vec<_>>(),
         )
         .buffered(self.tuning.fallback_concurrency)

@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
 
 use super::events::RotationEvent;
+use super::gate::Gate;
 use super::revoker::Revoker;
 
 /// Longer than any process lives: what "never" becomes, so no deadline overflows an `Instant`.
@@ -166,36 +167,26 @@ impl Ctx {
             source = %source, operation, secret = %secret);
         // Revocations end access and must not wait at shutdown: they are not budgeted.
         let bucket = (operation != "revoke")
-            .then(|| self.buckets.get(source))
+            .then(|| self.buckets.get_key_value(source))
             .flatten();
-        if let Some(bucket) = bucket {
-            let now = self.clock.now();
-            let place = match bucket.reserve(now, self.config.request_timeout) {
-                Ok(place) => place,
-                Err(wait) => {
-                    return Err(Error::throttled(
-                        Some(wait),
-                        "the source's request budget has no room within the request timeout",
-                    ));
-                }
-            };
-            if place.at > now {
-                super::telemetry::budget_wait(source, place.at - now);
-                span.in_scope(|| {
-                    tracing::trace!(target: "keyrack_core::backend",
-                    wait = ?(place.at - now), "waiting for the source's request budget")
-                });
-                // Given back if the caller gives up before its turn.
-                let unsent = Unsent {
-                    bucket,
-                    place: &place,
-                };
-                self.clock.sleep_until(place.at).await;
-                std::mem::forget(unsent);
-            }
+        let mut gate = bucket.map(|(name, bucket)| Gate {
+            source: name.clone(),
+            bucket: bucket.clone(),
+            clock: self.clock.clone(),
+            max_wait: self.config.request_timeout,
+            further_until: None,
+        });
+        if let Some(gate) = &mut gate {
+            gate.enter().instrument(span.clone()).await?;
         }
+        let bucket = bucket.map(|(_, b)| b);
         let started = self.clock.now();
-        let result = self.bounded(call).instrument(span.clone()).await;
+        // Further requests the source sends within this call take their places through the gate.
+        let bounded = self.bounded(call).instrument(span.clone());
+        let result = match gate {
+            Some(gate) => gate.around(bounded).await,
+            None => bounded.await,
+        };
         let answered = self.clock.now();
         let took = answered.saturating_duration_since(started);
         if let Some(bucket) = bucket {
@@ -237,18 +228,6 @@ impl Ctx {
     /// A uniform random number in `[0, 1)` for jitter.
     pub(crate) fn unit(&self) -> f64 {
         self.rng.lock().unwrap_or_else(|p| p.into_inner()).f64()
-    }
-}
-
-/// A budget place whose call was not sent yet: given back when dropped.
-struct Unsent<'a> {
-    bucket: &'a Bucket,
-    place: &'a crate::budget::Place,
-}
-
-impl Drop for Unsent<'_> {
-    fn drop(&mut self) {
-        self.bucket.release(self.place);
     }
 }
 

@@ -7,6 +7,7 @@ mod entry;
 mod events;
 mod flight;
 mod front;
+pub(crate) mod gate;
 mod handle;
 mod health;
 mod maintain;

@@ -1,0 +1,99 @@
+//! The door between a call to a source and its request budget: a place is taken before the
+//! call's first backend request, and, through [`another_request`](crate::budget::another_request),
+//! before each further request the source sends within the same call (a metadata read beside the
+//! value, single reads after a refused batch). The budget is in backend requests, whatever a
+//! source makes of one call.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::budget::{Bucket, Place};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+
+tokio::task_local! {
+    /// The budget of the source call being run on this task, if it is budgeted.
+    static GATE: Gate;
+}
+
+/// One source's budget as a call to it spends it.
+#[derive(Clone)]
+pub(crate) struct Gate {
+    pub(crate) source: Arc<str>,
+    pub(crate) bucket: Arc<Bucket>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// A call's first request that would wait longer than this for room is refused (the
+    /// request timeout).
+    pub(crate) max_wait: Duration,
+    /// Further requests may be sent until then (set when the first is sent).
+    pub(crate) further_until: Option<Instant>,
+}
+
+impl Gate {
+    /// Wait for a place for one request: at once when the budget has room; refused as
+    /// `Throttled` (with the wait as its hint) when it would wait longer than `max_wait`.
+    pub(crate) async fn enter(&mut self) -> Result<()> {
+        self.wait_for_place(self.max_wait).await?;
+        let now = self.clock.now();
+        self.further_until = Some(now + self.max_wait / 2);
+        Ok(())
+    }
+
+    /// Wait for a place for a further request of the call.
+    async fn enter_further(&self) -> Result<()> {
+        let now = self.clock.now();
+        let left = self
+            .further_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        self.wait_for_place(left).await
+    }
+
+    async fn wait_for_place(&self, max_wait: Duration) -> Result<()> {
+        let now = self.clock.now();
+        let place = self.bucket.reserve(now, max_wait).map_err(|wait| {
+            Error::throttled(
+                Some(wait),
+                "the source's request budget has no room within the request timeout",
+            )
+        })?;
+        if place.at > now {
+            super::telemetry::budget_wait(&self.source, place.at - now);
+            tracing::trace!(target: "keyrack_core::backend",
+                wait = ?(place.at - now), "waiting for the source's request budget");
+            // Given back if the caller gives up before its turn.
+            let unsent = Unsent {
+                bucket: &self.bucket,
+                place: &place,
+            };
+            self.clock.sleep_until(place.at).await;
+            std::mem::forget(unsent);
+        }
+        Ok(())
+    }
+
+    /// Run `call` (a source call whose first request has its place) with this gate in reach of
+    /// [`another_request`].
+    pub(crate) async fn around<T>(self, call: impl Future<Output = T>) -> T {
+        GATE.scope(self, call).await
+    }
+}
+
+/// See [`crate::budget::another_request`].
+pub(crate) async fn another_request() -> Result<()> {
+    let Ok(gate) = GATE.try_with(Gate::clone) else {
+        return Ok(());
+    };
+    gate.enter_further().await
+}
+
+/// A budget place whose request was not sent yet: given back when dropped.
+struct Unsent<'a> {
+    bucket: &'a Bucket,
+    place: &'a Place,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.bucket.release(self.place);
+    }
+}
