@@ -117,6 +117,14 @@ pub async fn another_request() -> crate::Result<()> {
     crate::client::gate::another_request().await
 }
 
+/// For [`SecretSource`](crate::SecretSource) implementations: the budget of the source whose call
+/// is running (the application's, or the source's default), or `None` outside a client call
+/// and for an unbudgeted source. A source with APIs of different quotas uses it to choose among
+/// them: AWS batches reads only while the budget's share of the batch quota has room.
+pub fn current() -> Option<RequestBudget> {
+    crate::client::gate::current()
+}
+
 /// The requests of one call to a source, for a source that sends several: the first has the
 /// place the client took for the call, each further one waits for its own
 /// ([`another_request`]). Make one per call and call
@@ -273,6 +281,11 @@ impl Bucket {
             st.rate = rate;
             rate
         })
+    }
+
+    /// The budget this bucket keeps.
+    pub(crate) fn budget(&self) -> RequestBudget {
+        self.budget
     }
 
     /// The rate now, in calls per second.

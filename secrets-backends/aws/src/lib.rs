@@ -49,6 +49,7 @@
 //! alternating-users strategy read the other user's credentials with `?stage=AWSPREVIOUS`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch_share;
 mod builder;
 mod errors;
 #[cfg(fuzzing)]

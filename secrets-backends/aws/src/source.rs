@@ -10,6 +10,8 @@ use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use keyrack_core::budget::CallRequests;
+
+use crate::batch_share::BatchShare;
 use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
     SecretValue, Selector, SourceEvent, Version, async_trait,
@@ -91,7 +93,11 @@ impl Default for Tuning {
 /// and every secret left answers `Throttled` with the service's `Retry-After`, for the client's
 /// backoff to handle. A throttled account costs the batches plus the single reads in flight.
 /// Every request counts against the client's [request budget](keyrack_core::budget): a batch
-/// and each single read that replaces it, and the DescribeSecret beside a read.
+/// and each single read that replaces it, and the DescribeSecret beside a read. A budget that
+/// is a small share of the read quota (a fleet's pods, each given its share) gets the same share
+/// of the batch quota, 100 times smaller: ids are batched only while that share has room for a
+/// whole batch, and read one by one otherwise (the default budget, the whole read quota, allows
+/// 100 batches at once).
 ///
 /// **References.** Only the `?version=` and `?stage=` selectors are taken: any other parameter
 /// (`?Stage=`, `?versionId=`) is refused as `InvalidRef` rather than ignored. Names longer than
@@ -112,6 +118,8 @@ pub struct AwsSource {
     fallback_permits: Arc<Semaphore>,
     /// `NextRotationDate` from recent version probes, per secret id, for the read that follows.
     described: Arc<Mutex<Described>>,
+    /// This process's share of the batch quota.
+    batch_share: Arc<BatchShare>,
 }
 
 /// Per secret id: when a probe described it, and the `NextRotationDate` it saw.
@@ -225,6 +233,7 @@ impl AwsSource {
             tuning,
             clock,
             described: Arc::default(),
+            batch_share: Arc::default(),
         }
     }
 
@@ -348,6 +357,24 @@ impl AwsSource {
             .map(|(_, next)| next)
     }
 
+    /// `ids` read with one BatchGetSecretValue (`batch`) or one by one.
+    async fn batch_or_singles(
+        &self,
+        ids: &[String],
+        batch: bool,
+        stop: &FallbackStop,
+        requests: &CallRequests,
+    ) -> Vec<Result<Secret>> {
+        if batch {
+            return self.batch(ids, stop, requests).await;
+        }
+        let reads: Vec<_> = ids
+            .iter()
+            .map(|id| self.fallback_read(id, stop, requests))
+            .collect();
+        futures_util::future::join_all(reads).await
+    }
+
     /// One BatchGetSecretValue of up to 20 distinct ids; one result per id, in order.
     async fn batch(
         &self,
@@ -469,9 +496,15 @@ impl SecretSource for AwsSource {
         // unprovable inside `#[async_trait]`.
         let stop = FallbackStop::default();
         let requests = CallRequests::new();
+        // Batched while the budget's share of the batch quota has room; read one by one else.
+        let budget = keyrack_core::budget::current();
+        let now = self.clock.now();
         let batch_calls: Vec<_> = ids
             .chunks(BATCH_SIZE)
-            .map(|c| self.batch(c, &stop, &requests))
+            .map(|c| {
+                let batch = c.len() > 1 && self.batch_share.take(budget, now);
+                self.batch_or_singles(c, batch, &stop, &requests)
+            })
             .collect();
         let batches = futures_util::stream::iter(batch_calls)
             .buffered(BATCHES_IN_FLIGHT)

@@ -78,6 +78,11 @@ impl Gate {
     }
 }
 
+/// See [`crate::budget::current`].
+pub(crate) fn current() -> Option<crate::budget::RequestBudget> {
+    GATE.try_with(|gate| gate.bucket.budget()).ok()
+}
+
 /// See [`crate::budget::another_request`].
 pub(crate) async fn another_request() -> Result<()> {
     let Ok(gate) = GATE.try_with(Gate::clone) else {
