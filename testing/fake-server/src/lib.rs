@@ -9,9 +9,11 @@
 //! endpoints.
 #![allow(clippy::unwrap_used)] // test support: a broken fake should fail the test loudly
 
+mod client;
 mod counting;
 pub mod proxy;
 
+pub use client::{test_client, test_client_builder};
 pub use counting::counting_provider;
 
 use std::convert::Infallible;
