@@ -16,26 +16,12 @@ fn env(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run through scripts/test (it starts moto)"))
 }
 
-/// A reqwest client for test setup on an explicit ring provider: nothing in these tests
-/// installs a process-wide default.
-fn setup_client() -> reqwest::Client {
-    let provider = std::sync::Arc::new(keyrack_core::tls::rustls::crypto::ring::default_provider());
-    let tls = keyrack_core::tls::client_config(
-        provider,
-        keyrack_core::tls::Trust::Platform(Vec::new()),
-        None,
-    )
-    .unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap()
-}
+use keyrack_fake_server::test_client;
 
 /// One moto API call, JSON protocol. moto does not check signatures, so the header only has to
 /// have the SigV4 shape.
 async fn moto(target: &str, body: serde_json::Value) -> serde_json::Value {
-    let response = setup_client()
+    let response = test_client()
         .post(env("AWS_ENDPOINT_URL"))
         .header("x-amz-target", format!("secretsmanager.{target}"))
         .header("content-type", "application/x-amz-json-1.1")
@@ -58,7 +44,7 @@ async fn moto(target: &str, body: serde_json::Value) -> serde_json::Value {
 
 async fn recorder(action: &str) -> String {
     let url = format!("{}/moto-api/recorder/{action}", env("AWS_ENDPOINT_URL"));
-    let client = setup_client();
+    let client = test_client();
     let response = if action == "download-recording" {
         client.get(url).send().await.unwrap()
     } else {

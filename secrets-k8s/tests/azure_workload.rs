@@ -1,5 +1,5 @@
 //! Azure workload identity from the pod's environment with a projected token that the
-//! kubelet-style projector replaces, against keyrack-azure's loopback fakes of Key Vault and the
+//! kubelet-style projector replaces, against keyrack-fake-server's loopback fakes of Key Vault and the
 //! Entra ID token endpoint (answers from entra/instance_discovery_disabled.json entry 1 and the
 //! Key Vault recordings; the expected form fields from
 //! entra_client_assertion_token_exchange.documented.json, `request.form_body_in_documented_order`).

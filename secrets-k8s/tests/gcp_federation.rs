@@ -1,5 +1,5 @@
 //! Google workload identity federation with a projected token that the kubelet-style projector
-//! replaces, against keyrack-gcp's loopback fakes: STS answers
+//! replaces, against keyrack-fake-server's loopback fakes: STS answers
 //! `sts_success_response_google_auth_tests` of fixtures/sts_token_exchange.assembled.json (with
 //! `expires_in` shortened to 5 s so the auth library exchanges again within the test) and the
 //! request must equal its `sts_request.form` field for field; Secret Manager answers after

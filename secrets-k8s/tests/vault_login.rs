@@ -45,28 +45,14 @@ fn wall_secs() -> u64 {
         .as_secs()
 }
 
-/// A reqwest client for test setup on an explicit ring provider: nothing in these tests
-/// installs a process-wide default.
-fn setup_client() -> reqwest::Client {
-    let provider = std::sync::Arc::new(keyrack_core::tls::rustls::crypto::ring::default_provider());
-    let tls = keyrack_core::tls::client_config(
-        provider,
-        keyrack_core::tls::Trust::Platform(Vec::new()),
-        None,
-    )
-    .unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap()
-}
+use keyrack_fake_server::test_client;
 
 async fn root_api(
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    let mut req = setup_client()
+    let mut req = test_client()
         .request(method, format!("{}/v1/{path}", env("VAULT_ADDR")))
         .header("X-Vault-Token", env("VAULT_ROOT_TOKEN"));
     if let Some(body) = body {
@@ -110,7 +96,7 @@ type LoginLog = Arc<Mutex<Vec<(Instant, String, u16)>>>;
 async fn recording_proxy(login_path: String) -> (FakeServer, LoginLog) {
     let log: LoginLog = Arc::default();
     let upstream = env("VAULT_ADDR");
-    let (seen, client) = (log.clone(), setup_client());
+    let (seen, client) = (log.clone(), test_client());
     let server = FakeServer::http(move |req| {
         let (seen, client, upstream, login_path) = (
             seen.clone(),

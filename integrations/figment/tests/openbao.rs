@@ -34,17 +34,7 @@ fn vault(address: &str, token: &str) -> VaultSource {
 
 /// A KV v2 write from outside the library, with the root token.
 async fn kv2_put(path: &str, data: serde_json::Value) {
-    let provider = std::sync::Arc::new(keyrack_core::tls::rustls::crypto::ring::default_provider());
-    let tls = keyrack_core::tls::client_config(
-        provider,
-        keyrack_core::tls::Trust::Platform(Vec::new()),
-        None,
-    )
-    .unwrap();
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
+    let client = keyrack_fake_server::test_client();
     let resp = client
         .post(format!("{}/v1/secret/data/{path}", env("VAULT_ADDR")))
         .header("X-Vault-Token", env("VAULT_ROOT_TOKEN"))

@@ -69,26 +69,6 @@ fn expected_form(sts: &Value, subject_token: &str) -> BTreeMap<String, String> {
     want
 }
 
-/// Secret Manager that serves `store` only to the access token STS issued
-/// (`sts_success_response_google_auth_tests.access_token`), else the AIP-193 401 envelope.
-async fn secret_manager(store: &Store, access_token: String) -> FakeServer {
-    let store = store.clone();
-    FakeServer::http(move |req| {
-        let store = store.clone();
-        let authorized = req.header("authorization") == Some(&format!("Bearer {access_token}"));
-        async move {
-            if authorized {
-                store.answer(&req)
-            } else {
-                let mut body = fixture(STATUS_ERRORS)["aip_0193_examples"]["minimal_404"].clone();
-                body["error"] = json!({"code": 401, "status": "UNAUTHENTICATED"});
-                Response::json(401, &body)
-            }
-        }
-    })
-    .await
-}
-
 async fn build(sts_url: &str, sm_url: &str, token: Arc<RotatingToken>) -> GcpSource {
     let sts = fixture(STS);
     let audience = sts["sts_request"]["form"]["audience"].as_str().unwrap();

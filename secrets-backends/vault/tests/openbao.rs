@@ -372,7 +372,7 @@ async fn a_replaced_mount_is_detected_again() {
     // A new KV v2 mount may refuse writes for a moment while it sets itself up.
     let written = async {
         for _ in 0..50 {
-            let status = common::setup_client()
+            let status = common::test_client()
                 .post(format!("{}/v1/{mount}/data/app", env("VAULT_ADDR")))
                 .header("X-Vault-Token", env("VAULT_ROOT_TOKEN"))
                 .json(&serde_json::json!({ "data": { "k": "v2" } }))

@@ -24,7 +24,7 @@ use serde_json::Value;
 /// A root-token request that may fail (a token revoked meanwhile, an empty list): the body, or
 /// `None` for a non-success status.
 async fn root_try(method: reqwest::Method, path: &str, body: Option<Value>) -> Option<Value> {
-    let mut req = setup_client()
+    let mut req = test_client()
         .request(method, format!("{}/v1/{path}", env("VAULT_ADDR")))
         .header("X-Vault-Token", env("VAULT_ROOT_TOKEN"));
     if let Some(body) = body {
@@ -229,7 +229,7 @@ async fn a_static_token_is_revoked_only_when_asked() {
             .to_owned()
     };
     let alive = |token: String| async move {
-        setup_client()
+        test_client()
             .get(format!("{}/v1/auth/token/lookup-self", env("VAULT_ADDR")))
             .header("X-Vault-Token", token)
             .send()

@@ -142,7 +142,7 @@ fn the_source_leaves_no_more_copies_than_the_transport() {
     let transport = unwiped(|| {
         let url = url.clone();
         async move {
-            let client = common::setup_client();
+            let client = common::test_client();
             let login = format!(r#"{{"role_id":"{ROLE_ID}","secret_id":"{SECRET_ID}"}}"#);
             let login: &'static str = Box::leak(login.into_boxed_str());
             let sends = [

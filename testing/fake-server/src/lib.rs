@@ -7,11 +7,19 @@
 //! fresh CA made for this server ([`FakeServer::ca_pem`]), for clients that insist on `https` or
 //! peers (OpenBao) that call out over TLS. Bodies can be streamed ([`Response::stream`]) for watch
 //! endpoints.
+//!
+//! It also holds what several crates' tests share: the fakes of Key Vault + Entra ID ([`azure`])
+//! and Secret Manager + STS ([`gcp`]) (also run by the `azure` and `gcp` examples), a fault
+//! proxy ([`proxy`]), and the client of the tests' own setup requests ([`test_client`]).
 #![allow(clippy::unwrap_used)] // test support: a broken fake should fail the test loudly
 
+pub mod azure;
+mod client;
 mod counting;
+pub mod gcp;
 pub mod proxy;
 
+pub use client::{test_client, test_client_builder};
 pub use counting::counting_provider;
 
 use std::convert::Infallible;

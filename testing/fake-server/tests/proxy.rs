@@ -2,21 +2,14 @@
 //! counts the requests that pass.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use keyrack_fake_server::proxy::{Fault, FaultProxy};
 use keyrack_fake_server::{FakeServer, Response};
 
+/// The shared test client, with a short timeout so a held connection shows as an error.
 fn client() -> reqwest::Client {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+    keyrack_fake_server::test_client_builder(&[])
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap()

@@ -1,33 +1,7 @@
 //! The fake answers over HTTP and HTTPS, records requests, and streams bodies chunk by chunk.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
-use rustls::pki_types::pem::PemObject;
-
-use keyrack_fake_server::{FakeServer, Response};
-
-/// A client with rustls' ring provider passed in, trusting only `ca_pem` (none: no roots, for
-/// plain HTTP). Nothing is installed process-wide, so each test passes alone and in any order (a
-/// `reqwest::get` here panicked unless another test had installed a default provider first).
-fn client(ca_pem: Option<&str>) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(pem) = ca_pem {
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap()
-}
+use keyrack_fake_server::{FakeServer, Response, test_client, test_client_builder};
 
 #[tokio::test]
 async fn https_answers_and_records() {
@@ -38,7 +12,9 @@ async fn https_answers_and_records() {
         )
     })
     .await;
-    let client = client(server.ca_pem());
+    let client = test_client_builder(&[server.ca_pem().unwrap()])
+        .build()
+        .unwrap();
     let answer = client
         .post(format!("{}/x/y?a=1%202", server.url()))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -70,7 +46,7 @@ async fn streams_chunks_as_sent() {
         async move { response }
     })
     .await;
-    let mut answer = client(None)
+    let mut answer = test_client()
         .get(format!("{}/watch", server.url()))
         .send()
         .await

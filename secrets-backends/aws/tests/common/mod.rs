@@ -264,26 +264,14 @@ impl Intercept for Throttler {
     }
 }
 
-/// A reqwest client for test setup on an explicit ring provider: nothing in these tests
-/// installs a process-wide default.
-pub fn setup_client() -> reqwest::Client {
-    let provider = std::sync::Arc::new(keyrack_core::tls::rustls::crypto::ring::default_provider());
-    let tls = keyrack_core::tls::client_config(
-        provider,
-        keyrack_core::tls::Trust::Platform(Vec::new()),
-        None,
-    )
-    .unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap()
-}
+/// The tests' setup client: rustls on an explicit ring provider, nothing installed
+/// process-wide.
+pub use keyrack_fake_server::test_client;
 
 /// moto's request recorder (`/moto-api/recorder/...`): what clients actually sent.
 pub async fn recorder(action: &str) -> String {
     let url = format!("{}/moto-api/recorder/{action}", env("AWS_ENDPOINT_URL"));
-    let client = setup_client();
+    let client = test_client();
     let response = if action == "download-recording" {
         client.get(url).send().await.unwrap()
     } else {

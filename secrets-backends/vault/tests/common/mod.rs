@@ -55,21 +55,9 @@ fn fastrand_u32() -> u32 {
     RandomState::new().hash_one(std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap()) as u32
 }
 
-/// A reqwest client for test setup on an explicit ring provider: nothing in these tests
-/// installs a process-wide default.
-pub fn setup_client() -> reqwest::Client {
-    let provider = std::sync::Arc::new(keyrack_core::tls::rustls::crypto::ring::default_provider());
-    let tls = keyrack_core::tls::client_config(
-        provider,
-        keyrack_core::tls::Trust::Platform(Vec::new()),
-        None,
-    )
-    .unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap()
-}
+/// The tests' setup client: rustls on an explicit ring provider, nothing installed
+/// process-wide.
+pub use keyrack_fake_server::test_client;
 
 /// Vault's HTTP API with the root token, for writing test data from outside the library.
 pub async fn api(
@@ -79,7 +67,7 @@ pub async fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    let client = setup_client();
+    let client = test_client();
     let mut req = client
         .request(method, format!("{addr}/v1/{path}"))
         .header("X-Vault-Token", token);
