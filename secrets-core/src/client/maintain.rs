@@ -241,6 +241,8 @@ impl Entry {
         let label =
             super::telemetry::outcome_label(outcome.as_ref().map(|_| ()).map_err(Error::kind));
         span.record("outcome", label);
+        // Routine: lifecycle and failures are logged where they happen, at INFO and WARN.
+        span.in_scope(|| tracing::debug!(target: "keyrack_core::refresh", "refresh finished"));
         outcome
     }
 
