@@ -825,6 +825,71 @@ async fn backend_calls_are_traced_with_source_operation_and_outcome() {
     assert!(!text.contains("the-value"));
 }
 
+/// Every refresh runs in a `refresh` span naming the source, what it does (`check`, `renew`,
+/// `reissue`), the secret, the attempt and the outcome; a refused renewal that calls for a
+/// re-issue is told at INFO, a failed refresh at WARN inside the span; no value appears.
+#[tokio::test]
+async fn refreshes_are_traced_with_operation_attempt_and_outcome() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let secrets = builder(&clock)
+        .source("mem", memory.clone())
+        .build()
+        .unwrap();
+    memory.lease("db", S(60), S(6000), true);
+    let db = secrets.handle("mem://db").await.unwrap();
+    let first = db.current().expose_bytes().to_vec();
+    let logs = LogCapture::start();
+    clock.advance(S(50)).await; // the renewal, at about ⅔ of 60 s
+    memory.fail_next(1, ErrorKind::Unavailable);
+    clock.advance(S(40)).await; // the next renewal fails once, then succeeds on retry
+    clock.advance(S(2)).await;
+    memory.fail_next(1, ErrorKind::PermissionDenied);
+    // Forced: a re-issue, refused.
+    let refused = db.refresh_now().await.unwrap_err();
+    assert_eq!(refused.kind(), &ErrorKind::PermissionDenied);
+    let text = logs.text();
+    let lines = |span: &str, what: &str| -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.contains(span) && l.contains(what))
+            .collect()
+    };
+    let renewed = lines("operation=\"renew\"", "refresh finished");
+    assert!(
+        renewed.iter().any(|l| l.contains("refresh{")
+            && l.contains("source=mem")
+            && l.contains("secret=mem://db")
+            && l.contains("attempt=1")
+            && l.contains("outcome=\"ok\"")),
+        "{text}"
+    );
+    let failed = lines("refresh{", "secret refresh failed");
+    assert!(
+        failed
+            .iter()
+            .any(|l| l.contains(" WARN ") && l.contains("operation=\"renew\"")),
+        "{text}"
+    );
+    assert!(
+        lines("attempt=2", "refresh finished")
+            .iter()
+            .any(|l| l.contains("outcome=\"ok\"")),
+        "the retry is attempt 2: {text}"
+    );
+    let reissue = lines("operation=\"reissue\"", "refresh");
+    assert!(!reissue.is_empty(), "{text}");
+    assert!(
+        reissue
+            .iter()
+            .any(|l| l.contains("outcome=\"permission_denied\"")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(std::str::from_utf8(&first).unwrap()),
+        "{text}"
+    );
+}
+
 /// Fifty connections fail with the same leased credential and each asks for a refresh if it is
 /// still current: one re-issue (one new database user), not fifty; a caller after the new
 /// credential is in place causes no call.

@@ -258,3 +258,81 @@ fn gauges_say_what_is_held_how_old_and_when_the_nearest_lease_ends() {
         assert!(!id.contains("hunter2") && !id.contains("app"), "{id}");
     }
 }
+
+/// A leased secret renewed until its maximum TTL caps it, re-issued, a renewal that fails, a
+/// replaced lease revoked and the last one revoked at shutdown: the refresh, renewal, re-issue
+/// and revocation counters equal the calls the source saw.
+#[test]
+fn lease_counters_match_the_renewals_reissues_and_revocations_the_source_saw() {
+    use keyrack_core::telemetry::{REFRESHES, REISSUES, RENEWALS, REVOCATIONS};
+    let recorder = Counting::default();
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    recorded(&recorder, || async {
+        let secrets = Secrets::builder()
+            .clock(clock.clone())
+            .jitter_seed(3)
+            .revoke_on_shutdown(true)
+            .revoke_replaced_leases_after(S(5))
+            .source("mem", memory.clone())
+            .build()
+            .unwrap();
+        memory.lease("db", S(60), S(150), true);
+        let db = secrets.handle("mem://db").await.unwrap();
+        // Renewals at about ⅔ of each TTL, until the max TTL caps them and a new lease follows.
+        for _ in 0..20 {
+            clock.advance(S(10)).await;
+        }
+        // One renewal or re-issue fails, the next try succeeds.
+        memory.fail_next(1, ErrorKind::Unavailable);
+        for _ in 0..10 {
+            clock.advance(S(10)).await;
+        }
+        drop(db);
+        secrets.shutdown().await;
+    });
+    let failed_refreshes = recorder.counter(&format!("{EVENTS}{{kind=refresh_failed}}"));
+    let calls = memory.calls();
+    let sum = |name: &str| -> u64 {
+        recorder
+            .all_ids()
+            .iter()
+            .filter(|id| id.starts_with(&format!("{name}{{")) && id.contains("source=mem"))
+            .map(|id| recorder.counter(id))
+            .sum()
+    };
+    let ids = recorder.all_ids();
+    assert!(calls.renew >= 2, "{calls:?}");
+    assert_eq!(sum(RENEWALS), calls.renew, "{ids:?}");
+    // Every fetch after the first read replaced a lease.
+    assert!(calls.fetch >= 3, "{calls:?}");
+    assert_eq!(sum(REISSUES), calls.fetch - 1, "{ids:?}");
+    assert!(calls.revoke >= 2, "{calls:?}");
+    assert_eq!(sum(REVOCATIONS), calls.revoke, "{ids:?}");
+    assert_eq!(
+        recorder.counter(&format!("{REVOCATIONS}{{outcome=ok,source=mem}}")),
+        calls.revoke
+    );
+    // The backend's revocations are backend requests too.
+    assert_eq!(
+        recorder.counter(&format!(
+            "{BACKEND_REQUESTS}{{operation=revoke,outcome=ok,source=mem}}"
+        )),
+        calls.revoke
+    );
+    // Each maintenance is one refresh, whatever it asked; the failed one by its error kind.
+    assert_eq!(
+        recorder.counter(&format!("{REFRESHES}{{outcome=unavailable,source=mem}}")),
+        failed_refreshes,
+        "{ids:?}"
+    );
+    assert_eq!(failed_refreshes, 1);
+    let failed =
+        |name: &str| recorder.counter(&format!("{name}{{outcome=unavailable,source=mem}}"));
+    assert_eq!(failed(RENEWALS) + failed(REISSUES), 1, "{ids:?}");
+    assert!(
+        sum(REFRESHES) >= calls.renew.max(calls.fetch - 1),
+        "{ids:?}"
+    );
+    assert!(sum(REFRESHES) < calls.renew + calls.fetch, "{ids:?}");
+}

@@ -200,6 +200,16 @@ pub(crate) fn auth_of(answer: &Answer, what: &str) -> Result<Login> {
 }
 
 impl Auth {
+    /// The method's name in metrics and logs.
+    pub(crate) fn method(&self) -> &'static str {
+        match self {
+            Auth::Token(_) => "token",
+            Auth::AppRole { .. } => "approle",
+            Auth::Jwt { .. } => "jwt",
+            Auth::Kubernetes { .. } => "kubernetes",
+        }
+    }
+
     /// Obtain a token (for a static token: look up its TTL and renewability).
     pub(crate) async fn login(&self, http: &Http) -> Result<Login> {
         match self {

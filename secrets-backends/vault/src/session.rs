@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use keyrack_core::backoff::MAX_RETRY_AFTER;
-use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SecretValue, schedule};
+use keyrack_core::{Backoff, Clock, Error, ErrorKind, Result, SecretValue, schedule, telemetry};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::auth::{Auth, Login};
 use crate::http::Http;
@@ -193,15 +194,36 @@ impl Session {
         {
             return Ok((state.token.clone(), state.generation));
         }
-        let login = self.auth.login(&self.http).await?;
         let generation = previous.as_ref().map_or(0, |p| p.generation + 1);
+        let method = self.auth.method();
+        // Source, method and generation: never a role, a path or a token.
+        let span = tracing::info_span!(target: "keyrack_vault::auth", "login", source = "vault",
+            method, generation, outcome = tracing::field::Empty);
+        let login = self.auth.login(&self.http).instrument(span.clone()).await;
+        let kind = login.as_ref().map(|_| ()).map_err(Error::kind);
+        telemetry::login("vault", method, kind);
+        span.record("outcome", telemetry::outcome_label(kind));
+        let login = match login {
+            Ok(login) => login,
+            Err(e) => {
+                span.in_scope(|| {
+                    tracing::warn!(target: "keyrack_vault::auth", kind = ?e.kind(), error = %e,
+                        "Vault login failed");
+                });
+                return Err(e);
+            }
+        };
         let token = login.token.clone();
         self.install(login, generation);
+        span.in_scope(|| {
+            if generation > 0 {
+                tracing::info!(target: "keyrack_vault::auth",
+                    "logged in to Vault again; leases of the old token are re-issued");
+            } else {
+                tracing::info!(target: "keyrack_vault::auth", "logged in to Vault");
+            }
+        });
         if generation > 0 {
-            tracing::info!(
-                generation,
-                "logged in to Vault again; leases of the old token are re-issued"
-            );
             self.generation.send_replace(generation);
         }
         self.ensure_keeper();
@@ -425,7 +447,21 @@ fn next_wake(
 }
 
 async fn renew(s: &Arc<Session>, state: &TokenState) -> Result<()> {
-    let renewed = Auth::renew_self(&s.http, &state.token).await?;
+    let span = tracing::debug_span!(target: "keyrack_vault::auth", "token_renewal",
+        source = "vault", generation = state.generation, outcome = tracing::field::Empty);
+    let renewed = Auth::renew_self(&s.http, &state.token)
+        .instrument(span.clone())
+        .await;
+    let kind = renewed.as_ref().map(|_| ()).map_err(Error::kind);
+    telemetry::token_renewal("vault", kind);
+    span.record("outcome", telemetry::outcome_label(kind));
+    let renewed = renewed.inspect_err(|e| {
+        span.in_scope(|| {
+            tracing::warn!(target: "keyrack_vault::auth", kind = ?e.kind(), error = %e,
+                "Vault token renewal failed");
+        });
+    })?;
+    span.in_scope(|| tracing::debug!(target: "keyrack_vault::auth", "Vault token renewed"));
     let now = s.clock.now();
     let ttl = renewed.ttl.unwrap_or_default();
     let previous = state.ttl.unwrap_or_default();

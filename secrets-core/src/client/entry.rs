@@ -506,17 +506,24 @@ impl Entry {
         if !(revoke && self.caps().revoke) {
             return;
         }
-        if let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned())
-            && let Err(e) = self
-                .ctx
-                .call(
-                    &self.source_name,
-                    "revoke",
-                    &self.key,
-                    self.source.revoke(&lease),
-                )
-                .await
-        {
+        let Some(lease) = self.snapshot().and_then(|s| s.secret.lease().cloned()) else {
+            return;
+        };
+        let revoked = self
+            .ctx
+            .call(
+                &self.source_name,
+                "revoke",
+                &self.key,
+                self.source.revoke(&lease),
+            )
+            .await;
+        super::telemetry::lifecycle(
+            super::telemetry::REVOCATIONS,
+            &self.source_name,
+            revoked.as_ref().map(|_| ()).map_err(crate::Error::kind),
+        );
+        if let Err(e) = revoked {
             tracing::warn!(secret = %self.key, source = %self.source_name, lease_id = %lease.id,
                 error = %e, "lease revocation at shutdown failed");
         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tracing::Instrument;
 
 use crate::backoff::MAX_RETRY_AFTER;
 use crate::error::{Error, ErrorKind, Result};
@@ -48,6 +49,17 @@ enum Action {
     /// Look whether the value changed: the version probe first (when there is a version to
     /// compare and the probe is allowed), a read if it moved.
     Check { probe: Option<Version> },
+}
+
+impl Action {
+    /// The `operation` of its `refresh` span.
+    fn name(&self) -> &'static str {
+        match self {
+            Action::Renew(_) => "renew",
+            Action::Reissue => "reissue",
+            Action::Check { .. } => "check",
+        }
+    }
 }
 
 /// What the backend answered.
@@ -190,7 +202,7 @@ impl Entry {
     async fn run(self: &Arc<Self>, trigger: Trigger) -> Result<()> {
         let clock = self.ctx.clock.clone();
         let now = clock.now();
-        let (snap, action, wait) = {
+        let (snap, action, wait, attempt) = {
             let mut guard = lock(&self.sched);
             let (Some(sched), Some(snap)) = (guard.as_mut(), self.snapshot()) else {
                 return Ok(());
@@ -214,15 +226,41 @@ impl Entry {
                 wait = Some(sched.not_before);
             }
             let action = self.decide(sched, &snap, now, trigger);
-            (snap, action, wait)
+            (snap, action, wait, sched.failures.saturating_add(1))
         };
+        // Source, what is done, the reference (never a value), which attempt since the last
+        // success, and how it went; the backend calls made for it are `backend_call` spans
+        // inside it.
+        let span = tracing::debug_span!(target: "keyrack_core::refresh", "refresh",
+            source = %self.source_name, operation = action.name(), secret = %self.key, attempt,
+            outcome = tracing::field::Empty);
+        let outcome = self
+            .run_action(trigger, snap, action, wait)
+            .instrument(span.clone())
+            .await;
+        let label =
+            super::telemetry::outcome_label(outcome.as_ref().map(|_| ()).map_err(Error::kind));
+        span.record("outcome", label);
+        // Routine: lifecycle and failures are logged where they happen, at INFO and WARN.
+        span.in_scope(|| tracing::debug!(target: "keyrack_core::refresh", "refresh finished"));
+        outcome
+    }
+
+    async fn run_action(
+        self: &Arc<Self>,
+        trigger: Trigger,
+        snap: Arc<Snapshot>,
+        action: Action,
+        wait: Option<Instant>,
+    ) -> Result<()> {
+        let clock = self.ctx.clock.clone();
         if let Some(at) = wait {
             clock.sleep_until(at).await;
         }
         // A lease is counted from the request, not the answer: the backend may have issued it
         // at any moment in between, so its end is never placed later than it can be.
         let sent = clock.now();
-        let (answer, probe_refused) = self.ask(&action).await;
+        let (answer, probe_refused, reissued) = self.ask(&action).await;
         let at = clock.now();
         let mut guard = lock(&self.sched);
         let Some(sched) = guard.as_mut() else {
@@ -257,6 +295,11 @@ impl Entry {
             }
             Err(e) => Err(e),
         };
+        let kind = result.as_ref().map(|_| ()).map_err(Error::kind);
+        super::telemetry::lifecycle(super::telemetry::REFRESHES, &self.source_name, kind);
+        if reissued {
+            super::telemetry::lifecycle(super::telemetry::REISSUES, &self.source_name, kind);
+        }
         match result {
             Ok(()) => {
                 // A value can arrive already past its end (an answer slower than the lease):
@@ -307,8 +350,9 @@ impl Entry {
         }
     }
 
-    /// Ask the backend, with no lock held. The flag says the version probe was refused.
-    async fn ask(&self, action: &Action) -> (Result<Answer>, bool) {
+    /// Ask the backend, with no lock held. The flags say the version probe was refused and a
+    /// re-issue was asked for.
+    async fn ask(&self, action: &Action) -> (Result<Answer>, bool, bool) {
         let fetch = |reissue: bool| async move {
             self.ctx
                 .call(
@@ -324,22 +368,28 @@ impl Entry {
             Action::Renew(lease) => {
                 let increment = self.ctx.config.renew_increment;
                 let renewal = self.source.renew(lease, increment);
-                match self
+                let renewed = self
                     .ctx
                     .call(&self.source_name, "renew", &self.key, renewal)
-                    .await
-                {
-                    Ok(renewed) => (Ok(Answer::Renewed(renewed)), false),
+                    .await;
+                super::telemetry::lifecycle(
+                    super::telemetry::RENEWALS,
+                    &self.source_name,
+                    renewed.as_ref().map(|_| ()).map_err(Error::kind),
+                );
+                match renewed {
+                    Ok(renewed) => (Ok(Answer::Renewed(renewed)), false, false),
                     Err(e) if !e.is_retryable() => {
                         // Revoked, expired or refused: a new lease is the only way forward.
-                        tracing::debug!(secret = %self.key, error = %e, "renewal refused; re-issuing");
-                        (fetch(true).await, false)
+                        tracing::info!(secret = %self.key, source = %self.source_name,
+                            kind = ?e.kind(), "lease renewal refused; re-issuing");
+                        (fetch(true).await, false, true)
                     }
-                    Err(e) => (Err(e), false),
+                    Err(e) => (Err(e), false, false),
                 }
             }
-            Action::Reissue => (fetch(true).await, false),
-            Action::Check { probe: None } => (fetch(false).await, false),
+            Action::Reissue => (fetch(true).await, false, true),
+            Action::Check { probe: None } => (fetch(false).await, false, false),
             Action::Check {
                 probe: Some(current),
             } => match self
@@ -352,17 +402,17 @@ impl Entry {
                 )
                 .await
             {
-                Ok(Some(v)) if v == *current => (Ok(Answer::Same), false),
-                Ok(_) => (fetch(false).await, false),
+                Ok(Some(v)) if v == *current => (Ok(Answer::Same), false, false),
+                Ok(_) => (fetch(false).await, false, false),
                 Err(e)
                     if matches!(
                         e.kind(),
                         ErrorKind::PermissionDenied | ErrorKind::Unsupported
                     ) =>
                 {
-                    (fetch(false).await, true)
+                    (fetch(false).await, true, false)
                 }
-                Err(e) => (Err(e), false),
+                Err(e) => (Err(e), false, false),
             },
         }
     }

@@ -132,7 +132,13 @@ impl Revoker {
         let span = tracing::debug_span!(target: "keyrack_core::backend", "backend_call",
             source = %p.source_name, operation = "revoke", secret = %p.key, attempt = p.attempt + 1);
         let call = bounded(&*self.clock, self.timeout, p.source.revoke(&p.lease));
-        match call.instrument(span).await {
+        let started = self.clock.now();
+        let result = call.instrument(span).await;
+        let took = self.clock.now().saturating_duration_since(started);
+        let kind = result.as_ref().map(|_| ()).map_err(crate::Error::kind);
+        super::telemetry::backend_call(&p.source_name, "revoke", kind, took);
+        super::telemetry::lifecycle(super::telemetry::REVOCATIONS, &p.source_name, kind);
+        match result {
             Ok(()) => {
                 tracing::debug!(secret = %p.key, source = %p.source_name, lease_id = %p.lease.id,
                     "replaced lease revoked");

@@ -43,6 +43,26 @@ pub const NEAREST_LEASE_END: &str = "keyrack_nearest_lease_end_seconds";
 /// How long calls waited for their source's request budget, in seconds, labelled `source`
 /// (recorded only for calls that waited).
 pub const BUDGET_WAIT: &str = "keyrack_request_budget_wait_seconds";
+/// Refreshes (one per maintenance of a secret that asked the backend: a check, a renewal or a
+/// re-issue, scheduled or forced), labelled `source` and `outcome` (`ok` or the error kind in
+/// snake case): `outcome!="ok"` counts the refresh failures by error kind.
+pub const REFRESHES: &str = "keyrack_refreshes_total";
+/// Lease renewals asked of the backend, labelled `source` and `outcome`.
+pub const RENEWALS: &str = "keyrack_lease_renewals_total";
+/// Re-issues: a leased secret replaced by a new lease (after a capped or refused renewal, an
+/// expiry, or a forced refresh), labelled `source` and `outcome`.
+pub const REISSUES: &str = "keyrack_lease_reissues_total";
+/// Lease revocations asked of the backend (replaced leases, leases let go, at shutdown),
+/// labelled `source` and `outcome`.
+pub const REVOCATIONS: &str = "keyrack_lease_revocations_total";
+/// A backend's own logins (Vault auth methods, token exchanges), labelled `source` (the
+/// backend, e.g. `vault`: a login serves the backend, not one registered name), `method` (e.g.
+/// `approle`, `kubernetes`, `jwt`, `token`) and `outcome`. Emitted by backends through
+/// [`login`].
+pub const LOGINS: &str = "keyrack_logins_total";
+/// Renewals of a backend's own token (Vault's `renew-self`), labelled `source` and `outcome`.
+/// Emitted by backends through [`token_renewal`].
+pub const TOKEN_RENEWALS: &str = "keyrack_token_renewals_total";
 
 /// Describe every metric to the installed recorder (units and help text). Call it once after
 /// installing a recorder; metrics are emitted whether or not it is called.
@@ -88,6 +108,47 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time calls waited for their source's request budget"
     );
+    describe_counter!(REFRESHES, "Secret refreshes by source and outcome");
+    describe_counter!(RENEWALS, "Lease renewals by source and outcome");
+    describe_counter!(
+        REISSUES,
+        "Leased secrets replaced by a new lease, by source and outcome"
+    );
+    describe_counter!(REVOCATIONS, "Lease revocations by source and outcome");
+    describe_counter!(LOGINS, "Backend logins by source, auth method and outcome");
+    describe_counter!(
+        TOKEN_RENEWALS,
+        "Renewals of a backend's own token by source and outcome"
+    );
+}
+
+/// Count a backend's login with `method` (a bounded name such as `approle` or `kubernetes`,
+/// never a role, a path or a token). For backend crates: the engine counts its own calls.
+pub fn login(source: &'static str, method: &'static str, outcome: Result<(), &ErrorKind>) {
+    metrics::counter!(LOGINS, "source" => source, "method" => method,
+        "outcome" => outcome_label(outcome))
+    .increment(1);
+}
+
+/// Count a renewal of a backend's own token. For backend crates.
+pub fn token_renewal(source: &'static str, outcome: Result<(), &ErrorKind>) {
+    metrics::counter!(TOKEN_RENEWALS, "source" => source, "outcome" => outcome_label(outcome))
+        .increment(1);
+}
+
+/// `ok`, or the error kind's label.
+pub fn outcome_label(outcome: Result<(), &ErrorKind>) -> &'static str {
+    match outcome {
+        Ok(()) => "ok",
+        Err(kind) => kind_label(kind),
+    }
+}
+
+/// One of the lease and refresh counters ([`REFRESHES`], [`RENEWALS`], [`REISSUES`],
+/// [`REVOCATIONS`]).
+pub(crate) fn lifecycle(name: &'static str, source: &str, outcome: Result<(), &ErrorKind>) {
+    metrics::counter!(name, "source" => source.to_owned(), "outcome" => outcome_label(outcome))
+        .increment(1);
 }
 
 pub(crate) fn cache_hit() {
@@ -104,10 +165,7 @@ pub(crate) fn backend_call(
     outcome: Result<(), &ErrorKind>,
     took: Duration,
 ) {
-    let outcome = match outcome {
-        Ok(()) => "ok",
-        Err(kind) => kind_label(kind),
-    };
+    let outcome = outcome_label(outcome);
     metrics::counter!(BACKEND_REQUESTS, "source" => source.to_owned(),
         "operation" => operation, "outcome" => outcome)
     .increment(1);
@@ -160,7 +218,7 @@ pub(crate) fn events_dropped(missed: u64) {
 }
 
 /// The label of an error kind: snake case, stable.
-pub(crate) fn kind_label(kind: &ErrorKind) -> &'static str {
+pub fn kind_label(kind: &ErrorKind) -> &'static str {
     match kind {
         ErrorKind::NotFound => "not_found",
         ErrorKind::PermissionDenied => "permission_denied",
