@@ -101,7 +101,7 @@ impl OwnMoto {
 
     async fn recorder(&self, action: &str) -> String {
         let url = format!("{}/moto-api/recorder/{action}", self.endpoint);
-        let client = common::setup_client();
+        let client = keyrack_fake_server::test_client();
         let response = if action == "download-recording" {
             client.get(url).send().await.unwrap()
         } else {
