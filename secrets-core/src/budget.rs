@@ -11,9 +11,10 @@
 //! creeps back. Lease renewals and version probes are calls like any other; revocations are not
 //! budgeted (they end access, and shutdown must not wait for room). A call that would wait longer
 //! than the client's request timeout for room is not queued: it fails at once with
-//! [`Throttled`](crate::ErrorKind::Throttled) and the wait as its retry hint, so callers that
-//! give up and retry cannot build an unbounded queue; a call whose caller gives up while it waits
-//! gives its place back.
+//! [`Throttled`](crate::ErrorKind::Throttled) and the wait as its retry hint
+//! ([`Error::is_budget_refusal`](crate::Error::is_budget_refusal): the backend never saw it, and
+//! such refusals do not cut the rate), so callers that give up and retry cannot build an
+//! unbounded queue; a call whose caller gives up while it waits gives its place back.
 //!
 //! The budget counts backend requests. The client takes a place before each call to a source;
 //! a source whose one call sends several requests (AWS's batch read that falls back to single
@@ -117,6 +118,14 @@ pub async fn another_request() -> crate::Result<()> {
     crate::client::gate::another_request().await
 }
 
+/// For [`SecretSource`](crate::SecretSource) implementations: like [`another_request`] for a
+/// request the call can do without (a metadata read beside the value): `true`, with the request
+/// counted, when the budget has room now; `false` when it has not (skip the request rather than
+/// make the call wait for it). `true` outside a client call and for an unbudgeted source.
+pub fn try_another_request() -> bool {
+    crate::client::gate::try_another_request()
+}
+
 /// For [`SecretSource`](crate::SecretSource) implementations: the budget of the source whose call
 /// is running (the application's, or the source's default), or `None` outside a client call
 /// and for an unbudgeted source. A source with APIs of different quotas uses it to choose among
@@ -147,6 +156,15 @@ impl CallRequests {
             return Ok(());
         }
         another_request().await
+    }
+
+    /// Before a request this call can do without: `true` when it may be sent now (counted), as
+    /// [`try_another_request`]; the call's first request is always allowed.
+    pub fn try_before_request(&self) -> bool {
+        if !self.sent.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return true;
+        }
+        try_another_request()
     }
 }
 
@@ -187,6 +205,10 @@ struct State {
     /// The last cut or restoration.
     changed: Option<Instant>,
     last_cut: Option<Instant>,
+    /// Places given back while later places were still held, `(next, interval)`: their room
+    /// returns when the places after them are given back too (callers that give up together,
+    /// a cancelled prefetch, drop their places in any order).
+    released: Vec<(Instant, Duration)>,
 }
 
 impl Bucket {
@@ -198,6 +220,7 @@ impl Bucket {
                 due: None,
                 changed: None,
                 last_cut: None,
+                released: Vec::new(),
             }),
         }
     }
@@ -223,6 +246,8 @@ impl Bucket {
         }
         let next = due.checked_add(interval).unwrap_or(due);
         st.due = Some(next);
+        // Places given back that are due before now can no longer be reclaimed.
+        st.released.retain(|(n, _)| *n > now);
         Ok(Place { at, next, interval })
     }
 
@@ -230,9 +255,17 @@ impl Bucket {
     /// later place was given since: the budget's room is not lost to abandoned calls.
     pub(crate) fn release(&self, place: &Place) {
         let mut st = self.state();
-        if st.due == Some(place.next) {
-            st.due = place.next.checked_sub(place.interval);
+        if st.due != Some(place.next) {
+            // A later place is still held: this room returns when that one is given back.
+            st.released.push((place.next, place.interval));
+            return;
         }
+        let mut due = place.next.checked_sub(place.interval);
+        while let Some(i) = st.released.iter().position(|(n, _)| Some(*n) == due) {
+            let (next, interval) = st.released.swap_remove(i);
+            due = next.checked_sub(interval);
+        }
+        st.due = due;
     }
 
     /// The backend throttled a call answered at `now`: cut the rate (adaptive budgets only).
@@ -258,6 +291,7 @@ impl Bucket {
         let slack = Duration::from_secs_f64(1.0 / rate).mul_f64(burst - 1.0);
         let drained = now.checked_add(slack).unwrap_or(now);
         st.due = Some(st.due.map_or(now, |d| d.max(now)).max(drained));
+        st.released.clear();
         (rate != st.rate).then(|| {
             st.rate = rate;
             rate
@@ -332,6 +366,37 @@ mod tests {
             .map(|_| bucket.reserve(t1, S(60)).unwrap().at - t1)
             .collect();
         assert_eq!(at, [ms(0), ms(0), ms(0), ms(500)]);
+    }
+
+    /// Callers that give up together (a cancelled prefetch) give all their room back, in
+    /// whatever order their places are dropped. (Before, a place dropped while a later one was
+    /// held was lost for good.)
+    #[test]
+    fn places_given_back_in_any_order_return_all_their_room() {
+        let t0 = crate::ManualClock::new().now();
+        for order in [[0, 1, 2], [2, 1, 0], [0, 2, 1], [1, 0, 2]] {
+            let bucket = Bucket::new(RequestBudget::per_second(1).with_burst(1));
+            let _first = bucket.reserve(t0, S(60)).unwrap();
+            let places: Vec<Place> = (0..3).map(|_| bucket.reserve(t0, S(60)).unwrap()).collect();
+            assert_eq!(places[2].at - t0, S(3));
+            for i in order {
+                bucket.release(&places[i]);
+            }
+            // Only the first place (sent) still counts: the next is due 1 s later.
+            assert_eq!(
+                bucket.reserve(t0, S(60)).unwrap().at - t0,
+                S(1),
+                "{order:?}"
+            );
+        }
+        // A place given back while a later one is used stays lost (the later one was sent at
+        // its time), but does not disturb what follows.
+        let bucket = Bucket::new(RequestBudget::per_second(1).with_burst(1));
+        let _sent = bucket.reserve(t0, S(60)).unwrap();
+        let dropped = bucket.reserve(t0, S(60)).unwrap();
+        let _used = bucket.reserve(t0, S(60)).unwrap();
+        bucket.release(&dropped);
+        assert_eq!(bucket.reserve(t0, S(60)).unwrap().at - t0, S(3));
     }
 
     #[test]

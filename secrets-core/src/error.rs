@@ -100,6 +100,8 @@ struct Inner {
     /// How long the backend asked us to wait (`Retry-After`, `retryAfterSeconds`, …).
     retry_after: Option<Duration>,
     cause: Option<Box<dyn StdError + Send + Sync>>,
+    /// Refused by the client's own request budget: the backend never saw the request.
+    budget_refusal: bool,
 }
 
 impl Error {
@@ -113,6 +115,7 @@ impl Error {
                 reference: None,
                 retry_after: None,
                 cause: None,
+                budget_refusal: false,
             }),
         }
     }
@@ -176,12 +179,24 @@ impl Error {
                 reference: shared.reference.clone(),
                 retry_after: shared.retry_after,
                 cause: None,
+                budget_refusal: shared.budget_refusal,
             },
         };
         f(&mut inner);
         Error {
             inner: Arc::new(inner),
         }
+    }
+
+    /// A [`Throttled`](ErrorKind::Throttled) error of the client's own making: the source's
+    /// request budget had no room for the request within the request timeout, so it was never
+    /// sent. The backend did not refuse anything; such errors do not cut the budget's rate.
+    pub fn is_budget_refusal(&self) -> bool {
+        self.inner.budget_refusal
+    }
+
+    pub(crate) fn marked_budget_refusal(self) -> Self {
+        self.map_inner(|i| i.budget_refusal = true)
     }
 
     /// What went wrong.

@@ -363,6 +363,98 @@ async fn a_prefetch_longer_than_its_budget_allows_keeps_what_it_read() {
     assert_eq!(quota.counts(), (3, 0));
 }
 
+/// A prefetch is one call whose reads answer one by one: reads the backend throttled inside it
+/// cut the budget's rate as a throttled single call would. (Before, the call came back `Ok`
+/// with throttled reads inside, and counted as a success.)
+#[tokio::test]
+async fn throttled_reads_inside_a_prefetch_cut_the_rate() {
+    let clock = ManualClock::new();
+    let quota = Quota::new(clock.clone(), 2, S(1));
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("q", quota.clone())
+        .request_budget("q", RequestBudget::per_second(10))
+        .build()
+        .unwrap();
+    let refs: Vec<String> = (0..10).map(|i| format!("q://s{i}")).collect();
+    let results = secrets.prefetch(&refs).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+    assert_eq!(quota.counts(), (10, 8));
+    assert_eq!(secrets.request_rate("q"), Some(5.0));
+}
+
+/// A call whose further request the budget refused (no room within the request timeout) fails
+/// with `Throttled`, marked as the client's own refusal: the backend refused nothing, so the
+/// rate is not cut. (Before, the source's `Throttled` cut the rate like a 429.)
+#[tokio::test]
+async fn the_budgets_own_refusals_do_not_cut_its_rate() {
+    let clock = ManualClock::new();
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("two", TwoRequests)
+        .request_budget("two", RequestBudget::per_second(1).with_burst(1))
+        .request_timeout(S(1))
+        .build()
+        .unwrap();
+    let e = secrets.get_secret("two://s").await.unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Throttled, "{e}");
+    assert!(e.is_budget_refusal(), "{e:?}");
+    assert_eq!(secrets.request_rate("two"), Some(1.0));
+    // A backend's own throttling answer is not marked.
+    assert!(!Error::throttled(None, "429").is_budget_refusal());
+}
+
+/// A source whose fetch sends two requests.
+#[derive(Debug)]
+struct TwoRequests;
+
+#[async_trait]
+impl SecretSource for TwoRequests {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+
+    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
+        keyrack_core::budget::another_request().await?;
+        Ok(Secret::new(r.path().to_owned()))
+    }
+
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
+        keyrack_core::fetch_each(self, refs, 1).await
+    }
+
+    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
+        Ok(None)
+    }
+
+    async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
+        Err(Error::new(ErrorKind::Unsupported, "no leases"))
+    }
+
+    async fn revoke(&self, _lease: &Lease) -> Result<()> {
+        Err(Error::new(ErrorKind::Unsupported, "no leases"))
+    }
+
+    fn watch(
+        &self,
+        _r: &SecretRef,
+    ) -> Option<futures_util::stream::BoxStream<'static, Result<keyrack_core::SourceEvent>>> {
+        None
+    }
+
+    async fn shutdown(&self) {}
+}
+
+/// A request a call can do without is sent only when the budget has room now; outside a client
+/// call it always may be.
+#[test]
+fn an_optional_request_never_waits() {
+    assert!(keyrack_core::budget::try_another_request());
+    let requests = keyrack_core::budget::CallRequests::new();
+    assert!(requests.try_before_request());
+    assert!(requests.try_before_request());
+}
+
 /// A source used on its own (no client around the call) is never held back by
 /// `another_request`.
 #[test]

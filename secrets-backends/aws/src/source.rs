@@ -273,6 +273,10 @@ impl AwsSource {
         if let Some(e) = stop.get() {
             return Err(e);
         }
+        // Each single read counts against the budget: a refused batch must not turn one call's
+        // place into twenty requests. Its place is taken before a permit, so a read waiting
+        // for the budget holds no permit other calls' reads could use.
+        requests.before_request().await?;
         let _permit = self
             .fallback_permits
             .acquire()
@@ -281,12 +285,7 @@ impl AwsSource {
         if let Some(e) = stop.get() {
             return Err(e);
         }
-        // Each single read counts against the budget: a refused batch must not turn one call's
-        // place into twenty requests.
-        let result = match requests.before_request().await {
-            Ok(()) => self.get_value(id, &Pick::Stage(AWSCURRENT)).await,
-            Err(e) => Err(e),
-        };
+        let result = self.get_value(id, &Pick::Stage(AWSCURRENT)).await;
         if let Err(e) = &result
             && e.kind() == &ErrorKind::Throttled
         {
@@ -313,8 +312,17 @@ impl AwsSource {
                 None => secret,
             });
         }
+        // The rotation schedule is worth a request only while the budget has room now: a read
+        // does not wait for it. Without it, a rotation is seen at the next routine check
+        // rather than at its scheduled time.
+        if !requests.try_before_request() {
+            tracing::debug!(
+                secret = id,
+                "no room in the budget to describe the secret now"
+            );
+            return self.get_value(id, &pick).await;
+        }
         let describe = async {
-            requests.before_request().await?;
             self.client
                 .describe_secret()
                 .secret_id(id)

@@ -119,3 +119,40 @@ async fn the_default_budget_batches() {
     assert_eq!(times.of("BatchGetSecretValue").len(), 1);
     assert!(times.of("GetSecretValue").is_empty());
 }
+
+/// A read whose budget has no room for the optional DescribeSecret now (rotation schedule) is
+/// answered without it: 1 request per second, burst 1, one cold read sends its GetSecretValue
+/// and no DescribeSecret. (Before, the read waited a second for a place for the DescribeSecret
+/// and then sent it.) With room (the default budget), the schedule is read as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_does_not_wait_for_room_to_describe_the_secret() {
+    let setup = source().await;
+    let name = uniq("no-describe");
+    put(&setup, &name, b"value").await.unwrap();
+
+    let times = SendTimes::default();
+    let src = builder()
+        .with_interceptor(times.clone())
+        .build()
+        .await
+        .unwrap();
+    let secrets = Secrets::builder()
+        .source("aws-sm", src)
+        .request_budget("aws-sm", RequestBudget::per_second(1).with_burst(1).fixed())
+        .build()
+        .unwrap();
+    secrets.get_secret(aws_ref(&name)).await.unwrap();
+    assert_eq!(times.of("GetSecretValue").len(), 1);
+    assert!(times.of("DescribeSecret").is_empty());
+
+    let times = SendTimes::default();
+    let src = builder()
+        .with_interceptor(times.clone())
+        .build()
+        .await
+        .unwrap();
+    let secrets = Secrets::builder().source("aws-sm", src).build().unwrap();
+    secrets.get_secret(aws_ref(&name)).await.unwrap();
+    assert_eq!(times.of("GetSecretValue").len(), 1);
+    assert_eq!(times.of("DescribeSecret").len(), 1);
+}

@@ -16,6 +16,7 @@ use crate::budget::{Bucket, RequestBudget};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
+use crate::secret::Secret;
 
 use super::events::RotationEvent;
 use super::gate::Gate;
@@ -163,6 +164,41 @@ impl Ctx {
         secret: &(dyn fmt::Display + Sync),
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        self.call_judged(source, operation, secret, call, |_| false)
+            .await
+    }
+
+    /// [`call`](Self::call) for a source call answering several secrets at once
+    /// (`fetch_many`): one of them throttled by the backend is a throttling answer for the
+    /// budget, as a whole call's would be.
+    pub(crate) async fn call_many(
+        &self,
+        source: &str,
+        secret: &(dyn fmt::Display + Sync),
+        call: impl Future<Output = Vec<Result<Secret>>>,
+    ) -> Result<Vec<Result<Secret>>> {
+        self.call_judged(
+            source,
+            "fetch_many",
+            secret,
+            async { Ok::<_, Error>(call.await) },
+            |answers: &Vec<Result<Secret>>| {
+                answers
+                    .iter()
+                    .any(|a| a.as_ref().is_err_and(refused_by_backend))
+            },
+        )
+        .await
+    }
+
+    async fn call_judged<T>(
+        &self,
+        source: &str,
+        operation: &'static str,
+        secret: &(dyn fmt::Display + Sync),
+        call: impl Future<Output = Result<T>>,
+        throttled_within: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
         let span = tracing::debug_span!(target: "keyrack_core::backend", "backend_call",
             source = %source, operation, secret = %secret);
         // Revocations end access and must not wait at shutdown: they are not budgeted.
@@ -190,8 +226,12 @@ impl Ctx {
         let answered = self.clock.now();
         let took = answered.saturating_duration_since(started);
         if let Some(bucket) = bucket {
+            let throttled = match &result {
+                Ok(answer) => throttled_within(answer),
+                Err(e) => refused_by_backend(e),
+            };
             let changed = match &result {
-                Err(e) if e.kind() == &ErrorKind::Throttled => {
+                _ if throttled => {
                     let cut = bucket.throttled(answered);
                     if let Some(rate) = cut {
                         tracing::info!(target: "keyrack_core::backend", source = %source, rate,
@@ -229,6 +269,12 @@ impl Ctx {
     pub(crate) fn unit(&self) -> f64 {
         self.rng.lock().unwrap_or_else(|p| p.into_inner()).f64()
     }
+}
+
+/// A throttling answer from the backend (not the budget's own refusal of a further request,
+/// which the backend never saw).
+fn refused_by_backend(e: &Error) -> bool {
+    e.kind() == &ErrorKind::Throttled && !e.is_budget_refusal()
 }
 
 /// `call`, or [`ErrorKind::Timeout`] once `timeout` has passed on `clock`.

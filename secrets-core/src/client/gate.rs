@@ -48,6 +48,13 @@ impl Gate {
         self.wait_for_place(left).await
     }
 
+    /// A place for a further request of the call if the budget has room now, without waiting.
+    fn try_enter_further(&self) -> bool {
+        self.bucket
+            .reserve(self.clock.now(), Duration::ZERO)
+            .is_ok()
+    }
+
     async fn wait_for_place(&self, max_wait: Duration) -> Result<()> {
         let now = self.clock.now();
         let place = self.bucket.reserve(now, max_wait).map_err(|wait| {
@@ -55,6 +62,7 @@ impl Gate {
                 Some(wait),
                 "the source's request budget has no room within the request timeout",
             )
+            .marked_budget_refusal()
         })?;
         if place.at > now {
             super::telemetry::budget_wait(&self.source, place.at - now);
@@ -89,6 +97,11 @@ pub(crate) async fn another_request() -> Result<()> {
         return Ok(());
     };
     gate.enter_further().await
+}
+
+/// See [`crate::budget::try_another_request`].
+pub(crate) fn try_another_request() -> bool {
+    GATE.try_with(Gate::try_enter_further).unwrap_or(true)
 }
 
 /// A budget place whose request was not sent yet: given back when dropped.

@@ -21,7 +21,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use futures_util::future::join_all;
 use moka::notification::RemovalCause;
 
@@ -289,12 +288,7 @@ impl Secrets {
             let results = match self
                 .inner
                 .ctx
-                .call(
-                    &source_name,
-                    "fetch_many",
-                    &what,
-                    source.fetch_many(&bases).map(Ok::<_, Error>),
-                )
+                .call_many(&source_name, &what, source.fetch_many(&bases))
                 .await
             {
                 Ok(results) => results,
