@@ -20,6 +20,7 @@ use crate::secret::Secret;
 
 use super::events::RotationEvent;
 use super::gate::Gate;
+use super::pacing::Pacer;
 use super::revoker::Revoker;
 
 /// Longer than any process lives: what "never" becomes, so no deadline overflows an `Instant`.
@@ -59,6 +60,9 @@ pub(crate) struct Config {
     /// Request budgets set by the application, by source name (`None`: unbudgeted), over the
     /// sources' defaults.
     pub(crate) budgets: HashMap<String, Option<RequestBudget>>,
+    /// Refresh budgets set by the application, by source name (`None`: none), over the default
+    /// (half the source's request budget).
+    pub(crate) refresh_budgets: HashMap<String, Option<RequestBudget>>,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             event_capacity: 256,
             request_timeout: Duration::from_secs(30),
             budgets: HashMap::new(),
+            refresh_budgets: HashMap::new(),
         }
     }
 }
@@ -107,6 +112,8 @@ pub(crate) struct Ctx {
     pub(crate) revoker: Arc<Revoker>,
     /// The request budget of each budgeted source, by name.
     buckets: HashMap<Arc<str>, Arc<Bucket>>,
+    /// The refresh budget of each source that has one, by name.
+    pacers: HashMap<Arc<str>, Arc<Pacer>>,
     /// The client was shut down: no entry starts a task any more.
     closed: AtomicBool,
     rng: Mutex<fastrand::Rng>,
@@ -117,6 +124,7 @@ impl Ctx {
         clock: Arc<dyn Clock>,
         config: Config,
         buckets: HashMap<Arc<str>, Arc<Bucket>>,
+        pacers: HashMap<Arc<str>, Arc<Pacer>>,
         seed: Option<u64>,
     ) -> Self {
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
@@ -132,6 +140,7 @@ impl Ctx {
                 config.request_timeout,
             )),
             buckets,
+            pacers,
             clock,
             config,
             events,
@@ -263,6 +272,40 @@ impl Ctx {
     /// The calls per second source `name`'s budget allows now (`None`: unbudgeted).
     pub(crate) fn budget_rate(&self, name: &str) -> Option<f64> {
         self.buckets.get(name).map(|b| b.rate())
+    }
+
+    /// The routine check interval of `base` from source `source` now: its configured interval,
+    /// stretched when the source's refresh budget requires it.
+    pub(crate) fn check_interval(&self, source: &str, base: &SecretRef) -> Duration {
+        let interval = self.config.interval_for(base);
+        self.pacers
+            .get(source)
+            .map_or(interval, |p| p.interval(interval))
+    }
+
+    /// `base`, from source `source`, is checked by schedule from now on (`joined`) or no longer:
+    /// its source's refresh budget counts it.
+    pub(crate) fn paced(&self, source: &str, base: &SecretRef, joined: bool) {
+        let Some(pacer) = self.pacers.get(source) else {
+            return;
+        };
+        let interval = self.config.interval_for(base);
+        let changed = if joined {
+            pacer.add(interval)
+        } else {
+            pacer.remove(interval)
+        };
+        if let Some(floor) = changed {
+            tracing::debug!(target: "keyrack_core::schedule", source = %source, ?floor,
+                "refresh intervals stretched to fit the refresh budget");
+            super::telemetry::refresh_floor(source, floor);
+        }
+    }
+
+    /// The floor the refresh budget of source `name` puts under its refresh intervals now
+    /// (`None`: no refresh budget).
+    pub(crate) fn refresh_floor(&self, name: &str) -> Option<Duration> {
+        self.pacers.get(name).map(|p| p.floor())
     }
 
     /// A uniform random number in `[0, 1)` for jitter.

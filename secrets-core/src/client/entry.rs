@@ -124,6 +124,8 @@ pub(crate) struct Entry {
     /// The current value carries a lease: it is kept alive in the background even without a
     /// handle (renewed, re-issued after a re-login), as long as the entry is held at all.
     leased: AtomicBool,
+    /// Counted by its source's refresh budget (an unleased value, checked by schedule).
+    paced: AtomicBool,
     /// Made on first subscription: most cached secrets never have a subscriber.
     events: OnceLock<broadcast::Sender<RotationEvent>>,
     /// Shut down: no more maintenance; `changed()` waiters are told.
@@ -154,6 +156,7 @@ impl Entry {
             views: Mutex::new(Vec::new()),
             driver: Mutex::new(DriverSlot::default()),
             leased: AtomicBool::new(false),
+            paced: AtomicBool::new(false),
             events: OnceLock::new(),
             closed: AtomicBool::new(false),
         }
@@ -234,6 +237,11 @@ impl Entry {
                 last_error: None,
             });
             self.claim_lease(&secret);
+            if !leased {
+                // Counted by its source's refresh budget before its first check is planned.
+                self.paced.store(true, Ordering::Release);
+                self.ctx.paced(&self.source_name, &self.key, true);
+            }
             let snap = self.plan(secret, sched, now);
             self.set_state(snap);
         }
@@ -288,7 +296,7 @@ impl Entry {
         }
         let next_check = match sched.failures {
             0 => {
-                let interval = config.interval_for(&self.key);
+                let interval = self.ctx.check_interval(&self.source_name, &self.key);
                 let mut next = match &meta.lease {
                     // A lease that stopped extending is replaced while the old one still has a
                     // useful overlap left (twice the grace, 20-40 % of a full TTL, or what
@@ -592,6 +600,9 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
+        if *self.paced.get_mut() {
+            self.ctx.paced(&self.source_name, &self.key, false);
+        }
         // The driver holds only a weak reference: nobody holds the secret any more.
         if let Some(task) = lock(&self.driver).task.take() {
             task.abort();

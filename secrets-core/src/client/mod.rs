@@ -11,6 +11,7 @@ pub(crate) mod gate;
 mod handle;
 mod health;
 mod maintain;
+mod pacing;
 mod revoker;
 pub mod telemetry;
 mod view;
@@ -25,6 +26,7 @@ use futures_util::future::join_all;
 use moka::notification::RemovalCause;
 
 use crate::backoff::Backoff;
+use crate::budget::{Bucket, RequestBudget};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::reference::{SecretRef, Selector};
@@ -36,6 +38,7 @@ use context::{Config, Ctx, MIN_INTERVAL, later};
 use entry::{Entry, Trigger};
 use flight::Flights;
 use front::Front;
+use pacing::Pacer;
 use view::View;
 
 pub use events::{RotationEvent, RotationEvents};
@@ -409,6 +412,13 @@ impl Secrets {
         self.inner.ctx.budget_rate(name)
     }
 
+    /// The floor source `name`'s refresh budget puts under its secrets' refresh intervals now:
+    /// zero while they fit, `None` without a refresh budget (see
+    /// [`SecretsBuilder::refresh_budget`]).
+    pub fn refresh_floor(&self, name: &str) -> Option<Duration> {
+        self.inner.ctx.refresh_floor(name)
+    }
+
     /// The state of every secret held (fresh, stale, failing, expired) and an overall verdict
     /// for readiness probes; see [`Health`] for the rules. Makes no backend call.
     pub fn health(&self) -> Health {
@@ -642,6 +652,9 @@ impl Secrets {
     }
 }
 
+/// A source's request budget and refresh budget, as they are used.
+type SourceBudgets = (Option<Arc<Bucket>>, Option<Arc<Pacer>>);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -781,6 +794,34 @@ impl SecretsBuilder {
         self
     }
 
+    /// The rate routine checks of source `name`'s secrets may cost, per process (default: half
+    /// of its request budget, leaving the rest to first reads, renewals and retries; none for an
+    /// unbudgeted source). While the secrets' refresh intervals would cost more, the shortest
+    /// are stretched to a common floor that fits (a secret checked every minute is stretched
+    /// before one checked every hour), instead of a fixed interval that a fleet multiplies past
+    /// the backend's quota. Leased secrets are neither counted nor stretched: their renewals
+    /// follow their leases. The floor is [`Secrets::refresh_floor`] and the
+    /// `keyrack_refresh_interval_floor_seconds` gauge. Only the budget's rate is used.
+    ///
+    /// Checks come early by up to the [jitter](Self::refresh_jitter), by half of it on average,
+    /// and the floor allows for that: 20 secrets checked every 5 minutes cost 0.067 checks per
+    /// second; with a refresh budget of `RequestBudget::new(1, Duration::from_secs(100))` and
+    /// the default 20 % jitter their floor is 2,222 s, and they are checked every 2,000 s on
+    /// average.
+    pub fn refresh_budget(mut self, name: impl Into<String>, budget: crate::RequestBudget) -> Self {
+        self.config
+            .refresh_budgets
+            .insert(name.into(), Some(budget));
+        self
+    }
+
+    /// No refresh budget for source `name`: its secrets are checked at their refresh intervals
+    /// whatever that costs (each check still waits for room in the request budget).
+    pub fn no_refresh_budget(mut self, name: impl Into<String>) -> Self {
+        self.config.refresh_budgets.insert(name.into(), None);
+        self
+    }
+
     /// Backoff after failures (default: full jitter, 1 s doubling to 5 min).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
@@ -878,44 +919,57 @@ impl SecretsBuilder {
         if c.request_timeout.is_zero() {
             problems.push("request timeout must be positive".into());
         }
-        for (name, budget) in &c.budgets {
-            if !sources.contains_key(name) {
-                problems.push(format!(
-                    "a request budget names `{name}`, which is not registered"
-                ));
-            }
-            if let Some(problem) = budget.and_then(|b| b.problem()) {
-                problems.push(format!("source `{name}`: {problem}"));
+        for (what, budgets) in [("request", &c.budgets), ("refresh", &c.refresh_budgets)] {
+            for (name, budget) in budgets {
+                if !sources.contains_key(name) {
+                    problems.push(format!(
+                        "a {what} budget names `{name}`, which is not registered"
+                    ));
+                }
+                if let Some(problem) = budget.and_then(|b| b.problem()) {
+                    problems.push(format!("source `{name}`: {problem}"));
+                }
             }
         }
-        // One bucket per source: a source registered under two names shares one budget (the
-        // first name's, in name order).
+        // One bucket and one pacer per source: a source registered under two names shares one
+        // budget of each kind (the first name's, in name order).
         let mut buckets = HashMap::new();
-        let mut by_source: Vec<(Arc<dyn SecretSource>, Arc<crate::budget::Bucket>)> = Vec::new();
+        let mut pacers = HashMap::new();
+        let mut by_source: Vec<(Arc<dyn SecretSource>, SourceBudgets)> = Vec::new();
         let mut names: Vec<&String> = sources.keys().collect();
         names.sort_unstable();
         for name in names {
             let (shared, source) = &sources[name];
-            let budget = match c.budgets.get(name) {
-                Some(set) => *set,
-                None => source.capabilities().request_budget,
-            };
-            let Some(budget) = budget.filter(|b| b.problem().is_none()) else {
-                continue;
-            };
             let same = |(s, _): &&(Arc<dyn SecretSource>, _)| {
                 std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(source))
             };
-            let bucket = match by_source.iter().find(same) {
-                Some((_, b)) => b.clone(),
+            let (bucket, pacer) = match by_source.iter().find(same) {
+                Some((_, budgets)) => budgets.clone(),
                 None => {
-                    let b = Arc::new(crate::budget::Bucket::new(budget));
-                    by_source.push((source.clone(), b.clone()));
-                    b
+                    let usable = |b: &Option<RequestBudget>| b.filter(|b| b.problem().is_none());
+                    let budget = usable(&match c.budgets.get(name) {
+                        Some(set) => *set,
+                        None => source.capabilities().request_budget,
+                    });
+                    let refresh_rate = match c.refresh_budgets.get(name) {
+                        Some(set) => usable(set).map(|b| b.rate()),
+                        None => budget.map(|b| b.rate() / 2.0),
+                    };
+                    let b = budget.map(|b| Arc::new(Bucket::new(b)));
+                    // Checks come early by up to the jitter, by half of it on average.
+                    let p = refresh_rate.map(|r| Arc::new(Pacer::new(r * (1.0 - c.jitter / 2.0))));
+                    by_source.push((source.clone(), (b.clone(), p.clone())));
+                    (b, p)
                 }
             };
-            telemetry::budget_rate(shared, bucket.rate());
-            buckets.insert(shared.clone(), bucket);
+            if let Some(bucket) = bucket {
+                telemetry::budget_rate(shared, bucket.rate());
+                buckets.insert(shared.clone(), bucket);
+            }
+            if let Some(pacer) = pacer {
+                telemetry::refresh_floor(shared, pacer.floor());
+                pacers.insert(shared.clone(), pacer);
+            }
         }
         if !problems.is_empty() {
             return Err(Error::new(ErrorKind::Config, problems.join("; ")));
@@ -931,7 +985,7 @@ impl SecretsBuilder {
         clamp(&mut config.request_timeout);
         clamp(&mut config.backoff.initial);
         clamp(&mut config.backoff.max);
-        let ctx = Arc::new(Ctx::new(self.clock, config, buckets, self.seed));
+        let ctx = Arc::new(Ctx::new(self.clock, config, buckets, pacers, self.seed));
         let front = Arc::new(Front::default());
         let evicted = Arc::downgrade(&front);
         let policy = moka::sync::Cache::builder()

@@ -30,6 +30,9 @@ pub const EVENTS_DROPPED: &str = "keyrack_events_dropped_total";
 /// The request budget's current rate in calls per second, labelled `source` (below the
 /// configured budget while cut after throttling).
 pub const BUDGET_RATE: &str = "keyrack_request_budget_per_second";
+/// The shortest routine check interval the source's refresh budget allows now, in seconds,
+/// labelled `source` (0: no interval is stretched).
+pub const REFRESH_FLOOR: &str = "keyrack_refresh_interval_floor_seconds";
 /// Secrets held (cached or behind a handle), labelled `source`; set by
 /// [`Secrets::record_gauges`](crate::Secrets::record_gauges), like the gauges below.
 pub const SECRETS_HELD: &str = "keyrack_secrets_held";
@@ -102,6 +105,11 @@ pub fn describe_metrics() {
     describe_gauge!(
         BUDGET_RATE,
         "Calls per second the source's request budget allows now"
+    );
+    describe_gauge!(
+        REFRESH_FLOOR,
+        Unit::Seconds,
+        "Shortest routine check interval the source's refresh budget allows now"
     );
     describe_histogram!(
         BUDGET_WAIT,
@@ -207,6 +215,10 @@ pub(crate) fn source_gauges(
 
 pub(crate) fn budget_rate(source: &str, rate: f64) {
     metrics::gauge!(BUDGET_RATE, "source" => source.to_owned()).set(rate);
+}
+
+pub(crate) fn refresh_floor(source: &str, floor: Duration) {
+    metrics::gauge!(REFRESH_FLOOR, "source" => source.to_owned()).set(floor.as_secs_f64());
 }
 
 pub(crate) fn budget_wait(source: &str, waited: Duration) {
