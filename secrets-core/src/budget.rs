@@ -37,6 +37,7 @@ pub struct RequestBudget {
     per: Duration,
     burst: u32,
     adaptive: bool,
+    spread: bool,
 }
 
 impl RequestBudget {
@@ -57,6 +58,7 @@ impl RequestBudget {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             burst: burst as u32,
             adaptive: true,
+            spread: false,
         }
     }
 
@@ -75,6 +77,23 @@ impl RequestBudget {
     pub fn fixed(mut self) -> Self {
         self.adaptive = false;
         self
+    }
+
+    /// For a share of a quota that a fleet of processes draws on together: begin this budget
+    /// at a random point of its interval, so processes started together do not get their room
+    /// at the same instants. Without it, 10,000 pods each given one request every 25 s (their
+    /// share of Key Vault's 400 per second) send 10,000 requests at once every 25 s, and a
+    /// quota that allows a burst of 4,000 refuses most of them; spread, they send 400 per
+    /// second. The price: the last call of the first burst (with a burst of 1, the first call)
+    /// waits up to one interval (default: not spread).
+    pub fn spread(mut self) -> Self {
+        self.spread = true;
+        self
+    }
+
+    /// Whether the budget begins at a random point of its interval ([`spread`](Self::spread)).
+    pub fn is_spread(&self) -> bool {
+        self.spread
     }
 
     /// The average rate, in calls per second.
@@ -116,6 +135,17 @@ impl RequestBudget {
 /// returns `Ok` at once.
 pub async fn another_request() -> crate::Result<()> {
     crate::client::gate::another_request().await
+}
+
+/// For [`SecretSource`](crate::SecretSource) implementations: like [`another_request`] for a
+/// request without which the call has nothing to return (an authentication round trip before
+/// the read: Key Vault's challenge). It waits for room while the call's time allows (nine
+/// tenths of the request timeout); when the room is further away, as with a small share of a
+/// fleet's quota, the request is counted without waiting, taken from the budget's future, and
+/// the calls after it wait for it instead. It never fails: a call that could never fit in one
+/// request timeout must not be refused forever.
+pub async fn needed_request() {
+    crate::client::gate::needed_request().await;
 }
 
 /// For [`SecretSource`](crate::SecretSource) implementations: like [`another_request`] for a
@@ -193,6 +223,8 @@ pub(crate) struct Place {
 #[derive(Debug)]
 pub(crate) struct Bucket {
     budget: RequestBudget,
+    /// A share of one interval, in `[0, 1)`, by which the end of the first burst comes late.
+    phase: f64,
     state: Mutex<State>,
 }
 
@@ -212,9 +244,22 @@ struct State {
 }
 
 impl Bucket {
+    #[cfg(test)]
     pub(crate) fn new(budget: RequestBudget) -> Self {
+        Self::with_phase(budget, 0.0)
+    }
+
+    /// A bucket whose room comes `phase` (a share of one interval, `[0, 1)`) later than its
+    /// first call if the budget is [`spread`](RequestBudget::spread): the last place of the
+    /// first burst waits that long, and every place after it keeps that offset.
+    pub(crate) fn with_phase(budget: RequestBudget, phase: f64) -> Self {
         Bucket {
             budget,
+            phase: if budget.spread {
+                phase.clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
             state: Mutex::new(State {
                 rate: budget.rate(),
                 due: None,
@@ -239,7 +284,8 @@ impl Bucket {
         // A cut rate cuts the burst with it (one second's worth stays one second's worth).
         let burst = (f64::from(self.budget.burst) * st.rate / self.budget.rate()).max(1.0);
         let slack = interval.mul_f64(burst - 1.0);
-        let due = st.due.map_or(now, |d| d.max(now));
+        let first = || now.checked_add(interval.mul_f64(self.phase)).unwrap_or(now);
+        let due = st.due.map_or_else(first, |d| d.max(now));
         let at = due.checked_sub(slack).map_or(now, |t| t.max(now));
         if at.saturating_duration_since(now) > max_wait {
             return Err(at - now);
@@ -366,6 +412,29 @@ mod tests {
             .map(|_| bucket.reserve(t1, S(60)).unwrap().at - t1)
             .collect();
         assert_eq!(at, [ms(0), ms(0), ms(0), ms(500)]);
+    }
+
+    /// A spread budget begins at its phase: the end of the first burst (with a burst of one,
+    /// the first call) and every place after it come that share of an interval later; a budget
+    /// not spread ignores the phase.
+    #[test]
+    fn a_spread_budget_begins_at_its_phase() {
+        let t0 = crate::ManualClock::new().now();
+        let ms = |n| Duration::from_millis(n);
+        let places = |budget: RequestBudget| -> Vec<Duration> {
+            let bucket = Bucket::with_phase(budget, 0.25);
+            (0..4)
+                .map(|_| bucket.reserve(t0, S(60)).unwrap().at - t0)
+                .collect()
+        };
+        let one = RequestBudget::per_second(1).with_burst(1);
+        assert_eq!(
+            places(one.spread()),
+            [ms(250), ms(1250), ms(2250), ms(3250)]
+        );
+        assert_eq!(places(one), [ms(0), ms(1000), ms(2000), ms(3000)]);
+        let three = RequestBudget::per_second(2).with_burst(3).spread();
+        assert_eq!(places(three), [ms(0), ms(0), ms(125), ms(625)]);
     }
 
     /// Callers that give up together (a cancelled prefetch) give all their room back, in

@@ -445,6 +445,83 @@ impl SecretSource for TwoRequests {
     async fn shutdown(&self) {}
 }
 
+/// A request a call cannot do without (an authentication round trip before the read) waits for
+/// room while the call's time allows; when the room is further than that, it is sent at once
+/// and counted, and the next call waits for it. Before, such a call under a budget with one
+/// place per 25 s was refused every time (10,000 pods on one Key Vault: none started).
+#[tokio::test]
+async fn a_needed_request_waits_while_it_can_and_is_owed_after() {
+    let clock = ManualClock::new();
+    let build = |per: Duration| {
+        Secrets::builder()
+            .clock(clock.clone())
+            .source("auth", NeedsAuth)
+            .request_budget("auth", RequestBudget::new(1, per).with_burst(1).fixed())
+            .request_timeout(S(30))
+            .build()
+            .unwrap()
+    };
+    // One place per 20 s: the needed request waits 20 s for its own.
+    let secrets = build(S(20));
+    let read = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.get_secret("auth://a").await }
+    });
+    keyrack_core::testkit::settle().await;
+    assert!(!read.is_finished(), "sent before the budget had room");
+    clock.advance(S(20)).await;
+    read.await.unwrap().unwrap();
+
+    // One place per 60 s: more than the call can wait, so it is sent now and owed: the next
+    // call's room is two places away, past the request timeout, and it is refused at once.
+    let secrets = build(S(60));
+    secrets.get_secret("auth://a").await.unwrap();
+    let e = secrets.get_secret("auth://b").await.unwrap_err();
+    assert!(e.is_budget_refusal(), "{e:?}");
+    assert_eq!(e.retry_after(), Some(S(120)));
+}
+
+/// A source whose fetch needs an authentication round trip before the read.
+#[derive(Debug)]
+struct NeedsAuth;
+
+#[async_trait]
+impl SecretSource for NeedsAuth {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+
+    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
+        keyrack_core::budget::needed_request().await;
+        Ok(Secret::new(r.path().to_owned()))
+    }
+
+    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
+        keyrack_core::fetch_each(self, refs, 1).await
+    }
+
+    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
+        Ok(None)
+    }
+
+    async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
+        Err(Error::new(ErrorKind::Unsupported, "no leases"))
+    }
+
+    async fn revoke(&self, _lease: &Lease) -> Result<()> {
+        Err(Error::new(ErrorKind::Unsupported, "no leases"))
+    }
+
+    fn watch(
+        &self,
+        _r: &SecretRef,
+    ) -> Option<futures_util::stream::BoxStream<'static, Result<keyrack_core::SourceEvent>>> {
+        None
+    }
+
+    async fn shutdown(&self) {}
+}
+
 /// A request a call can do without is sent only when the budget has room now; outside a client
 /// call it always may be.
 #[test]

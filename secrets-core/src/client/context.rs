@@ -220,6 +220,7 @@ impl Ctx {
             clock: self.clock.clone(),
             max_wait: self.config.request_timeout,
             further_until: None,
+            needed_until: None,
         });
         if let Some(gate) = &mut gate {
             gate.enter().instrument(span.clone()).await?;

@@ -27,6 +27,9 @@ pub(crate) struct Gate {
     pub(crate) max_wait: Duration,
     /// Further requests may be sent until then (set when the first is sent).
     pub(crate) further_until: Option<Instant>,
+    /// Requests the call cannot do without may wait for room until then (set when the first
+    /// is sent).
+    pub(crate) needed_until: Option<Instant>,
 }
 
 impl Gate {
@@ -36,7 +39,23 @@ impl Gate {
         self.wait_for_place(self.max_wait).await?;
         let now = self.clock.now();
         self.further_until = Some(now + self.max_wait / 2);
+        self.needed_until = Some(now + self.max_wait.mul_f64(0.9));
         Ok(())
+    }
+
+    /// A place for a request the call cannot do without: waited for while the call's time
+    /// allows, else taken from the budget's future without waiting (the calls after it wait
+    /// for it instead).
+    async fn enter_needed(&self) {
+        let now = self.clock.now();
+        let left = self
+            .needed_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        if self.wait_for_place(left).await.is_err() {
+            let _owed = self.bucket.reserve(self.clock.now(), Duration::MAX);
+            tracing::trace!(target: "keyrack_core::backend",
+                "a needed request is sent before the budget has room; later calls wait for it");
+        }
     }
 
     /// Wait for a place for a further request of the call.
@@ -97,6 +116,14 @@ pub(crate) async fn another_request() -> Result<()> {
         return Ok(());
     };
     gate.enter_further().await
+}
+
+/// See [`crate::budget::needed_request`].
+pub(crate) async fn needed_request() {
+    let Ok(gate) = GATE.try_with(Gate::clone) else {
+        return;
+    };
+    gate.enter_needed().await;
 }
 
 /// See [`crate::budget::try_another_request`].

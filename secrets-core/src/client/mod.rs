@@ -133,8 +133,24 @@ struct Shared {
     /// Every entry alive (held by a cached view or a handle), so a reference whose view was
     /// evicted finds the entry its handles keep alive instead of fetching (and leasing) again.
     entries: Mutex<HashMap<SecretRef, Weak<Entry>>>,
-    negative: moka::sync::Cache<SecretRef, (Error, Instant)>,
+    negative: moka::sync::Cache<SecretRef, Refusal>,
 }
+
+/// A failed first read, remembered so that repeating it does not reach the backend.
+#[derive(Clone, Debug)]
+struct Refusal {
+    error: Error,
+    until: Instant,
+    /// How many retryable failures in a row this one ends (0 for the first), for the backoff.
+    attempt: u32,
+}
+
+/// Repeated first reads that fail retryably back off as refreshes do, up to this attempt's
+/// step (16 s with the default backoff): a service retrying its start-up in a loop, or a
+/// fleet of them, must not hammer a throttling backend, nor wait minutes once it is back.
+const FIRST_READ_MAX_ATTEMPT: u32 = 4;
+/// A remembered retryable failure older than this (past its end) starts a new series.
+const FIRST_READ_SERIES_GAP: Duration = Duration::from_secs(60);
 
 /// The cache is told of one hit in this many (per thread), enough for its frequency sketch to
 /// rank secrets without every hit paying for the bookkeeping.
@@ -317,7 +333,10 @@ impl Secrets {
         let mut keep = Vec::new();
         for (base, result) in join_all(fetches).await.into_iter().flatten() {
             match result {
-                Ok(entry) => keep.push(entry),
+                Ok(entry) => {
+                    self.inner.negative.invalidate(&base);
+                    keep.push(entry);
+                }
                 Err(e) => {
                     self.remember_failure(&base, &e);
                     failed.insert(base, e);
@@ -517,8 +536,9 @@ impl Secrets {
             Ok(view)
         };
         let result = self.inner.flights.join(r.clone(), load).await;
-        if let Err(e) = &result {
-            self.remember_failure(r, e);
+        match &result {
+            Err(e) => self.remember_failure(r, e),
+            Ok(_) => self.inner.negative.invalidate(r),
         }
         result
     }
@@ -526,24 +546,51 @@ impl Secrets {
     /// The error `r` failed with moments ago, if it is still remembered.
     fn refused(&self, r: &SecretRef, now: Instant) -> Option<Error> {
         match self.inner.negative.get(r) {
-            Some((e, until)) if now < until => Some(e),
+            Some(refusal) if now < refusal.until => Some(refusal.error),
             _ => None,
         }
     }
 
     /// Remember a failed first read so that repeating it does not reach the backend: a missing
     /// secret, a refused permission, a wrong `#field` for [`negative_cache_ttl`]; an outage or
-    /// throttling until the backend's `Retry-After`, or a second.
+    /// throttling for the engine's backoff (1, 2, 4, 8, 16 s for throttling without a hint,
+    /// Key Vault's guidance; a random time up to those steps, at least a second, otherwise), and
+    /// never less than the backend's `Retry-After`. The budget's own refusals are remembered
+    /// until it has room, without stepping the backoff: nothing was sent.
     ///
     /// [`negative_cache_ttl`]: SecretsBuilder::negative_cache_ttl
     fn remember_failure(&self, r: &SecretRef, e: &Error) {
-        let ttl = match e.kind() {
+        let ctx = &self.inner.ctx;
+        let now = ctx.clock.now();
+        let previous = self
+            .inner
+            .negative
+            .get(r)
+            .filter(|p| p.error.is_retryable() && now < later(p.until, FIRST_READ_SERIES_GAP));
+        let (ttl, attempt) = match e.kind() {
             ErrorKind::Shutdown => return,
-            _ if e.is_retryable() => e.retry_after().unwrap_or(Duration::from_secs(1)),
-            _ => self.inner.ctx.config.negative_ttl,
+            _ if e.is_budget_refusal() => (
+                e.retry_after().unwrap_or(Duration::from_secs(1)),
+                previous.map_or(0, |p| p.attempt),
+            ),
+            _ if e.is_retryable() => {
+                let attempt = previous
+                    .map_or(0, |p| p.attempt.saturating_add(1))
+                    .min(FIRST_READ_MAX_ATTEMPT);
+                let floor = Duration::from_secs(1);
+                (
+                    ctx.config.backoff.delay(attempt, e, floor, ctx.unit()),
+                    attempt,
+                )
+            }
+            _ => (ctx.config.negative_ttl, 0),
         };
-        let until = later(self.inner.ctx.clock.now(), ttl);
-        self.inner.negative.insert(r.clone(), (e.clone(), until));
+        let refusal = Refusal {
+            error: e.clone(),
+            until: later(now, ttl),
+            attempt,
+        };
+        self.inner.negative.insert(r.clone(), refusal);
     }
 
     async fn load_view(&self, r: &SecretRef) -> Result<Arc<View>> {
@@ -936,6 +983,11 @@ impl SecretsBuilder {
         let mut buckets = HashMap::new();
         let mut pacers = HashMap::new();
         let mut by_source: Vec<(Arc<dyn SecretSource>, SourceBudgets)> = Vec::new();
+        // Each budget's phase (see `Bucket::with_phase`), from the jitter seed when one is set.
+        let mut phases = match self.seed {
+            Some(seed) => fastrand::Rng::with_seed(seed.rotate_left(17)),
+            None => fastrand::Rng::new(),
+        };
         let mut names: Vec<&String> = sources.keys().collect();
         names.sort_unstable();
         for name in names {
@@ -955,7 +1007,7 @@ impl SecretsBuilder {
                         Some(set) => usable(set).map(|b| b.rate()),
                         None => budget.map(|b| b.rate() / 2.0),
                     };
-                    let b = budget.map(|b| Arc::new(Bucket::new(b)));
+                    let b = budget.map(|b| Arc::new(Bucket::with_phase(b, phases.f64())));
                     // Checks come early by up to the jitter, by half of it on average.
                     let p = refresh_rate.map(|r| Arc::new(Pacer::new(r * (1.0 - c.jitter / 2.0))));
                     by_source.push((source.clone(), (b.clone(), p.clone())));
