@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
-use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
+use azure_core::http::{ClientOptions, HttpClient, RetryOptions, Transport, Url};
 use azure_security_keyvault_secrets::SecretClientOptions;
 use keyrack_core::tls::Trust;
 use keyrack_core::tls::rustls::crypto::CryptoProvider;
@@ -107,6 +107,7 @@ pub struct AzureBuilder {
     api_version: Option<String>,
     clock: Arc<dyn Clock>,
     crypto_provider: Option<Arc<CryptoProvider>>,
+    http_client: Option<Arc<dyn HttpClient>>,
 }
 
 impl fmt::Debug for AzureBuilder {
@@ -124,6 +125,7 @@ impl fmt::Debug for AzureBuilder {
             .field("extra_cas", &self.ca_pems.len())
             .field("timeout", &self.timeout)
             .field("crypto_provider", &self.crypto_provider.is_some())
+            .field("http_client", &self.http_client.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -152,6 +154,7 @@ impl AzureBuilder {
             api_version: None,
             clock: Arc::new(SystemClock),
             crypto_provider: None,
+            http_client: None,
         }
     }
 
@@ -281,6 +284,19 @@ impl AzureBuilder {
         self
     }
 
+    /// Send every request of the source (Key Vault, Entra ID, managed identity) through
+    /// `client` instead of the rustls client this crate builds: a proxy-aware client of your
+    /// own, or an in-process fake in tests and simulations. TLS is then the client's business:
+    /// [`with_ca_pem`](Self::with_ca_pem) and [`with_crypto_provider`](Self::with_crypto_provider)
+    /// have nothing to apply to, and `build` refuses them beside it. The client should bound
+    /// its own requests; [`with_timeout`](Self::with_timeout) still bounds the first read of a
+    /// vault (its challenge), and the engine's request timeout every read. The SDK's retries
+    /// stay off.
+    pub fn with_http_client(mut self, client: Arc<dyn HttpClient>) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
     /// Time limit of one HTTP request (30 s by default).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -329,15 +345,29 @@ impl AzureBuilder {
             }
         }
 
-        let provider = self
-            .crypto_provider
-            .clone()
-            .unwrap_or_else(keyrack_core::tls::default_provider);
-        let http = http_client(provider, &self.ca_pems, self.timeout)?;
+        let http: Arc<dyn HttpClient> = match &self.http_client {
+            Some(client) => {
+                if !self.ca_pems.is_empty() || self.crypto_provider.is_some() {
+                    return Err(config(
+                        "with_ca_pem and with_crypto_provider configure the client this crate \
+                         builds; with with_http_client, configure TLS on that client"
+                            .into(),
+                    ));
+                }
+                client.clone()
+            }
+            None => {
+                let provider = self
+                    .crypto_provider
+                    .clone()
+                    .unwrap_or_else(keyrack_core::tls::default_provider);
+                Arc::new(http_client(provider, &self.ca_pems, self.timeout)?)
+            }
+        };
         let mut cloud = CustomConfiguration::default();
         cloud.authority_host = authority_host.clone();
         let options = ClientOptions {
-            transport: Some(Transport::new(Arc::new(http))),
+            transport: Some(Transport::new(http)),
             retry: RetryOptions::none(),
             cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
             ..Default::default()

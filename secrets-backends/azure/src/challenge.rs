@@ -8,6 +8,10 @@
 //! HTML page, no answer) gives its error to the reads that waited for it and is not remembered:
 //! the next read leads a new one. A hung discovery ends at the request timeout.
 //!
+//! The leading read costs two requests (the challenge, then the read with a token): it takes a
+//! second place in the source's request budget before it is sent
+//! ([`needed_request`](keyrack_core::budget::needed_request)).
+//!
 //! Whether the scope is known is seen from the credential: the SDK asks it for a token only
 //! with the scope it took from a challenge, so [`ScopeWitness`] marks the vault's discovery done
 //! at the first token request.
@@ -115,6 +119,10 @@ impl ScopeDiscovery {
             }
             match self.join_or_lead() {
                 Role::Lead(leader) => {
+                    // The SDK sends this read twice, without a token for the challenge and then
+                    // with one: the second request takes a place of its own in the budget, so a
+                    // fleet's share of the vault's quota holds through its first reads.
+                    keyrack_core::budget::needed_request().await;
                     let result = match tokio::time::timeout(timeout, read()).await {
                         Ok(result) => result,
                         Err(_) => Err(Error::new(

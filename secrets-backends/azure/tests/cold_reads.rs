@@ -93,6 +93,52 @@ async fn a_cold_prefetch_through_the_engine_costs_one_challenge() {
     assert_eq!(fake.token_requests().len(), 1);
 }
 
+/// The first read of a vault is two requests (the challenge, then the read with a token) and
+/// takes two places in the request budget: with one place per second it is sent only when the
+/// second place comes, and the next read waits a second more. Before, the challenge went
+/// uncounted, and 10,000 pods each given their share of a vault's quota sent 10,000 of them at
+/// once (`cargo bench --bench fleet`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Real time lets the requests that were not held back reach the fake over its socket.
+#[allow(clippy::disallowed_methods)]
+async fn the_first_read_of_a_vault_takes_two_places_in_the_budget() {
+    let fake = seeded().await;
+    let clock = keyrack_core::ManualClock::new();
+    let budget = keyrack_core::RequestBudget::per_second(1)
+        .with_burst(1)
+        .fixed();
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("azure-kv", fake.source())
+        .request_budget("azure-kv", budget)
+        .build()
+        .unwrap();
+    let read = |name: &'static str| {
+        let secrets = secrets.clone();
+        tokio::spawn(async move { secrets.get_secret(kv_ref(name)).await })
+    };
+    let first = read("cold-0");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        fake.vault_requests().is_empty(),
+        "sent before its second place"
+    );
+    clock.advance(Duration::from_secs(1)).await;
+    first.await.unwrap().unwrap();
+    assert_eq!((unauthorized(&fake), authorized(&fake)), (1, 1));
+
+    let second = read("cold-1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        authorized(&fake),
+        1,
+        "the next read did not wait for its place"
+    );
+    clock.advance(Duration::from_secs(1)).await;
+    second.await.unwrap().unwrap();
+    assert_eq!((unauthorized(&fake), authorized(&fake)), (1, 2));
+}
+
 /// The challenge request is answered 503 (no `Retry-After`), then by a proxy's 502 page, each
 /// after 300 ms so that all twenty reads are waiting on it: each time the twenty fail together
 /// with `Unavailable` after that one request (none goes on to ask for a challenge of its own),
