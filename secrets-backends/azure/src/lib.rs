@@ -4,7 +4,9 @@
 //! **Crypto provider.** The SDK is given the source's own HTTP client as its transport, so every
 //! request (Key Vault, Entra ID, managed identity) uses a rustls configuration built on the
 //! provider given with [`AzureBuilder::with_crypto_provider`], else the process default if the
-//! application installed one, else ring's. Nothing is installed process-wide.
+//! application installed one, else ring's. Nothing is installed process-wide. An application
+//! with an HTTP client of its own (a proxy, an in-process fake) gives it with
+//! [`AzureBuilder::with_http_client`]; TLS is then that client's.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
