@@ -555,8 +555,8 @@ impl Secrets {
     /// secret, a refused permission, a wrong `#field` for [`negative_cache_ttl`]; an outage or
     /// throttling for the engine's backoff (1, 2, 4, 8, 16 s for throttling without a hint,
     /// Key Vault's guidance; a random time up to those steps, at least a second, otherwise), and
-    /// never less than the backend's `Retry-After`. The budget's own refusals are remembered
-    /// until it has room, without stepping the backoff: nothing was sent.
+    /// never less than the backend's `Retry-After`. The budget's own refusals are not
+    /// remembered: nothing was sent, and the budget itself refuses the next call at once.
     ///
     /// [`negative_cache_ttl`]: SecretsBuilder::negative_cache_ttl
     fn remember_failure(&self, r: &SecretRef, e: &Error) {
@@ -568,11 +568,11 @@ impl Secrets {
             .get(r)
             .filter(|p| p.error.is_retryable() && now < later(p.until, FIRST_READ_SERIES_GAP));
         let (ttl, attempt) = match e.kind() {
+            // Nothing reached the backend, and the budget answers the next call at once: its
+            // hint, counted from the refusal, would be stale here (a prefetch's refused reads
+            // are remembered when the whole prefetch ends).
             ErrorKind::Shutdown => return,
-            _ if e.is_budget_refusal() => (
-                e.retry_after().unwrap_or(Duration::from_secs(1)),
-                previous.map_or(0, |p| p.attempt),
-            ),
+            _ if e.is_budget_refusal() => return,
             _ if e.is_retryable() => {
                 let attempt = previous
                     .map_or(0, |p| p.attempt.saturating_add(1))
