@@ -8,9 +8,9 @@
 //! HTML page, no answer) gives its error to the reads that waited for it and is not remembered:
 //! the next read leads a new one. A hung discovery ends at the request timeout.
 //!
-//! The leading read costs two requests (the challenge, then the read with a token): it takes a
-//! second place in the source's request budget before it is sent
-//! ([`needed_request`](keyrack_core::budget::needed_request)).
+//! The leading read costs two requests (the challenge, then the read with a token): the read
+//! takes a second place in the source's request budget once the challenge is answered
+//! ([`needed_request`](keyrack_core::budget::needed_request), when the SDK asks for the token).
 //!
 //! Whether the scope is known is seen from the credential: the SDK asks it for a token only
 //! with the scope it took from a challenge, so [`ScopeWitness`] marks the vault's discovery done
@@ -119,10 +119,6 @@ impl ScopeDiscovery {
             }
             match self.join_or_lead() {
                 Role::Lead(leader) => {
-                    // The SDK sends this read twice, without a token for the challenge and then
-                    // with one: the second request takes a place of its own in the budget, so a
-                    // fleet's share of the vault's quota holds through its first reads.
-                    keyrack_core::budget::needed_request().await;
                     let result = match tokio::time::timeout(timeout, read()).await {
                         Ok(result) => result,
                         Err(_) => Err(Error::new(
@@ -182,7 +178,14 @@ impl TokenCredential for ScopeWitness {
         scopes: &[&str],
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
+        let answered_challenge = !self.discovery.is_known();
         self.discovery.mark_known();
+        if answered_challenge {
+            // The read the SDK sends with this token is the call's second request (the first
+            // was the challenge): it takes a place of its own in the budget, between the two,
+            // so a fleet's share of the vault's quota holds through its first reads.
+            keyrack_core::budget::needed_request().await;
+        }
         self.inner.get_token(scopes, options).await
     }
 }
