@@ -138,14 +138,18 @@ pub async fn another_request() -> crate::Result<()> {
 }
 
 /// For [`SecretSource`](crate::SecretSource) implementations: like [`another_request`] for a
-/// request without which the call has nothing to return (an authentication round trip before
-/// the read: Key Vault's challenge). It waits for room while the call's time allows (nine
-/// tenths of the request timeout); when the room is further away, as with a small share of a
-/// fleet's quota, the request is counted without waiting, taken from the budget's future, and
-/// the calls after it wait for it instead. It never fails: a call that could never fit in one
-/// request timeout must not be refused forever.
-pub async fn needed_request() {
-    crate::client::gate::needed_request().await;
+/// request without which the call has nothing to return (the read after an authentication
+/// round trip: Key Vault's challenge). The place is taken when this is called; the future it
+/// returns waits for it: call it when the request becomes certain, await it just before the
+/// request is sent, so that places taken meanwhile by the call's other requests come after
+/// it. It waits while the call's time allows (nine tenths of the request timeout); when the
+/// room is further away, as with a small share of a fleet's quota, the request is counted
+/// without waiting, taken from the budget's future, and the calls after it wait for it
+/// instead. It never fails: a call that could never fit in one request timeout must not be
+/// refused forever. Dropped unawaited (the request was not needed after all), it gives the
+/// place back. Outside a client call and for an unbudgeted source it is ready at once.
+pub fn needed_request() -> impl Future<Output = ()> + Send + 'static {
+    crate::client::gate::needed_request()
 }
 
 /// For [`SecretSource`](crate::SecretSource) implementations: like [`another_request`] for a
@@ -210,7 +214,7 @@ const CUT_GAP: Duration = Duration::from_secs(1);
 const RECOVERY_SHARE: f64 = 0.05;
 
 /// A call's place in a [`Bucket`]: when it may be sent.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Place {
     pub(crate) at: Instant,
     /// The bucket's next due time this place set, and the interval it added.

@@ -8,15 +8,17 @@
 //! HTML page, no answer) gives its error to the reads that waited for it and is not remembered:
 //! the next read leads a new one. A hung discovery ends at the request timeout.
 //!
-//! The leading read costs two requests (the challenge, then the read with a token): the read
-//! takes a second place in the source's request budget once the challenge is answered
-//! ([`needed_request`](keyrack_core::budget::needed_request), when the SDK asks for the token).
+//! The leading read costs two requests (the challenge, then the read with a token): it takes a
+//! second place in the source's request budget when it starts
+//! ([`needed_request`](keyrack_core::budget::needed_request)), ahead of the reads that wait for
+//! it, and the read with the token waits for that place (when the SDK asks for the token).
 //!
 //! Whether the scope is known is seen from the credential: the SDK asks it for a token only
 //! with the scope it took from a challenge, so [`ScopeWitness`] marks the vault's discovery done
 //! at the first token request.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -28,10 +30,16 @@ use tokio::sync::watch;
 /// What waiting reads learn from a discovery: `Ok` (go ahead) or its error.
 type Outcome = Option<std::result::Result<(), Error>>;
 
+/// The budget place of the read that follows a challenge, taken when the discovery starts and
+/// waited for when the SDK asks for the token.
+type NeededPlace = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The scope discovery of one vault's SDK client.
 #[derive(Default)]
 pub(crate) struct ScopeDiscovery {
     known: AtomicBool,
+    /// The leading read's second place, until the SDK asks for the token it sends with.
+    needed: Mutex<Option<NeededPlace>>,
     /// The discovery under way, if any: its number and where its outcome is announced.
     flight: Mutex<Option<(u64, watch::Receiver<Outcome>)>>,
     attempts: AtomicU64,
@@ -119,6 +127,11 @@ impl ScopeDiscovery {
             }
             match self.join_or_lead() {
                 Role::Lead(leader) => {
+                    // The read is sent twice, without a token for the challenge and then with
+                    // one: the second request's place is taken now, before the reads waiting
+                    // for this one take theirs, and waited for when the SDK asks for the token.
+                    *self.needed.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Box::pin(keyrack_core::budget::needed_request()));
                     let result = match tokio::time::timeout(timeout, read()).await {
                         Ok(result) => result,
                         Err(_) => Err(Error::new(
@@ -139,6 +152,13 @@ impl ScopeDiscovery {
                         Err(_) if self.is_known() => Ok(()),
                         Err(e) => Err(e.clone()),
                     };
+                    // Not asked for (no challenge, or it failed): the place is given back.
+                    drop(
+                        self.needed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .take(),
+                    );
                     leader.finish(outcome);
                     return result;
                 }
@@ -178,13 +198,17 @@ impl TokenCredential for ScopeWitness {
         scopes: &[&str],
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
-        let answered_challenge = !self.discovery.is_known();
         self.discovery.mark_known();
-        if answered_challenge {
-            // The read the SDK sends with this token is the call's second request (the first
-            // was the challenge): it takes a place of its own in the budget, between the two,
-            // so a fleet's share of the vault's quota holds through its first reads.
-            keyrack_core::budget::needed_request().await;
+        // The read the SDK sends with this token after a challenge is the call's second
+        // request: it goes when its place in the budget comes.
+        let needed = self
+            .discovery
+            .needed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(place) = needed {
+            place.await;
         }
         self.inner.get_token(scopes, options).await
     }

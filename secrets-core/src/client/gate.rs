@@ -4,6 +4,7 @@
 //! value, single reads after a refused batch). The budget is in backend requests, whatever a
 //! source makes of one call.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,18 +44,36 @@ impl Gate {
         Ok(())
     }
 
-    /// A place for a request the call cannot do without: waited for while the call's time
-    /// allows, else taken from the budget's future without waiting (the calls after it wait
-    /// for it instead).
-    async fn enter_needed(&self) {
+    /// A place for a request the call cannot do without, taken now: the future waits for it
+    /// while the call's time allows; when the room is further away the place is taken from
+    /// the budget's future and the future is ready at once (the calls after it wait for it
+    /// instead). Dropped before its time, the future gives the place back.
+    fn reserve_needed(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let now = self.clock.now();
         let left = self
             .needed_until
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
-        if self.wait_for_place(left).await.is_err() {
-            let _owed = self.bucket.reserve(self.clock.now(), Duration::MAX);
-            tracing::trace!(target: "keyrack_core::backend",
-                "a needed request is sent before the budget has room; later calls wait for it");
+        match self.bucket.reserve(now, left) {
+            Ok(place) => {
+                // Given back if the future is dropped before its request goes.
+                let unsent = OwnedUnsent {
+                    bucket: self.bucket.clone(),
+                    place: Some(place),
+                };
+                Box::pin(async move {
+                    if place.at > now {
+                        super::telemetry::budget_wait(&self.source, place.at - now);
+                        self.clock.sleep_until(place.at).await;
+                    }
+                    unsent.sent();
+                })
+            }
+            Err(_) => {
+                let _owed = self.bucket.reserve(now, Duration::MAX);
+                tracing::trace!(target: "keyrack_core::backend",
+                    "a needed request is sent before the budget has room; later calls wait for it");
+                Box::pin(async {})
+            }
         }
     }
 
@@ -119,16 +138,36 @@ pub(crate) async fn another_request() -> Result<()> {
 }
 
 /// See [`crate::budget::needed_request`].
-pub(crate) async fn needed_request() {
-    let Ok(gate) = GATE.try_with(Gate::clone) else {
-        return;
-    };
-    gate.enter_needed().await;
+pub(crate) fn needed_request() -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    match GATE.try_with(Gate::clone) {
+        Ok(gate) => gate.reserve_needed(),
+        Err(_) => Box::pin(async {}),
+    }
 }
 
 /// See [`crate::budget::try_another_request`].
 pub(crate) fn try_another_request() -> bool {
     GATE.try_with(Gate::try_enter_further).unwrap_or(true)
+}
+
+/// [`Unsent`] for a place held by a future that outlives the gate.
+struct OwnedUnsent {
+    bucket: Arc<Bucket>,
+    place: Option<Place>,
+}
+
+impl OwnedUnsent {
+    fn sent(mut self) {
+        self.place = None;
+    }
+}
+
+impl Drop for OwnedUnsent {
+    fn drop(&mut self) {
+        if let Some(place) = &self.place {
+            self.bucket.release(place);
+        }
+    }
 }
 
 /// A budget place whose request was not sent yet: given back when dropped.
