@@ -169,6 +169,42 @@ fn counters_match_the_calls_the_source_saw() {
     }
 }
 
+/// With `metrics_secret_label(true)` the backend request metrics name the reference (never the
+/// value); without it (the test above) no label holds one.
+#[test]
+fn the_secret_label_is_opt_in_and_names_the_reference() {
+    let recorder = Counting::default();
+    let memory = MemorySource::new();
+    recorded(&recorder, || async {
+        let secrets = Secrets::builder()
+            .source("mem", memory.clone())
+            .metrics_secret_label(true)
+            .build()
+            .unwrap();
+        memory.set("app", "hunter2-value");
+        secrets.get_secret("mem://app").await.unwrap();
+        secrets.get_secret("mem://app").await.unwrap();
+        secrets.shutdown().await;
+    });
+    assert_eq!(
+        recorder.counter(&format!(
+            "{BACKEND_REQUESTS}{{operation=fetch,outcome=ok,secret=mem://app,source=mem}}"
+        )),
+        1,
+        "{:?}",
+        recorder.all_ids()
+    );
+    assert_eq!(
+        recorder.samples(&format!(
+            "{BACKEND_DURATION}{{operation=fetch,secret=mem://app,source=mem}}"
+        )),
+        1
+    );
+    for id in recorder.all_ids() {
+        assert!(!id.contains("hunter2"), "{id}");
+    }
+}
+
 #[test]
 fn a_hanging_backend_counts_as_a_timeout() {
     let recorder = Counting::default();

@@ -46,6 +46,8 @@ pub(crate) struct Config {
     pub(crate) refresh_overrides: HashMap<SecretRef, Duration>,
     pub(crate) jitter: f64,
     pub(crate) negative_ttl: Duration,
+    /// Whether backend request metrics carry a `secret` label.
+    pub(crate) secret_label: bool,
     pub(crate) max_staleness: Option<Duration>,
     /// How long past its check time a value is still served at once while a check runs in
     /// the background (`None`: the secret's refresh interval).
@@ -72,6 +74,7 @@ impl Default for Config {
             refresh_overrides: HashMap::new(),
             jitter: 0.2,
             negative_ttl: Duration::from_secs(5),
+            secret_label: false,
             max_staleness: None,
             stale_grace: None,
             backoff: Backoff::default(),
@@ -138,6 +141,7 @@ impl Ctx {
                 clock.clone(),
                 config.backoff,
                 config.request_timeout,
+                config.secret_label,
             )),
             buckets,
             pacers,
@@ -259,6 +263,7 @@ impl Ctx {
         super::telemetry::backend_call(
             source,
             operation,
+            self.config.secret_label.then(|| secret.to_string()),
             result.as_ref().map(|_| ()).map_err(Error::kind),
             took,
         );

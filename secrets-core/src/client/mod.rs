@@ -795,6 +795,15 @@ impl SecretsBuilder {
         self
     }
 
+    /// Label the backend request metrics (`keyrack_backend_requests_total`,
+    /// `keyrack_backend_request_duration_seconds`) with `secret`: the reference (its path and
+    /// `#field`, never a value; `N secrets` for a batch). Off by default: it makes a series per
+    /// secret, which a metrics backend pays for. Other metrics stay labelled by source only.
+    pub fn metrics_secret_label(mut self, on: bool) -> Self {
+        self.config.secret_label = on;
+        self
+    }
+
     /// How long a `NotFound` is remembered (default 5 s), so a typo does not hammer the backend.
     pub fn negative_cache_ttl(mut self, ttl: Duration) -> Self {
         self.config.negative_ttl = ttl;

@@ -42,6 +42,8 @@ pub(crate) struct Revoker {
     clock: Arc<dyn Clock>,
     backoff: Backoff,
     timeout: Duration,
+    /// Whether backend request metrics carry a `secret` label.
+    secret_label: bool,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -51,11 +53,17 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl Revoker {
-    pub(crate) fn new(clock: Arc<dyn Clock>, backoff: Backoff, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        clock: Arc<dyn Clock>,
+        backoff: Backoff,
+        timeout: Duration,
+        secret_label: bool,
+    ) -> Self {
         Revoker {
             clock,
             backoff,
             timeout,
+            secret_label,
             state: Mutex::default(),
             wake: Notify::new(),
         }
@@ -136,7 +144,8 @@ impl Revoker {
         let result = call.instrument(span).await;
         let took = self.clock.now().saturating_duration_since(started);
         let kind = result.as_ref().map(|_| ()).map_err(crate::Error::kind);
-        super::telemetry::backend_call(&p.source_name, "revoke", kind, took);
+        let secret = self.secret_label.then(|| p.key.to_string());
+        super::telemetry::backend_call(&p.source_name, "revoke", secret, kind, took);
         super::telemetry::lifecycle(super::telemetry::REVOCATIONS, &p.source_name, kind);
         match result {
             Ok(()) => {

@@ -18,9 +18,12 @@ pub const CACHE_HITS: &str = "keyrack_cache_hits_total";
 /// fetch, or a stale value).
 pub const CACHE_MISSES: &str = "keyrack_cache_misses_total";
 /// Backend calls, labelled `source`, `operation` (`fetch`, `fetch_many`, `version`, `renew`,
-/// `revoke`) and `outcome` (`ok` or the error kind in snake case, e.g. `permission_denied`).
+/// `revoke`) and `outcome` (`ok` or the error kind in snake case, e.g. `permission_denied`),
+/// and `secret` when the application opts in
+/// ([`metrics_secret_label`](crate::SecretsBuilder::metrics_secret_label)).
 pub const BACKEND_REQUESTS: &str = "keyrack_backend_requests_total";
-/// Duration of backend calls in seconds, labelled `source` and `operation`.
+/// Duration of backend calls in seconds, labelled `source` and `operation` (and `secret`, as
+/// [`BACKEND_REQUESTS`]).
 pub const BACKEND_DURATION: &str = "keyrack_backend_request_duration_seconds";
 /// Lifecycle events, labelled `kind` (`rotated`, `renewed`, `refresh_failed`, `recovered`,
 /// `expired`, `deleted`).
@@ -167,19 +170,36 @@ pub(crate) fn cache_miss() {
     metrics::counter!(CACHE_MISSES).increment(1);
 }
 
+/// One backend call; `secret` is the reference (or `N secrets` for a batch) when the
+/// application asked for the label ([`SecretsBuilder::metrics_secret_label`]).
+///
+/// [`SecretsBuilder::metrics_secret_label`]: crate::SecretsBuilder::metrics_secret_label
 pub(crate) fn backend_call(
     source: &str,
     operation: &'static str,
+    secret: Option<String>,
     outcome: Result<(), &ErrorKind>,
     took: Duration,
 ) {
     let outcome = outcome_label(outcome);
-    metrics::counter!(BACKEND_REQUESTS, "source" => source.to_owned(),
-        "operation" => operation, "outcome" => outcome)
-    .increment(1);
-    metrics::histogram!(BACKEND_DURATION, "source" => source.to_owned(),
-        "operation" => operation)
-    .record(took.as_secs_f64());
+    match secret {
+        None => {
+            metrics::counter!(BACKEND_REQUESTS, "source" => source.to_owned(),
+                "operation" => operation, "outcome" => outcome)
+            .increment(1);
+            metrics::histogram!(BACKEND_DURATION, "source" => source.to_owned(),
+                "operation" => operation)
+            .record(took.as_secs_f64());
+        }
+        Some(secret) => {
+            metrics::counter!(BACKEND_REQUESTS, "source" => source.to_owned(),
+                "operation" => operation, "outcome" => outcome, "secret" => secret.clone())
+            .increment(1);
+            metrics::histogram!(BACKEND_DURATION, "source" => source.to_owned(),
+                "operation" => operation, "secret" => secret)
+            .record(took.as_secs_f64());
+        }
+    }
 }
 
 pub(crate) fn event(ev: &RotationEvent) {
