@@ -568,10 +568,10 @@ impl Secrets {
             .get(r)
             .filter(|p| p.error.is_retryable() && now < later(p.until, FIRST_READ_SERIES_GAP));
         let (ttl, attempt) = match e.kind() {
+            ErrorKind::Shutdown => return,
             // Nothing reached the backend, and the budget answers the next call at once: its
             // hint, counted from the refusal, would be stale here (a prefetch's refused reads
             // are remembered when the whole prefetch ends).
-            ErrorKind::Shutdown => return,
             _ if e.is_budget_refusal() => return,
             _ if e.is_retryable() => {
                 let attempt = previous
