@@ -392,7 +392,7 @@ async fn the_budgets_own_refusals_do_not_cut_its_rate() {
     let clock = ManualClock::new();
     let secrets = Secrets::builder()
         .clock(clock.clone())
-        .source("two", TwoRequests)
+        .source("two", Singles::new(BeforeRead::Another))
         .request_budget("two", RequestBudget::per_second(1).with_burst(1))
         .request_timeout(S(1))
         .build()
@@ -405,47 +405,6 @@ async fn the_budgets_own_refusals_do_not_cut_its_rate() {
     assert!(!Error::throttled(None, "429").is_budget_refusal());
 }
 
-/// A source whose fetch sends two requests.
-#[derive(Debug)]
-struct TwoRequests;
-
-#[async_trait]
-impl SecretSource for TwoRequests {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
-    }
-
-    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
-        keyrack_core::budget::another_request().await?;
-        Ok(Secret::new(r.path().to_owned()))
-    }
-
-    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
-        keyrack_core::fetch_each(self, refs, 1).await
-    }
-
-    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
-        Ok(None)
-    }
-
-    async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
-        Err(Error::new(ErrorKind::Unsupported, "no leases"))
-    }
-
-    async fn revoke(&self, _lease: &Lease) -> Result<()> {
-        Err(Error::new(ErrorKind::Unsupported, "no leases"))
-    }
-
-    fn watch(
-        &self,
-        _r: &SecretRef,
-    ) -> Option<futures_util::stream::BoxStream<'static, Result<keyrack_core::SourceEvent>>> {
-        None
-    }
-
-    async fn shutdown(&self) {}
-}
-
 /// A request a call cannot do without (an authentication round trip before the read) waits for
 /// room while the call's time allows; when the room is further than that, it is sent at once
 /// and counted, and the next call waits for it. Before, such a call under a budget with one
@@ -456,7 +415,7 @@ async fn a_needed_request_waits_while_it_can_and_is_owed_after() {
     let build = |per: Duration| {
         Secrets::builder()
             .clock(clock.clone())
-            .source("auth", NeedsAuth)
+            .source("auth", Singles::new(BeforeRead::Needed))
             .request_budget("auth", RequestBudget::new(1, per).with_burst(1).fixed())
             .request_timeout(S(30))
             .build()
@@ -490,7 +449,7 @@ async fn a_needed_request_waits_while_it_can_and_is_owed_after() {
 #[tokio::test]
 async fn reads_the_budget_refused_in_a_prefetch_are_not_remembered() {
     let clock = ManualClock::new();
-    let singles = Arc::new(Singles::default());
+    let singles = Arc::new(Singles::new(BeforeRead::Nothing));
     let secrets = Secrets::builder()
         .clock(clock.clone())
         .shared_source("one", singles.clone())
@@ -530,10 +489,31 @@ async fn reads_the_budget_refused_in_a_prefetch_are_not_remembered() {
     assert_eq!(singles.fetched.load(Ordering::SeqCst), fetched + 1);
 }
 
-/// A source without a batch API: a prefetch reads one by one, a place each, eight at a time.
-#[derive(Debug, Default)]
+/// A source without a batch API (a prefetch reads one by one, a place each, eight at a time)
+/// whose read may need a request before it.
+#[derive(Debug)]
 struct Singles {
+    before_read: BeforeRead,
     fetched: AtomicUsize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum BeforeRead {
+    Nothing,
+    /// A further request (`budget::another_request`), which the budget may refuse.
+    Another,
+    /// A request the read cannot do without (`budget::needed_request`): an authentication
+    /// round trip.
+    Needed,
+}
+
+impl Singles {
+    fn new(before_read: BeforeRead) -> Self {
+        Singles {
+            before_read,
+            fetched: AtomicUsize::new(0),
+        }
+    }
 }
 
 #[async_trait]
@@ -543,53 +523,17 @@ impl SecretSource for Singles {
     }
 
     async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
+        match self.before_read {
+            BeforeRead::Nothing => {}
+            BeforeRead::Another => keyrack_core::budget::another_request().await?,
+            BeforeRead::Needed => keyrack_core::budget::needed_request().await,
+        }
         self.fetched.fetch_add(1, Ordering::SeqCst);
         Ok(Secret::new(r.path().to_owned()))
     }
 
     async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
         keyrack_core::fetch_each(self, refs, 8).await
-    }
-
-    async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
-        Ok(None)
-    }
-
-    async fn renew(&self, _lease: &Lease, _increment: Option<Duration>) -> Result<Lease> {
-        Err(Error::new(ErrorKind::Unsupported, "no leases"))
-    }
-
-    async fn revoke(&self, _lease: &Lease) -> Result<()> {
-        Err(Error::new(ErrorKind::Unsupported, "no leases"))
-    }
-
-    fn watch(
-        &self,
-        _r: &SecretRef,
-    ) -> Option<futures_util::stream::BoxStream<'static, Result<keyrack_core::SourceEvent>>> {
-        None
-    }
-
-    async fn shutdown(&self) {}
-}
-
-/// A source whose fetch needs an authentication round trip before the read.
-#[derive(Debug)]
-struct NeedsAuth;
-
-#[async_trait]
-impl SecretSource for NeedsAuth {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
-    }
-
-    async fn fetch(&self, r: &SecretRef) -> Result<Secret> {
-        keyrack_core::budget::needed_request().await;
-        Ok(Secret::new(r.path().to_owned()))
-    }
-
-    async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
-        keyrack_core::fetch_each(self, refs, 1).await
     }
 
     async fn version(&self, _r: &SecretRef) -> Result<Option<Version>> {
