@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_auth::credentials::Credentials;
+use google_cloud_secretmanager_v1::client::SecretManagerService;
 use keyrack_core::tls::rustls::crypto::CryptoProvider;
 use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 use url::{Host, Url};
@@ -50,7 +51,9 @@ pub const DEFAULT_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 /// `google-cloud-auth`'s for STS and the metadata server) on reqwest without a provider, and
 /// sign service-account JWTs with the process default's key provider, with no way to pass a
 /// client or a provider; without a default they panic. An application that wants another
-/// provider (aws-lc-rs for FIPS, say) installs it before building this source.
+/// provider (aws-lc-rs for FIPS, say) installs it before building this source. Given the
+/// application's own SDK client ([`with_client`](Self::with_client)), `build` installs
+/// nothing.
 #[derive(Debug)]
 pub struct GcpBuilder {
     defaults: Defaults,
@@ -61,6 +64,7 @@ pub struct GcpBuilder {
     rotation_schedule: bool,
     clock: Arc<dyn Clock>,
     crypto_provider: Option<Arc<CryptoProvider>>,
+    client: Option<SecretManagerService>,
 }
 
 impl Default for GcpBuilder {
@@ -81,6 +85,7 @@ impl GcpBuilder {
             rotation_schedule: false,
             clock: Arc::new(SystemClock),
             crypto_provider: None,
+            client: None,
         }
     }
 
@@ -191,6 +196,22 @@ impl GcpBuilder {
         self
     }
 
+    /// Send every request through `client`, an SDK client the application built: with its
+    /// endpoint, credentials, retry policy, attempt timeout and transport, or a stub of its own
+    /// (`SecretManagerService::from_stub`, to test against a fake in process). References with
+    /// a location are read through it too, so give it that location's endpoint when they name
+    /// one. [`with_timeout`](Self::with_timeout) still bounds each read. The client's own
+    /// retries add requests the engine's budget and backoff do not see: build it with
+    /// `with_retry_policy(NeverRetry)` as this crate does, or leave room for them.
+    ///
+    /// The endpoint, credentials and crypto provider options belong to the client:
+    /// [`build`](Self::build) refuses them beside it with [`ErrorKind::Config`]. With a client,
+    /// `build` installs no process-wide crypto provider.
+    pub fn with_client(mut self, client: SecretManagerService) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     /// Application Default Credentials, resolved by the auth library.
     pub fn with_application_default_credentials(mut self) -> Self {
         self.auth = Some(Auth::Adc);
@@ -236,6 +257,9 @@ impl GcpBuilder {
     /// are built at the first read of each endpoint. Must run inside a Tokio runtime: the
     /// auth library refreshes tokens in a task.
     pub async fn build(self) -> Result<GcpSource> {
+        if self.client.is_some() {
+            return self.build_on_client().await;
+        }
         install_process_provider(self.crypto_provider.clone());
         let auth = self.auth.ok_or_else(|| {
             Error::new(
@@ -261,6 +285,42 @@ impl GcpBuilder {
             auth,
             rotation_schedule: self.rotation_schedule,
             clock: self.clock,
+            client: None,
+        })
+        .await
+    }
+
+    /// [`build`](Self::build) with the application's client: the options that belong to it
+    /// are refused.
+    async fn build_on_client(self) -> Result<GcpSource> {
+        let beside = [
+            (self.endpoint.is_some(), "with_endpoint"),
+            (!self.regional.is_empty(), "with_regional_endpoint"),
+            (
+                self.auth.is_some(),
+                "credentials (from_env or with_*_credentials)",
+            ),
+            (self.crypto_provider.is_some(), "with_crypto_provider"),
+        ];
+        if let Some((_, option)) = beside.iter().find(|(set, _)| *set) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "with_client: {option} cannot be set beside it (the client carries its \
+                     endpoint, credentials and TLS)"
+                ),
+            ));
+        }
+        GcpSource::new(Config {
+            defaults: self.defaults,
+            endpoint: DEFAULT_ENDPOINT.to_owned(),
+            regional: HashMap::new(),
+            timeout: self.timeout,
+            // The client holds its credentials; these stay unused.
+            auth: Auth::Anonymous,
+            rotation_schedule: self.rotation_schedule,
+            clock: self.clock,
+            client: self.client,
         })
         .await
     }

@@ -7,7 +7,8 @@
 //! given with [`GcpBuilder::with_crypto_provider`]) as the process default when none is
 //! installed. An application that uses another provider (aws-lc-rs for FIPS) installs it
 //! before building this source; `CryptoProvider::install_default` fails after. The other
-//! backends install nothing.
+//! backends install nothing, nor does this one when given the application's own SDK client
+//! ([`GcpBuilder::with_client`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -95,6 +96,7 @@ pub use builder::{DEFAULT_ENDPOINT, GcpBuilder};
 pub use name::LATEST;
 pub use source::GcpSource;
 
-/// The SDK crates this one is built on, for callers who build their own credentials or use the
+/// The SDK crates this one is built on, for callers who build their own credentials or client
+/// ([`GcpBuilder::with_client`], whose stubs answer in `google_cloud_gax`'s types) or use the
 /// clients for calls this crate does not make.
-pub use {google_cloud_auth, google_cloud_secretmanager_v1};
+pub use {google_cloud_auth, google_cloud_gax, google_cloud_secretmanager_v1};

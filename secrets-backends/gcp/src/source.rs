@@ -34,6 +34,9 @@ pub(crate) struct Config {
     pub(crate) auth: Auth,
     pub(crate) rotation_schedule: bool,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The application's client ([`GcpBuilder::with_client`](crate::GcpBuilder::with_client)),
+    /// for every endpoint.
+    pub(crate) client: Option<SecretManagerService>,
 }
 
 /// Google Secret Manager as a [`SecretSource`].
@@ -219,6 +222,7 @@ impl fmt::Debug for GcpSource {
             .field("regional", &c.regional)
             .field("timeout", &c.timeout)
             .field("rotation_schedule", &c.rotation_schedule)
+            .field("own_client", &c.client.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -291,6 +295,9 @@ impl GcpSource {
         generation: &Generation,
         endpoint: &str,
     ) -> Result<SecretManagerService> {
+        if let Some(client) = &self.inner.config.client {
+            return Ok(client.clone());
+        }
         let cell = lock(&generation.clients)
             .entry(endpoint.to_owned())
             .or_default()
