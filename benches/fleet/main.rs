@@ -2,13 +2,15 @@
 //!
 //! Each pod is a real engine (`Secrets`) with a real backend source whose SDK sends its
 //! requests to an in-process fake of the service instead of a socket: AWS Secrets Manager
-//! ([`aws`]) and Azure Key Vault ([`azure`]); each module says which quotas its fake enforces,
-//! where they are documented, and how it refuses past them. Every answer comes after a
-//! simulated 20 ms. Time is simulated: the runtime is tokio's paused clock, which jumps to the
-//! next timer whenever every task waits, and the engines and the fakes read that clock, so a
-//! 10,000-pod restart measures the policy, not this machine. (Google Secret Manager and Vault
-//! are not here: their clients, google-cloud-gax's and reqwest, take no in-process transport,
-//! and a loopback socket under a paused clock lets time jump while a request is in flight.)
+//! ([`aws`]), Azure Key Vault ([`azure`]) and Google Secret Manager ([`gcp`], through the SDK's
+//! stub seam); each module says which quotas its fake enforces, where they are documented, and
+//! how it refuses past them. Every answer comes after a simulated 20 ms. Time is simulated: the
+//! runtime is tokio's paused clock, which jumps to the next timer whenever every task waits,
+//! and the engines and the fakes read that clock, so a 10,000-pod restart measures the policy,
+//! not this machine. (Vault is not here: its client, reqwest, takes no in-process transport,
+//! and a loopback socket under a paused clock lets time jump while a request is in flight.
+//! Vault has no documented quota either: `benches/vault_fleet.rs` measures a fleet against the
+//! real OpenBao of the test ground, in real time.)
 //!
 //! Start-up: every pod starts at t = 0, `prefetch`es its 20 secrets, and retries what failed
 //! every second (a service that does not start without its secrets).
@@ -30,8 +32,8 @@
 //! time, over all pods, from the rotation until the pod's handle holds the new version.
 //!
 //! `cargo bench --bench fleet` runs 1,000 and 10,000 pods (`FLEET_PODS=N` for one size,
-//! `FLEET_POLICIES=share,default` for some policies, `FLEET_BACKENDS=azure` for some
-//! backends); `cargo test --benches` runs 50 pods as `SMOKE` lines. The default and unbudgeted
+//! `FLEET_POLICIES=share,default` for some policies, `FLEET_BACKENDS=azure,gcp` for some
+//! backends: `aws`, `azure`, `gcp`); `cargo test --benches` runs 50 pods as `SMOKE` lines. The default and unbudgeted
 //! policies at 10,000 pods take a long time here (a retry storm of millions of requests
 //! through the SDKs, on one core).
 
@@ -44,6 +46,7 @@
 
 mod aws;
 mod azure;
+mod gcp;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -503,6 +506,9 @@ fn main() {
             }
             if selected(azure::Azure::LABEL) {
                 run::<azure::Azure>(tag, pods, policy);
+            }
+            if selected(gcp::Gcp::LABEL) {
+                run::<gcp::Gcp>(tag, pods, policy);
             }
         }
     }
