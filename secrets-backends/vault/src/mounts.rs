@@ -3,9 +3,17 @@
 //! capability on the path) and remembered for [`MOUNT_TTL`]; a mount can be moved or replaced
 //! (`sys/remount`, disable and enable), so an answer a remount would explain makes the source
 //! detect it again sooner (at most once per mount and [`RECHECK_GAP`]).
+//!
+//! Cold reads started together share a detection ([`Detections`]): a pod that starts by
+//! reading twenty secrets of one mount asks once, not once per read in flight.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use keyrack_core::{ErrorKind, Result};
 
 /// How long a detected mount is trusted.
 pub(crate) const MOUNT_TTL: Duration = Duration::from_secs(300);
@@ -117,6 +125,57 @@ impl Mounts {
     }
 }
 
+/// Mount detections in flight, by the first segment of the path each was started for
+/// (`secret` for `secret/app/db`): a cold read whose path has the same first segment waits for
+/// the one in flight instead of sending its own. Most paths under one first segment lie under
+/// one mount; a read the detected mount does not cover (a mount nested beside another) is the
+/// caller's to detect on its own (see [`Detections::join`]).
+#[derive(Default)]
+pub(crate) struct Detections(Mutex<HashMap<String, Shared<BoxFuture<'static, Result<Mount>>>>>);
+
+impl Detections {
+    /// The outcome of the detection in flight for `path`'s first segment, or of `start`'s,
+    /// started now. A refusal (403, 404: the path the detection was started for may be denied
+    /// where this one is not) is not shared: those waiting get `None` and detect on their own;
+    /// other failures (a timeout, a Vault that is down) are, so a hang costs one timeout, not
+    /// one per waiting read in turn.
+    pub(crate) async fn join(
+        &self,
+        path: &str,
+        start: impl FnOnce() -> BoxFuture<'static, Result<Mount>>,
+    ) -> Option<Result<Mount>> {
+        let key = path.split('/').next().unwrap_or_default().to_owned();
+        let (detection, started) = {
+            let mut in_flight = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            match in_flight.get(&key) {
+                Some(d) => (d.clone(), false),
+                None => {
+                    let d = start().shared();
+                    in_flight.insert(key.clone(), d.clone());
+                    (d, true)
+                }
+            }
+        };
+        let outcome = detection.clone().await;
+        {
+            let mut in_flight = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if in_flight.get(&key).is_some_and(|d| d.ptr_eq(&detection)) {
+                in_flight.remove(&key);
+            }
+        }
+        match outcome {
+            Err(e)
+                if !started
+                    && matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::NotFound) =>
+            {
+                None
+            }
+            Ok(m) if !started && !path.starts_with(m.path.as_str()) => None,
+            outcome => Some(outcome),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +233,59 @@ mod tests {
             !mounts.may_recheck("secret/", t0 + RECHECK_GAP),
             "nothing to recheck"
         );
+    }
+
+    /// Three reads join the detection the first starts, which answers `answer` once all three
+    /// wait. Returns what each got.
+    async fn three_join(answer: Result<Mount>, paths: [&str; 3]) -> Vec<Option<Result<Mount>>> {
+        let detections = Detections::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<Mount>>();
+        let first = detections.join(paths[0], move || async move { rx.await.unwrap() }.boxed());
+        let joins = |path| {
+            detections.join(path, || -> BoxFuture<'static, Result<Mount>> {
+                panic!("a second detection was started")
+            })
+        };
+        let answered = async move {
+            tx.send(answer).unwrap();
+        };
+        let (first, second, third, ()) =
+            tokio::join!(first, joins(paths[1]), joins(paths[2]), answered);
+        vec![first, second, third]
+    }
+
+    #[tokio::test]
+    async fn reads_under_one_first_segment_share_a_detection_and_its_failure() {
+        let kv = ui("secret/", "kv", Some("2"));
+        let got = three_join(Ok(kv.clone()), ["secret/a", "secret/b", "secret/c/d"]).await;
+        for g in got {
+            assert_eq!(g.unwrap().unwrap(), kv);
+        }
+        let hang = || keyrack_core::Error::new(ErrorKind::Timeout, "timed out");
+        let got = three_join(Err(hang()), ["secret/a", "secret/b", "secret/c"]).await;
+        for g in got {
+            assert_eq!(g.unwrap().unwrap_err().kind(), &ErrorKind::Timeout);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_or_a_mount_that_does_not_cover_the_path_is_not_shared() {
+        let denied = keyrack_core::Error::new(ErrorKind::PermissionDenied, "denied");
+        let got = three_join(Err(denied), ["team/a", "team/b", "team/c"]).await;
+        assert_eq!(
+            got[0].as_ref().unwrap().as_ref().unwrap_err().kind(),
+            &ErrorKind::PermissionDenied,
+            "the read that started it gets its answer"
+        );
+        assert!(
+            got[1].is_none() && got[2].is_none(),
+            "the others detect their own"
+        );
+
+        let nested = ui("team/kv/", "kv", Some("1"));
+        let got = three_join(Ok(nested.clone()), ["team/kv/a", "team/kv/b", "team/db/c"]).await;
+        assert_eq!(got[0].as_ref().unwrap().as_ref().unwrap(), &nested);
+        assert_eq!(got[1].as_ref().unwrap().as_ref().unwrap(), &nested);
+        assert!(got[2].is_none(), "team/db/c is not under team/kv/");
     }
 }

@@ -195,6 +195,9 @@ impl Session {
             return Ok((state.token.clone(), state.generation));
         }
         let generation = previous.as_ref().map_or(0, |p| p.generation + 1);
+        // A login that a read waits for takes a place in that call's budget, ahead of the read
+        // (ready at once for the keeper's, outside any call).
+        keyrack_core::budget::needed_request().await;
         let method = self.auth.method();
         // Source, method and generation: never a role, a path or a token.
         let span = tracing::info_span!(target: "keyrack_vault::auth", "login", source = "vault",

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
     SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each,
@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use crate::http::{Answer, Body, Envelope, parse};
-use crate::mounts::{Engine, Mount, Mounts, UiMount};
+use crate::mounts::{Detections, Engine, Mount, Mounts, UiMount};
 use crate::session::{RETRY_FLOOR, Session};
 
 /// Versions of issued secrets remembered (see [`Issued`]).
@@ -51,6 +51,7 @@ pub struct VaultSource {
 struct Inner {
     session: Arc<Session>,
     mounts: Mounts,
+    detections: Detections,
     clock: Arc<dyn Clock>,
     /// Last version issued per writing reference: the version probe answers it, so a routine
     /// check does not issue again (expiry drives re-issue).
@@ -363,6 +364,7 @@ impl VaultSource {
             inner: Arc::new(Inner {
                 session,
                 mounts: Mounts::default(),
+                detections: Detections::default(),
                 clock,
                 issued: Mutex::new(Issued::default()),
             }),
@@ -399,12 +401,31 @@ impl VaultSource {
         }
     }
 
-    /// The mount `path` lies under, and whether it came from the cache.
+    /// The mount `path` lies under, and whether it came from the cache. Cold reads started
+    /// together share one detection ([`Detections`]); the detection takes a place in the
+    /// budget of the call that starts it, ahead of that call's read
+    /// ([`needed_request`](keyrack_core::budget::needed_request)), as the login does.
     async fn mount(&self, path: &str) -> Result<(Mount, bool)> {
         if let Some(m) = self.inner.mounts.find(path, self.inner.clock.now()) {
             return Ok((m, true));
         }
-        self.detect_mount(path).await.map(|m| (m, false))
+        let shared = self
+            .inner
+            .detections
+            .join(path, || {
+                let (source, path) = (self.clone(), path.to_owned());
+                let place = keyrack_core::budget::needed_request();
+                async move {
+                    place.await;
+                    source.detect_mount(&path).await
+                }
+                .boxed()
+            })
+            .await;
+        match shared {
+            Some(outcome) => outcome.map(|m| (m, false)),
+            None => self.detect_mount(path).await.map(|m| (m, false)),
+        }
     }
 
     /// Run `op` on the mount of `path`. When a cached mount's answer is one a remount would
