@@ -8,7 +8,7 @@ use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 
 use crate::budget::RequestBudget;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::reference::SecretRef;
 use crate::secret::{Lease, Secret, Version};
 
@@ -128,6 +128,12 @@ pub trait SecretSource: Send + Sync + Debug + 'static {
 /// `fetch_many` for sources without a batch API: one `fetch` per reference, at most `concurrency`
 /// at a time, results in input order. Each `fetch` is counted as a request against the source's
 /// [request budget](crate::budget) when a [`Secrets`](crate::Secrets) client calls it.
+///
+/// Once a read fails in a way that says the backend, not the secret, is the trouble (it timed
+/// out, is unavailable, or throttled the read), the reads not yet sent are not sent: each fails
+/// with the same kind and `Retry-After`, saying so. Twenty reads of a backend that hangs then
+/// cost one timeout, not one per `concurrency` reads in turn, and a throttling backend gets no
+/// more of the batch than was already in flight.
 pub async fn fetch_each<S: SecretSource + ?Sized>(
     source: &S,
     refs: &[SecretRef],
@@ -137,17 +143,54 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
     // for the call, which covers the first).
     let requests = crate::budget::CallRequests::new();
     let requests = &requests;
+    let backend_failure = std::sync::OnceLock::<Error>::new();
+    let backend_failure = &backend_failure;
     // Collected first: a lazily mapped iterator inside the stream makes the future's `Send`-ness
     // unprovable to rustc inside `#[async_trait]` methods.
     let fetches: Vec<_> = refs
         .iter()
         .map(|r| async move {
+            if let Some(e) = backend_failure.get() {
+                return Err(not_sent_after(e));
+            }
             requests.before_request().await?;
-            source.fetch(r).await
+            let result = source.fetch(r).await;
+            if let Err(e) = &result
+                && says_backend_is_down(e)
+            {
+                let _ = backend_failure.set(e.clone());
+            }
+            result
         })
         .collect();
     futures_util::stream::iter(fetches)
         .buffered(concurrency.max(1))
         .collect()
         .await
+}
+
+/// Whether `e` is about the backend rather than the secret read: a read of another secret now
+/// would most likely fail the same way.
+fn says_backend_is_down(e: &Error) -> bool {
+    !e.is_budget_refusal()
+        && matches!(
+            e.kind(),
+            ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Throttled
+        )
+}
+
+/// The error of a read [`fetch_each`] did not send after `first` (which may name another
+/// secret: only its kind and message's gist are kept, with its `Retry-After`).
+fn not_sent_after(first: &Error) -> Error {
+    let e = Error::new(
+        first.kind().clone(),
+        format!(
+            "not sent: another read of the same batch failed first ({:?})",
+            first.kind()
+        ),
+    );
+    match first.retry_after() {
+        Some(wait) => e.with_retry_after(wait),
+        None => e,
+    }
 }

@@ -238,3 +238,62 @@ async fn a_hung_challenge_ends_every_waiter_at_one_timeout() {
     assert_eq!(authorized(&fake), READS);
     assert_eq!(fake.token_requests().len(), 1);
 }
+
+/// The same hang through the engine with a request budget: the challenge's place
+/// (`budget::needed_request`) is taken while the reads wait for it, and the hang neither holds
+/// the reads past the timeout nor leaves the budget owing: twenty other secrets read right
+/// after the vault answers again go through at once, with one new challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::disallowed_methods)] // measures how long real requests waited
+async fn a_hung_challenge_under_a_request_budget_ends_at_one_timeout_and_owes_nothing() {
+    let fake = seeded().await;
+    let others: Vec<String> = (0..READS).map(|i| format!("after-{i}")).collect();
+    for name in &others {
+        fake.put(name, &format!("value-of-{name}"));
+    }
+    let timeout = Duration::from_millis(800);
+    let source = fake
+        .builder(std::sync::Arc::new(RotatingToken::new(
+            "projected-sa-token-1",
+        )))
+        .with_timeout(timeout)
+        .build()
+        .unwrap();
+    // Room for the twenty reads, the challenge and the token's read: 22 at once, then 22 a
+    // second.
+    let budget = keyrack_core::RequestBudget::per_second(22)
+        .with_burst(22)
+        .fixed();
+    let secrets = Secrets::builder()
+        .source("azure-kv", source)
+        .request_budget("azure-kv", budget)
+        .build()
+        .unwrap();
+    fake.with_state(|s| s.hang_unauthorized = true);
+
+    let refs: Vec<_> = names().iter().map(|n| kv_ref(n)).collect();
+    let started = Instant::now();
+    let results = secrets.prefetch(&refs).await;
+    let took = started.elapsed();
+    for result in &results {
+        let err = result.as_ref().unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+            "{err}"
+        );
+        assert!(!err.is_budget_refusal(), "{err}");
+    }
+    assert!(took < timeout * 8, "the reads took {took:?}");
+    assert_eq!(unauthorized(&fake), 1, "{:#?}", fake.vault_requests());
+
+    fake.with_state(|s| s.hang_unauthorized = false);
+    fake.vault.clear_requests();
+    // A second of room back, as the budget gives it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refs: Vec<_> = others.iter().map(|n| kv_ref(n)).collect();
+    for result in secrets.prefetch(&refs).await {
+        result.unwrap();
+    }
+    assert_eq!(unauthorized(&fake), 1, "{:#?}", fake.vault_requests());
+    assert_eq!(authorized(&fake), READS);
+}

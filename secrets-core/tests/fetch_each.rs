@@ -1,0 +1,73 @@
+//! `fetch_each`, the `fetch_many` of sources without a batch API, stops sending once the
+//! backend is the trouble: before, twenty reads of a Key Vault whose challenge hung cost three
+//! timeouts in turn (eight reads at a time, each eight starting a discovery of their own), and
+//! a backend that throttled the first read got the other nineteen anyway.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use keyrack_core::sources::MemorySource;
+use keyrack_core::testkit::{Fault, Op, Scripted};
+use keyrack_core::{ErrorKind, ManualClock, SecretRef, SecretSource};
+
+const READS: usize = 20;
+
+fn backend() -> (Scripted, Vec<SecretRef>) {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let refs = (0..READS)
+        .map(|i| {
+            memory.set(format!("s{i}"), "v");
+            SecretRef::parse(&format!("mem://s{i}")).unwrap()
+        })
+        .collect();
+    (Scripted::new(memory, clock), refs)
+}
+
+#[tokio::test]
+async fn a_timeout_or_an_outage_stops_the_reads_not_yet_sent() {
+    for kind in [ErrorKind::Timeout, ErrorKind::Unavailable] {
+        let (backend, refs) = backend();
+        backend.set_fault(Op::Fetch, Some(Fault::Fail(kind.clone(), None)));
+        let results = backend.fetch_many(&refs).await;
+        assert_eq!(results.len(), READS);
+        let sent = backend.count(Op::Fetch);
+        assert!(sent < READS, "{kind:?}: all {sent} were sent");
+        for result in &results[sent..] {
+            let e = result.as_ref().unwrap_err();
+            assert_eq!(e.kind(), &kind);
+            assert!(e.to_string().contains("not sent"), "{e}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_read_stops_the_rest_with_its_retry_after() {
+    let (backend, refs) = backend();
+    let hint = Duration::from_secs(3);
+    backend.set_fault(
+        Op::Fetch,
+        Some(Fault::Fail(ErrorKind::Throttled, Some(hint))),
+    );
+    let results = backend.fetch_many(&refs).await;
+    let sent = backend.count(Op::Fetch);
+    assert!(sent < READS);
+    for result in &results {
+        let e = result.as_ref().unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Throttled);
+        assert_eq!(e.retry_after(), Some(hint));
+    }
+}
+
+#[tokio::test]
+async fn a_secrets_own_failure_does_not_stop_the_others() {
+    let (backend, mut refs) = backend();
+    refs.push(SecretRef::parse("mem://missing").unwrap());
+    let results = backend.fetch_many(&refs).await;
+    assert_eq!(backend.count(Op::Fetch), READS + 1);
+    assert!(results[..READS].iter().all(Result::is_ok));
+    assert_eq!(
+        results[READS].as_ref().unwrap_err().kind(),
+        &ErrorKind::NotFound
+    );
+}
