@@ -27,9 +27,10 @@
 //! source's budget, adaptive), `unbudgeted` (no client-side budget: the policy before budgets)
 //! and `share` (each pod given its even share of the quota, `Backend::share`).
 //!
-//! Steady state (`steady_*`): the default policy with 20 handles per pod for one simulated hour
-//! after start-up, one secret rotated at 30 minutes: requests per pod per hour and the worst
-//! time, over all pods, from the rotation until the pod's handle holds the new version.
+//! Steady state (`steady_*`): the default policy with 20 handles per pod for a simulated day
+//! after start-up (an hour above 1,000 pods; `FLEET_HOURS=N` to choose), one secret rotated in
+//! the middle of every hour: requests per pod per hour and the worst time, over every rotation
+//! and every pod, from the rotation until the pod's handle holds the new version.
 //!
 //! `cargo bench --bench fleet` runs 1,000 and 10,000 pods (`FLEET_PODS=N` for one size,
 //! `FLEET_POLICIES=share,default` for some policies, `FLEET_BACKENDS=azure,gcp` for some
@@ -186,11 +187,6 @@ impl Ledger {
         let mut st = self.state.lock().unwrap();
         let name = st.names[i].clone();
         *st.versions.get_mut(&name).unwrap() += 1;
-    }
-
-    fn version_of(&self, i: usize) -> u64 {
-        let st = self.state.lock().unwrap();
-        st.versions[&st.names[i]]
     }
 
     fn version_of_name(&self, name: &str) -> Option<u64> {
@@ -357,60 +353,83 @@ async fn restart<B: Backend>(pods: usize, policy: Policy) -> (Restart, Vec<Secre
     )
 }
 
-/// One simulated hour with a handle per secret in every pod, the first secret rotated at 30
-/// minutes: requests per pod-hour, and the worst delay until a pod's handle had the new version.
+/// `hours` simulated hours with a handle per secret in every pod, one secret rotated in the
+/// middle of each hour (secret `h % 20` in hour `h`): requests per pod-hour, and the worst
+/// delay, over every rotation and every pod, until the pod's handle had the new version
+/// (`None` if some pod never saw some rotation).
 async fn steady<B: Backend>(
     fleet: &[Secrets],
     fake: &B,
     clock: SimClock,
+    hours: u32,
 ) -> (f64, Option<Duration>) {
     let mut handles = Vec::new();
     let mut watchers = Vec::new();
-    let rotated_at = Arc::new(Mutex::new(None::<Duration>));
+    // When each secret was last rotated.
+    let rotated_at = Arc::new(Mutex::new(vec![None::<Duration>; SECRETS]));
     let worst = Arc::new(Mutex::new(Duration::ZERO));
     let seen = Arc::new(AtomicUsize::new(0));
+    let index: Arc<HashMap<SecretRef, usize>> =
+        Arc::new((0..SECRETS).map(|i| (B::reference(i), i)).collect());
     for secrets in fleet {
         for i in 0..SECRETS {
             handles.push(secrets.handle(B::reference(i)).await.unwrap());
         }
         let mut events = secrets.events();
-        let (rotated_at, worst, seen) = (rotated_at.clone(), worst.clone(), seen.clone());
+        let (rotated_at, worst, seen, index) = (
+            rotated_at.clone(),
+            worst.clone(),
+            seen.clone(),
+            index.clone(),
+        );
         watchers.push(tokio::spawn(async move {
             while let Some(event) = events.recv().await {
-                if let RotationEvent::Rotated { secret, .. } = &event
-                    && *secret == B::reference(0)
-                {
-                    let Some(at) = *rotated_at.lock().unwrap() else {
-                        continue;
-                    };
-                    let mut w = worst.lock().unwrap();
-                    *w = (*w).max(clock.elapsed() - at);
-                    seen.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+                let RotationEvent::Rotated { secret, .. } = &event else {
+                    continue;
+                };
+                let Some(at) = index
+                    .get(secret)
+                    .and_then(|&i| rotated_at.lock().unwrap()[i])
+                else {
+                    continue;
+                };
+                let mut w = worst.lock().unwrap();
+                *w = (*w).max(clock.elapsed() - at);
+                seen.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     let ledger = fake.ledger();
     ledger.reset_counts();
     let began = clock.elapsed();
-    clock
-        .sleep_until(clock.now() + Duration::from_secs(30 * 60))
-        .await;
-    ledger.rotate(0);
-    *rotated_at.lock().unwrap() = Some(clock.elapsed());
-    clock
-        .sleep_until(clock.now() + Duration::from_secs(30 * 60))
-        .await;
-    let hours = (clock.elapsed() - began).as_secs_f64() / 3600.0;
+    let half_hour = Duration::from_secs(30 * 60);
+    for hour in 0..hours as usize {
+        clock.sleep_until(clock.now() + half_hour).await;
+        let i = hour % SECRETS;
+        ledger.rotate(i);
+        rotated_at.lock().unwrap()[i] = Some(clock.elapsed());
+        clock.sleep_until(clock.now() + half_hour).await;
+    }
     let (calls, _, _) = ledger.counts();
-    assert!(ledger.version_of(0) == 2);
-    let worst = (seen.load(Ordering::Relaxed) == fleet.len()).then(|| *worst.lock().unwrap());
+    // Every pod sees every rotation once.
+    let rotations = hours as usize;
+    let complete = seen.load(Ordering::Relaxed) == fleet.len() * rotations;
+    let worst = complete.then(|| *worst.lock().unwrap());
+    let hours = (clock.elapsed() - began).as_secs_f64() / 3600.0;
     for w in watchers {
         w.abort();
     }
     drop(handles);
     (calls as f64 / fleet.len() as f64 / hours, worst)
+}
+
+/// Simulated hours of steady state: `FLEET_HOURS`, else a day up to 1,000 pods and an hour
+/// above (a day of 10,000 pods is tens of millions of requests through the SDKs here).
+fn steady_hours(pods: usize) -> u32 {
+    std::env::var("FLEET_HOURS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if pods <= 1_000 { 24 } else { 1 })
 }
 
 /// The policies to run: all, or those named in `FLEET_POLICIES` (comma-separated labels).
@@ -473,8 +492,10 @@ fn run<B: Backend>(tag: &str, pods: usize, policy: Policy) {
             wall.elapsed().as_secs_f64()
         );
         if policy == Policy::Default && r.failed == 0 {
-            let (per_pod_hour, worst) = steady(&fleet, &fake, clock).await;
+            let hours = steady_hours(pods);
+            let (per_pod_hour, worst) = steady(&fleet, &fake, clock, hours).await;
             let steady = format!("fleet_{}_{pods}_steady", B::LABEL);
+            println!("{tag} {steady}_hours={hours}");
             println!("{tag} {steady}_calls_per_pod_hour={per_pod_hour:.0}");
             match worst {
                 Some(w) => println!("{tag} {steady}_worst_staleness_s={:.1}", w.as_secs_f64()),
