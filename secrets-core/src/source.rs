@@ -8,7 +8,7 @@ use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 
 use crate::budget::RequestBudget;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::reference::SecretRef;
 use crate::secret::{Lease, Secret, Version};
 
@@ -130,10 +130,12 @@ pub trait SecretSource: Send + Sync + Debug + 'static {
 /// [request budget](crate::budget) when a [`Secrets`](crate::Secrets) client calls it.
 ///
 /// Once a read fails in a way that says the backend, not the secret, is the trouble (it timed
-/// out, is unavailable, or throttled the read), the reads not yet sent are not sent: each fails
+/// out, is unavailable, or throttled the read), the reads not yet sent whose paths begin with
+/// the same segment (the same Key Vault, Vault mount; the whole source for paths without a
+/// `/`) are not sent: each fails
 /// with the same kind and `Retry-After`, saying so. Twenty reads of a backend that hangs then
 /// cost one timeout, not one per `concurrency` reads in turn, and a throttling backend gets no
-/// more of the batch than was already in flight.
+/// more of the batch than was sent before its answer came.
 pub async fn fetch_each<S: SecretSource + ?Sized>(
     source: &S,
     refs: &[SecretRef],
@@ -143,22 +145,34 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
     // for the call, which covers the first).
     let requests = crate::budget::CallRequests::new();
     let requests = &requests;
-    let backend_failure = std::sync::OnceLock::<Error>::new();
-    let backend_failure = &backend_failure;
+    // The first backend failure per first path segment.
+    let failures = std::sync::Mutex::new(std::collections::HashMap::<&str, Error>::new());
+    let failures = &failures;
+    let failed = |r: &SecretRef| {
+        let failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(first_segment(r)).map(not_sent_after)
+    };
     // Collected first: a lazily mapped iterator inside the stream makes the future's `Send`-ness
     // unprovable to rustc inside `#[async_trait]` methods.
     let fetches: Vec<_> = refs
         .iter()
         .map(|r| async move {
-            if let Some(e) = backend_failure.get() {
-                return Err(not_sent_after(e));
+            if let Some(e) = failed(r) {
+                return Err(e);
             }
             requests.before_request().await?;
+            // The failure may have come while this read waited for its place.
+            if let Some(e) = failed(r) {
+                return Err(e);
+            }
             let result = source.fetch(r).await;
             if let Err(e) = &result
                 && says_backend_is_down(e)
             {
-                let _ = backend_failure.set(e.clone());
+                let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                failures
+                    .entry(first_segment(r))
+                    .or_insert_with(|| e.clone());
             }
             result
         })
@@ -169,13 +183,19 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
         .await
 }
 
+/// The part of the backend a read goes to, as far as `fetch_each` can tell: the first segment of
+/// a path of several (a Key Vault, a Vault mount), else the whole source (flat names).
+fn first_segment(r: &SecretRef) -> &str {
+    r.path().split_once('/').map_or("", |(first, _)| first)
+}
+
 /// Whether `e` is about the backend rather than the secret read: a read of another secret now
 /// would most likely fail the same way.
 fn says_backend_is_down(e: &Error) -> bool {
     !e.is_budget_refusal()
         && matches!(
             e.kind(),
-            ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Throttled
+            crate::ErrorKind::Timeout | crate::ErrorKind::Unavailable | crate::ErrorKind::Throttled
         )
 }
 

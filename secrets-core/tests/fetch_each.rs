@@ -71,3 +71,27 @@ async fn a_secrets_own_failure_does_not_stop_the_others() {
         &ErrorKind::NotFound
     );
 }
+
+/// A backend failure stops only the reads under the same first path segment (one Key Vault, one
+/// Vault mount): a Vault whose database engine times out still serves the KV reads beside it.
+#[tokio::test]
+async fn a_failure_stops_only_the_reads_under_its_first_segment() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let refs: Vec<SecretRef> = ["database/creds/a", "database/creds/b", "kv/x", "kv/y"]
+        .iter()
+        .map(|path| {
+            memory.set(*path, "v");
+            SecretRef::parse(&format!("mem://{path}")).unwrap()
+        })
+        .collect();
+    // The first read (database/creds/a) times out; the others would succeed.
+    memory.fail_next(1, ErrorKind::Timeout);
+    let backend = Scripted::new(memory, clock);
+    let results = backend.fetch_many(&refs).await;
+    assert_eq!(results[0].as_ref().unwrap_err().kind(), &ErrorKind::Timeout);
+    let e = results[1].as_ref().unwrap_err();
+    assert!(e.to_string().contains("not sent"), "{e}");
+    assert!(results[2].is_ok() && results[3].is_ok(), "{results:?}");
+    assert_eq!(backend.count(Op::Fetch), 3);
+}

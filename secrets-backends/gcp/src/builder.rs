@@ -205,8 +205,9 @@ impl GcpBuilder {
     /// `with_retry_policy(NeverRetry)` as this crate does, or leave room for them.
     ///
     /// The endpoint, credentials and crypto provider options belong to the client:
-    /// [`build`](Self::build) refuses them beside it with [`ErrorKind::Config`]. With a client,
-    /// `build` installs no process-wide crypto provider.
+    /// [`build`](Self::build) refuses them beside it with [`ErrorKind::Config`] (start from
+    /// [`new`](Self::new), not [`from_env`](Self::from_env), which chooses credentials). With
+    /// a client, `build` installs no process-wide crypto provider.
     pub fn with_client(mut self, client: SecretManagerService) -> Self {
         self.client = Some(client);
         self

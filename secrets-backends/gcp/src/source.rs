@@ -257,7 +257,9 @@ impl GcpSource {
     /// The SDK client for `endpoint` (built at first use), to write secrets or make calls this
     /// crate does not make. It makes one attempt per request, bounded by the builder's timeout
     /// once it has an access token (the time spent waiting for the token is not bounded there:
-    /// wrap calls in [`tokio::time::timeout`] to bound it).
+    /// wrap calls in [`tokio::time::timeout`] to bound it). With
+    /// [`GcpBuilder::with_client`](crate::GcpBuilder::with_client) it is the application's
+    /// client, whatever `endpoint`, with the application's retry policy and timeouts.
     pub async fn client(&self, endpoint: &str) -> Result<SecretManagerService> {
         let generation = self.generation().await?;
         self.client_of(&generation, endpoint).await

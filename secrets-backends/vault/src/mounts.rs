@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
-use keyrack_core::{ErrorKind, Result};
+use futures_util::future::{BoxFuture, WeakShared};
+use keyrack_core::Result;
 
 /// How long a detected mount is trusted.
 pub(crate) const MOUNT_TTL: Duration = Duration::from_secs(300);
@@ -130,15 +130,20 @@ impl Mounts {
 /// the one in flight instead of sending its own. Most paths under one first segment lie under
 /// one mount; a read the detected mount does not cover (a mount nested beside another) is the
 /// caller's to detect on its own (see [`Detections::join`]).
+///
+/// The map holds detections weakly: one whose every waiter gave up (a cancelled prefetch, a
+/// client timeout) is dropped with its last waiter, its request and any login it was in
+/// abandoned and its budget place given back, rather than left half-done for the next cold
+/// read to resume.
 #[derive(Default)]
-pub(crate) struct Detections(Mutex<HashMap<String, Shared<BoxFuture<'static, Result<Mount>>>>>);
+pub(crate) struct Detections(Mutex<HashMap<String, WeakShared<BoxFuture<'static, Result<Mount>>>>>);
 
 impl Detections {
     /// The outcome of the detection in flight for `path`'s first segment, or of `start`'s,
-    /// started now. A refusal (403, 404: the path the detection was started for may be denied
-    /// where this one is not) is not shared: those waiting get `None` and detect on their own;
-    /// other failures (a timeout, a Vault that is down) are, so a hang costs one timeout, not
-    /// one per waiting read in turn.
+    /// started now. Failures are shared (a timeout, a Vault that is down, a refused login: a
+    /// hang costs one timeout, not one per waiting read in turn). A mount that does not cover
+    /// `path`, or none (the detection was refused for the path it was started for, which may be
+    /// denied where this one is not) is not: the caller gets `None` and detects on its own.
     pub(crate) async fn join(
         &self,
         path: &str,
@@ -147,11 +152,13 @@ impl Detections {
         let key = path.split('/').next().unwrap_or_default().to_owned();
         let (detection, started) = {
             let mut in_flight = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            match in_flight.get(&key) {
-                Some(d) => (d.clone(), false),
+            match in_flight.get(&key).and_then(WeakShared::upgrade) {
+                Some(d) => (d, false),
                 None => {
                     let d = start().shared();
-                    in_flight.insert(key.clone(), d.clone());
+                    if let Some(weak) = d.downgrade() {
+                        in_flight.insert(key.clone(), weak);
+                    }
                     (d, true)
                 }
             }
@@ -159,18 +166,16 @@ impl Detections {
         let outcome = detection.clone().await;
         {
             let mut in_flight = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if in_flight.get(&key).is_some_and(|d| d.ptr_eq(&detection)) {
+            let ours = in_flight
+                .get(&key)
+                .and_then(WeakShared::upgrade)
+                .is_some_and(|d| d.ptr_eq(&detection));
+            if ours {
                 in_flight.remove(&key);
             }
         }
         match outcome {
-            Err(e)
-                if !started
-                    && matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::NotFound) =>
-            {
-                None
-            }
-            Ok(m) if !started && !path.starts_with(m.path.as_str()) => None,
+            Ok(m) if !started && (m.path.is_empty() || !path.starts_with(m.path.as_str())) => None,
             outcome => Some(outcome),
         }
     }
@@ -178,6 +183,10 @@ impl Detections {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
+    use keyrack_core::ErrorKind;
+
     use super::*;
 
     fn ui(path: &str, kind: &str, version: Option<&str>) -> Mount {
@@ -261,21 +270,27 @@ mod tests {
         for g in got {
             assert_eq!(g.unwrap().unwrap(), kv);
         }
-        let hang = || keyrack_core::Error::new(ErrorKind::Timeout, "timed out");
-        let got = three_join(Err(hang()), ["secret/a", "secret/b", "secret/c"]).await;
-        for g in got {
-            assert_eq!(g.unwrap().unwrap_err().kind(), &ErrorKind::Timeout);
+        for kind in [ErrorKind::Timeout, ErrorKind::PermissionDenied] {
+            let failed = keyrack_core::Error::new(kind.clone(), "failed");
+            let got = three_join(Err(failed), ["secret/a", "secret/b", "secret/c"]).await;
+            for g in got {
+                assert_eq!(g.unwrap().unwrap_err().kind(), &kind);
+            }
         }
     }
 
     #[tokio::test]
-    async fn a_refusal_or_a_mount_that_does_not_cover_the_path_is_not_shared() {
-        let denied = keyrack_core::Error::new(ErrorKind::PermissionDenied, "denied");
-        let got = three_join(Err(denied), ["team/a", "team/b", "team/c"]).await;
+    async fn no_mount_or_one_that_does_not_cover_the_path_is_not_shared() {
+        // What `mount_from` makes of a detection refused (403) for the path it was started for.
+        let none = Mount {
+            path: String::new(),
+            engine: Engine::Other,
+        };
+        let got = three_join(Ok(none.clone()), ["kv/team-a/x", "kv/team-b/y", "kv/c"]).await;
         assert_eq!(
-            got[0].as_ref().unwrap().as_ref().unwrap_err().kind(),
-            &ErrorKind::PermissionDenied,
-            "the read that started it gets its answer"
+            got[0].as_ref().unwrap().as_ref().unwrap(),
+            &none,
+            "its starter's answer"
         );
         assert!(
             got[1].is_none() && got[2].is_none(),
@@ -287,5 +302,42 @@ mod tests {
         assert_eq!(got[0].as_ref().unwrap().as_ref().unwrap(), &nested);
         assert_eq!(got[1].as_ref().unwrap().as_ref().unwrap(), &nested);
         assert!(got[2].is_none(), "team/db/c is not under team/kv/");
+    }
+
+    #[tokio::test]
+    async fn a_detection_every_waiter_gave_up_is_dropped_not_resumed() {
+        let detections = Detections::default();
+        let (dropped_tx, mut dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        // A detection that never answers and reports when it is dropped.
+        struct Guard(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = self.0.take().map(|tx| tx.send(()));
+            }
+        }
+        let guard = Guard(Some(dropped_tx));
+        let waiting = detections.join("secret/a", move || {
+            async move {
+                let _guard = guard;
+                std::future::pending::<Result<Mount>>().await
+            }
+            .boxed()
+        });
+        // Polled once (started), then given up.
+        let mut waiting = Box::pin(waiting);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        drop(waiting);
+        assert!(
+            dropped_rx.try_recv().is_ok(),
+            "the detection was not dropped with its last waiter"
+        );
+        // The next cold read starts a new detection.
+        let kv = ui("secret/", "kv", Some("2"));
+        let again = kv.clone();
+        let got = detections
+            .join("secret/b", move || async move { Ok(again) }.boxed())
+            .await;
+        assert_eq!(got.unwrap().unwrap(), kv);
     }
 }

@@ -402,8 +402,8 @@ impl VaultSource {
     }
 
     /// The mount `path` lies under, and whether it came from the cache. Cold reads started
-    /// together share one detection ([`Detections`]); the detection takes a place in the
-    /// budget of the call that starts it, ahead of that call's read
+    /// together share one detection ([`Detections`]); a detection takes a place in the budget
+    /// of the call that starts it, ahead of that call's read
     /// ([`needed_request`](keyrack_core::budget::needed_request)), as the login does.
     async fn mount(&self, path: &str) -> Result<(Mount, bool)> {
         if let Some(m) = self.inner.mounts.find(path, self.inner.clock.now()) {
@@ -424,7 +424,10 @@ impl VaultSource {
             .await;
         match shared {
             Some(outcome) => outcome.map(|m| (m, false)),
-            None => self.detect_mount(path).await.map(|m| (m, false)),
+            None => {
+                keyrack_core::budget::needed_request().await;
+                self.detect_mount(path).await.map(|m| (m, false))
+            }
         }
     }
 
