@@ -14,7 +14,6 @@
 //! credential is a fixed token (Entra ID has quotas of its own, not simulated here).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use keyrack_azure::AzureBuilder;
 use keyrack_azure::azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
@@ -25,7 +24,7 @@ use keyrack_core::{RequestBudget, SecretRef, SecretSource, async_trait};
 use keyrack_fake_server::azure::entry;
 use serde_json::{Value, json};
 
-use crate::{Backend, Bucket, LATENCY, Ledger, SECRETS, SimClock};
+use crate::{Backend, Bucket, LATENCY, Ledger, SECRETS, SimClock, even_share};
 
 /// Secret GETs per vault: 4,000 per 10 s.
 const QUOTA: f64 = 4_000.0;
@@ -174,18 +173,10 @@ impl Backend for Azure {
     }
 
     fn share(pods: usize) -> RequestBudget {
-        // The vault's 400 per second split evenly: one request every `pods / 400` seconds,
-        // each pod at its own phase, and its share of the 4,000 the vault allows at once
-        // (without it, 1,000 pods took 1.24 times the floor: the floor drains the vault's
-        // burst first).
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let burst = (QUOTA / pods as f64) as u32;
-        RequestBudget::new(
-            1,
-            Duration::from_secs_f64(pods as f64 / (QUOTA / WINDOW_SECS)),
-        )
-        .with_burst(burst)
-        .spread()
+        // The vault's 400 per second and its 4,000 at once split evenly (without the share of
+        // the burst, 1,000 pods took 1.24 times the floor: the floor drains the vault's burst
+        // first).
+        even_share(QUOTA / WINDOW_SECS, QUOTA, pods)
     }
 
     /// Every pod's challenge and 20 reads through the bucket (starting full), plus one

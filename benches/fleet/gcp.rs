@@ -16,7 +16,6 @@
 //! token exchange has quotas of its own, not simulated here).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use keyrack_core::{RequestBudget, SecretRef, SecretSource};
 use keyrack_fake_server::gcp::{STATUS_ERRORS, access_body, fixture};
@@ -29,7 +28,7 @@ use keyrack_gcp::google_cloud_secretmanager_v1 as sm;
 use sm::client::SecretManagerService;
 use sm::model::{AccessSecretVersionRequest, AccessSecretVersionResponse};
 
-use crate::{Backend, Bucket, LATENCY, Ledger, SECRETS, SimClock};
+use crate::{Backend, Bucket, LATENCY, Ledger, SECRETS, SimClock, even_share};
 
 /// Access requests per project: 90,000 per minute.
 const QUOTA_PER_MINUTE: f64 = 90_000.0;
@@ -121,13 +120,9 @@ impl Backend for Gcp {
     }
 
     fn share(pods: usize) -> RequestBudget {
-        // The project's 1,500 per second split evenly, each pod at its own phase, with its
-        // share of the second's worth the quota allows at once.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let burst = (RATE / pods as f64) as u32;
-        RequestBudget::new(1, Duration::from_secs_f64(pods as f64 / RATE))
-            .with_burst(burst)
-            .spread()
+        // The project's 1,500 per second and the second's worth it allows at once, split
+        // evenly.
+        even_share(RATE, RATE, pods)
     }
 
     /// Every pod's 20 reads through the bucket (starting full), plus one request's latency.

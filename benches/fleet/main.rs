@@ -229,6 +229,17 @@ trait Backend: Clone + Sized + 'static {
     fn floor(pods: usize) -> f64;
 }
 
+/// A pod's even share of a quota of `rate` per second that allows `at_once` requests at once:
+/// one request every `pods / rate` seconds, its share of `at_once` (at least 1), at its own
+/// phase ([`RequestBudget::spread`]).
+fn even_share(rate: f64, at_once: f64, pods: usize) -> RequestBudget {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let burst = (at_once / pods as f64) as u32;
+    RequestBudget::new(1, Duration::from_secs_f64(pods as f64 / rate))
+        .with_burst(burst)
+        .spread()
+}
+
 // ------------------------------------------------------------------------------------------------
 // The fleet
 

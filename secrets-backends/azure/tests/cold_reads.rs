@@ -54,6 +54,28 @@ fn unauthorized(fake: &Fake) -> usize {
         .count()
 }
 
+/// A source whose requests give up after `timeout`.
+fn timing_out(fake: &Fake, timeout: Duration) -> keyrack_azure::AzureSource {
+    fake.builder(std::sync::Arc::new(RotatingToken::new(
+        "projected-sa-token-1",
+    )))
+    .with_timeout(timeout)
+    .build()
+    .unwrap()
+}
+
+/// Each read failed as a read of a vault that does not answer does (and not by the budget).
+fn all_hung(results: &[Result<Secret>]) {
+    for result in results {
+        let err = result.as_ref().unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+            "{err}"
+        );
+        assert!(!err.is_budget_refusal(), "{err}");
+    }
+}
+
 fn authorized(fake: &Fake) -> usize {
     fake.vault_requests()
         .iter()
@@ -203,26 +225,13 @@ async fn a_failed_challenge_fails_its_waiters_once_and_is_not_kept() {
 async fn a_hung_challenge_ends_every_waiter_at_one_timeout() {
     let fake = seeded().await;
     let timeout = Duration::from_millis(800);
-    let source = std::sync::Arc::new(
-        fake.builder(std::sync::Arc::new(RotatingToken::new(
-            "projected-sa-token-1",
-        )))
-        .with_timeout(timeout)
-        .build()
-        .unwrap(),
-    );
+    let source = std::sync::Arc::new(timing_out(&fake, timeout));
     fake.with_state(|s| s.hang_unauthorized = true);
 
     let started = Instant::now();
     let results = read_all(&source).await;
     let took = started.elapsed();
-    for result in &results {
-        let err = result.as_ref().unwrap_err();
-        assert!(
-            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
-            "{err}"
-        );
-    }
+    all_hung(&results);
     // Twenty timeouts one after another would take 16 s; a generous bound against a loaded
     // machine that still tells the two apart.
     assert!(took < timeout * 8, "the reads took {took:?}");
@@ -252,13 +261,7 @@ async fn a_hung_challenge_under_a_request_budget_ends_at_one_timeout_and_owes_no
         fake.put(name, &format!("value-of-{name}"));
     }
     let timeout = Duration::from_millis(800);
-    let source = fake
-        .builder(std::sync::Arc::new(RotatingToken::new(
-            "projected-sa-token-1",
-        )))
-        .with_timeout(timeout)
-        .build()
-        .unwrap();
+    let source = timing_out(&fake, timeout);
     // Room for the twenty reads, the challenge and the token's read: 22 at once, then 22 a
     // second.
     let budget = keyrack_core::RequestBudget::per_second(22)
@@ -275,14 +278,7 @@ async fn a_hung_challenge_under_a_request_budget_ends_at_one_timeout_and_owes_no
     let started = Instant::now();
     let results = secrets.prefetch(&refs).await;
     let took = started.elapsed();
-    for result in &results {
-        let err = result.as_ref().unwrap_err();
-        assert!(
-            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
-            "{err}"
-        );
-        assert!(!err.is_budget_refusal(), "{err}");
-    }
+    all_hung(&results);
     assert!(took < timeout * 8, "the reads took {took:?}");
     assert_eq!(unauthorized(&fake), 1, "{:#?}", fake.vault_requests());
 

@@ -79,6 +79,11 @@ fn stub(answer: Answer) -> (SecretManagerService, Arc<Mutex<Vec<String>>>) {
     (SecretManagerService::from_stub(stub), names)
 }
 
+/// A builder on `client`, with a default project.
+fn on(client: SecretManagerService) -> GcpBuilder {
+    GcpBuilder::new().with_project("p1").with_client(client)
+}
+
 fn r(s: &str) -> SecretRef {
     SecretRef::parse(s).unwrap()
 }
@@ -86,12 +91,7 @@ fn r(s: &str) -> SecretRef {
 #[tokio::test]
 async fn the_given_client_carries_every_read_whatever_its_location() {
     let (client, names) = stub(Answer::Value);
-    let gcp = GcpBuilder::new()
-        .with_project("p1")
-        .with_client(client)
-        .build()
-        .await
-        .unwrap();
+    let gcp = on(client).build().await.unwrap();
     let secret = gcp.fetch(&r("gcp-sm://db")).await.unwrap();
     assert_eq!(secret.value().expose_str().unwrap(), VALUE);
     assert_eq!(secret.version().map(|v| v.as_str()), Some("7"));
@@ -115,12 +115,7 @@ async fn its_errors_map_as_the_sources_own_and_quote_no_value() {
         (Answer::Denied, ErrorKind::PermissionDenied),
     ] {
         let (client, _) = stub(answer);
-        let gcp = GcpBuilder::new()
-            .with_project("p1")
-            .with_client(client)
-            .build()
-            .await
-            .unwrap();
+        let gcp = on(client).build().await.unwrap();
         let e = gcp.fetch(&r("gcp-sm://db")).await.unwrap_err();
         assert_eq!(e.kind(), &kind, "{answer:?}: {e}");
         assert!(!format!("{e} {e:?}").contains(VALUE));
@@ -130,9 +125,7 @@ async fn its_errors_map_as_the_sources_own_and_quote_no_value() {
 #[tokio::test]
 async fn a_client_that_never_answers_is_bounded_by_the_timeout() {
     let (client, names) = stub(Answer::Never);
-    let gcp = GcpBuilder::new()
-        .with_project("p1")
-        .with_client(client)
+    let gcp = on(client)
         .with_timeout(Duration::from_millis(300))
         .build()
         .await
