@@ -28,9 +28,10 @@
 //! and `share` (each pod given its even share of the quota, `Backend::share`).
 //!
 //! Steady state (`steady_*`): the default policy with 20 handles per pod for a simulated day
-//! after start-up (an hour above 1,000 pods; `FLEET_HOURS=N` to choose), one secret rotated in
-//! the middle of every hour: requests per pod per hour and the worst time, over every rotation
-//! and every pod, from the rotation until the pod's handle holds the new version.
+//! after start-up (an hour above 1,000 pods; `FLEET_HOURS=N` to choose, 0 for none), one
+//! secret rotated in the middle of every hour: requests per pod per hour and the worst time,
+//! over every rotation and every pod, from the rotation until the pod's handle holds the new
+//! version.
 //!
 //! `cargo bench --bench fleet` runs 1,000 and 10,000 pods (`FLEET_PODS=N` for one size,
 //! `FLEET_POLICIES=share,default` for some policies, `FLEET_BACKENDS=azure,gcp` for some
@@ -434,8 +435,8 @@ async fn steady<B: Backend>(
     (calls as f64 / fleet.len() as f64 / hours, worst)
 }
 
-/// Simulated hours of steady state: `FLEET_HOURS`, else a day up to 1,000 pods and an hour
-/// above (a day of 10,000 pods is tens of millions of requests through the SDKs here).
+/// Simulated hours of steady state: `FLEET_HOURS` (0 for none), else a day up to 1,000 pods and
+/// an hour above (a day of 10,000 pods is tens of millions of requests through the SDKs here).
 fn steady_hours(pods: usize) -> u32 {
     std::env::var("FLEET_HOURS")
         .ok()
@@ -502,8 +503,8 @@ fn run<B: Backend>(tag: &str, pods: usize, policy: Policy) {
             policy.label(),
             wall.elapsed().as_secs_f64()
         );
-        if policy == Policy::Default && r.failed == 0 {
-            let hours = steady_hours(pods);
+        let hours = steady_hours(pods);
+        if policy == Policy::Default && r.failed == 0 && hours > 0 {
             let (per_pod_hour, worst) = steady(&fleet, &fake, clock, hours).await;
             let steady = format!("fleet_{}_{pods}_steady", B::LABEL);
             println!("{tag} {steady}_hours={hours}");

@@ -94,15 +94,22 @@ impl Gate {
     }
 
     async fn wait_for_place(&self, max_wait: Duration) -> Result<()> {
-        let now = self.clock.now();
-        let place = self.bucket.reserve(now, max_wait).map_err(|wait| {
-            Error::throttled(
-                Some(wait),
-                "the source's request budget has no room within the request timeout",
-            )
-            .marked_budget_refusal()
-        })?;
-        if place.at > now {
+        let asked = self.clock.now();
+        let mut now = asked;
+        let mut plans = self.bucket.plans();
+        loop {
+            plans.borrow_and_update();
+            let left = max_wait.saturating_sub(now.saturating_duration_since(asked));
+            let place = self.bucket.reserve(now, left).map_err(|wait| {
+                Error::throttled(
+                    Some(wait),
+                    "the source's request budget has no room within the request timeout",
+                )
+                .marked_budget_refusal()
+            })?;
+            if place.at <= now {
+                return Ok(());
+            }
             super::telemetry::budget_wait(&self.source, place.at - now);
             tracing::trace!(target: "keyrack_core::backend",
                 wait = ?(place.at - now), "waiting for the source's request budget");
@@ -111,10 +118,30 @@ impl Gate {
                 bucket: &self.bucket,
                 place: &place,
             };
-            self.clock.sleep_until(place.at).await;
+            let mut turn = self.clock.sleep_until(place.at);
+            let replanned = loop {
+                tokio::select! {
+                    () = &mut turn => break false,
+                    changed = plans.changed() => {
+                        if changed.is_err() {
+                            // No more plans (the bucket outlives its waiters; not reached).
+                            (&mut turn).await;
+                            break false;
+                        }
+                        // The places were planned again (the rate was cut, or rose): this one
+                        // was given at the old rate; take one at the new.
+                        if self.bucket.replanned_since(&place) {
+                            break true;
+                        }
+                    }
+                }
+            };
             std::mem::forget(unsent);
+            if !replanned {
+                return Ok(());
+            }
+            now = self.clock.now();
         }
-        Ok(())
     }
 
     /// Run `call` (a source call whose first request has its place) with this gate in reach of
