@@ -21,7 +21,8 @@
 //! * `failed_pods`: pods without all their secrets after 5 minutes, or half again the floor
 //!   where that is longer (goal 0).
 //! * `throttled_share`: throttled answers over all requests, in percent (goal < 1).
-//! * `calls`: requests the fake received.
+//! * `calls`: requests the fake received; `first_second_calls`, `first_second_throttled`: those
+//!   of the first second, and how many it refused (`FLEET_PER_SECOND=1` prints every second).
 //!
 //! Policies, in the same run: `default` (what a `Secrets` does unless told otherwise: the
 //! source's budget, adaptive), `unbudgeted` (no client-side budget: the policy before budgets)
@@ -141,6 +142,9 @@ struct Counts {
     calls: usize,
     throttled: usize,
     by_operation: HashMap<String, usize>,
+    /// Since when they are counted, and requests and refusals in each second since.
+    since: Option<tokio::time::Instant>,
+    per_second: Vec<(usize, usize)>,
 }
 
 #[derive(Debug)]
@@ -181,6 +185,17 @@ impl Ledger {
         if !allowed {
             st.counts.throttled += 1;
         }
+        let since = *st
+            .counts
+            .since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let second = usize::try_from(since.elapsed().as_secs()).unwrap();
+        let per_second = &mut st.counts.per_second;
+        if per_second.len() <= second {
+            per_second.resize(second + 1, (0, 0));
+        }
+        per_second[second].0 += 1;
+        per_second[second].1 += usize::from(!allowed);
         allowed
     }
 
@@ -203,8 +218,16 @@ impl Ledger {
         )
     }
 
+    /// Requests and refusals in each second since the counts were reset.
+    fn per_second(&self) -> Vec<(usize, usize)> {
+        self.state.lock().unwrap().counts.per_second.clone()
+    }
+
     fn reset_counts(&self) {
-        self.state.lock().unwrap().counts = Counts::default();
+        self.state.lock().unwrap().counts = Counts {
+            since: Some(tokio::time::Instant::now()),
+            ..Counts::default()
+        };
     }
 }
 
@@ -315,6 +338,8 @@ struct Restart {
     calls: usize,
     throttled: usize,
     by_operation: HashMap<String, usize>,
+    /// Requests and refusals in each second of the restart.
+    per_second: Vec<(usize, usize)>,
 }
 
 async fn restart<B: Backend>(pods: usize, policy: Policy) -> (Restart, Vec<Secrets>, B, SimClock) {
@@ -350,6 +375,7 @@ async fn restart<B: Backend>(pods: usize, policy: Policy) -> (Restart, Vec<Secre
     }
     let failed = failed.load(Ordering::Relaxed);
     let (calls, throttled, by_operation) = fake.ledger().counts();
+    let per_second = fake.ledger().per_second();
     let ready = (failed == 0).then(|| *ready_at.lock().unwrap());
     (
         Restart {
@@ -358,6 +384,7 @@ async fn restart<B: Backend>(pods: usize, policy: Policy) -> (Restart, Vec<Secre
             calls,
             throttled,
             by_operation,
+            per_second,
         },
         fleet,
         fake,
@@ -503,6 +530,15 @@ fn run<B: Backend>(tag: &str, pods: usize, policy: Policy) {
             policy.label(),
             wall.elapsed().as_secs_f64()
         );
+        let (first, refused) = r.per_second.first().copied().unwrap_or_default();
+        println!("{tag} {name}_first_second_calls={first}");
+        println!("{tag} {name}_first_second_throttled={refused}");
+        if std::env::var_os("FLEET_PER_SECOND").is_some() {
+            println!(
+                "fleet: requests and refusals in each second: {:?}",
+                r.per_second
+            );
+        }
         let hours = steady_hours(pods);
         if policy == Policy::Default && r.failed == 0 && hours > 0 {
             let (per_pod_hour, worst) = steady(&fleet, &fake, clock, hours).await;

@@ -136,6 +136,11 @@ pub trait SecretSource: Send + Sync + Debug + 'static {
 /// with the same kind and `Retry-After`, saying so. Twenty reads of a backend that hangs then
 /// cost one timeout, not one per `concurrency` reads in turn, and a throttling backend gets no
 /// more of the batch than was sent before its answer came.
+///
+/// It starts slow, as TCP does: half of `concurrency` in flight at first (rounded up), one more
+/// for each read answered, up to `concurrency`. Twenty reads with a `concurrency` of 8 still
+/// take three round trips (4, 8, 8), and a backend that refuses the first reads (a fleet
+/// restarting together against a shared quota) gets four of them, not eight.
 pub async fn fetch_each<S: SecretSource + ?Sized>(
     source: &S,
     refs: &[SecretRef],
@@ -145,6 +150,9 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
     // for the call, which covers the first).
     let requests = crate::budget::CallRequests::new();
     let requests = &requests;
+    let concurrency = concurrency.max(1);
+    let window = SlowStart::new(concurrency);
+    let window = &window;
     // The first backend failure per first path segment.
     let failures = std::sync::Mutex::new(std::collections::HashMap::<&str, Error>::new());
     let failures = &failures;
@@ -160,27 +168,72 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
             if let Some(e) = failed(r) {
                 return Err(e);
             }
+            let _turn = window.turn().await;
+            if let Some(e) = failed(r) {
+                return Err(e);
+            }
             requests.before_request().await?;
             // The failure may have come while this read waited for its place.
             if let Some(e) = failed(r) {
                 return Err(e);
             }
             let result = source.fetch(r).await;
-            if let Err(e) = &result
-                && says_backend_is_down(e)
-            {
-                let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
-                failures
-                    .entry(first_segment(r))
-                    .or_insert_with(|| e.clone());
+            match &result {
+                Err(e) if says_backend_is_down(e) => {
+                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    failures
+                        .entry(first_segment(r))
+                        .or_insert_with(|| e.clone());
+                }
+                _ => window.answered(),
             }
             result
         })
         .collect();
     futures_util::stream::iter(fetches)
-        .buffered(concurrency.max(1))
+        .buffered(concurrency)
         .collect()
         .await
+}
+
+/// [`fetch_each`]'s reads in flight: half of the most at first, one more per read answered.
+struct SlowStart {
+    turns: tokio::sync::Semaphore,
+    /// Turns given so far, up to `most`.
+    given: std::sync::atomic::AtomicUsize,
+    most: usize,
+}
+
+impl SlowStart {
+    fn new(most: usize) -> Self {
+        let first = most.div_ceil(2);
+        SlowStart {
+            turns: tokio::sync::Semaphore::new(first),
+            given: std::sync::atomic::AtomicUsize::new(first),
+            most,
+        }
+    }
+
+    /// Wait for a turn to send a read; held until the read is answered.
+    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed.
+        self.turns.acquire().await.ok()
+    }
+
+    /// A read was answered without saying the backend is the trouble: one more in flight.
+    fn answered(&self) {
+        let more = self
+            .given
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |n| (n < self.most).then_some(n + 1),
+            )
+            .is_ok();
+        if more {
+            self.turns.add_permits(1);
+        }
+    }
 }
 
 /// The part of the backend a read goes to, as far as `fetch_each` can tell: the first segment of

@@ -95,3 +95,49 @@ async fn a_failure_stops_only_the_reads_under_its_first_segment() {
     assert!(results[2].is_ok() && results[3].is_ok(), "{results:?}");
     assert_eq!(backend.count(Op::Fetch), 3);
 }
+
+/// Reads start slow: half of the concurrency in flight at first, one more per read answered.
+/// Twenty reads at a concurrency of 8 take three round trips, as before (4, 8, 8 rather than
+/// 8, 8, 4); a backend that refuses the first gets four reads, not eight.
+#[tokio::test]
+async fn reads_start_slow() {
+    let latency = Duration::from_millis(100);
+    let setup = || {
+        let clock = ManualClock::new();
+        let memory = MemorySource::with_clock(clock.clone());
+        let refs: Vec<SecretRef> = (0..READS)
+            .map(|i| {
+                memory.set(format!("s{i}"), "v");
+                SecretRef::parse(&format!("mem://s{i}")).unwrap()
+            })
+            .collect();
+        memory.set_latency(latency);
+        (clock, memory, refs)
+    };
+    let (clock, memory, refs) = setup();
+    let reads = tokio::spawn({
+        let memory = memory.clone();
+        async move { keyrack_core::fetch_each(&memory, &refs, 8).await }
+    });
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+        sent.push(memory.calls().fetch);
+        clock.advance(latency).await;
+    }
+    assert_eq!(sent, [4, 12, 20]);
+    assert!(reads.await.unwrap().iter().all(Result::is_ok));
+
+    let (clock, memory, refs) = setup();
+    memory.throttle(None);
+    let reads = tokio::spawn({
+        let memory = memory.clone();
+        async move { keyrack_core::fetch_each(&memory, &refs, 8).await }
+    });
+    for _ in 0..3 {
+        clock.advance(latency).await;
+    }
+    let results = reads.await.unwrap();
+    assert!(results.iter().all(Result::is_err));
+    assert_eq!(memory.calls().fetch, 4);
+}
