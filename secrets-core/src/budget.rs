@@ -8,16 +8,18 @@
 //! retry mode does, from the rate the source was sending at: a throttling answer (at most one
 //! per second) halves what it sent in the last second or two (its rate, while calls waited for
 //! room), never below a ten-thousandth of the budget or one call a minute; calls already
-//! waiting take new places at the new rate. Successes give back 5 % per second of the rate cut from, then half of the rate itself
-//! per second, up to the budget. So a fleet that together exceeds a shared quota slows down
-//! until the backend stops refusing, even when each process's budget is the whole quota, then
-//! creeps back. Lease renewals and version probes are calls like any other; revocations are not
-//! budgeted (they end access, and shutdown must not wait for room). A call that would wait longer
-//! than the client's request timeout for room is not queued: it fails at once with
+//! waiting are planned again at the new rate, in the order they asked. Successes give back 5 %
+//! per second of the rate cut from, then about half of the rate itself per second, up to the
+//! budget. So a fleet that together exceeds a shared quota slows down until the backend stops
+//! refusing, even when each process's budget is the whole quota, then creeps back. Lease
+//! renewals and version probes are calls like any other; revocations are not budgeted (they
+//! end access, and shutdown must not wait for room). A call that would wait longer than the
+//! client's request timeout for room is not queued: it fails at once with
 //! [`Throttled`](crate::ErrorKind::Throttled) and the wait as its retry hint
 //! ([`Error::is_budget_refusal`](crate::Error::is_budget_refusal): the backend never saw it, and
-//! such refusals do not cut the rate), so callers that give up and retry cannot build an
-//! unbounded queue; a call whose caller gives up while it waits gives its place back.
+//! such refusals do not cut the rate; a waiting call that a cut pushes past the timeout fails
+//! the same way then), so callers that give up and retry cannot build an unbounded queue; a
+//! call whose caller gives up while it waits gives its place back.
 //!
 //! The budget counts backend requests. The client takes a place before each call to a source;
 //! a source whose one call sends several requests (AWS's batch read that falls back to single

@@ -206,6 +206,8 @@ struct SlowStart {
 
 impl SlowStart {
     fn new(most: usize) -> Self {
+        // A concurrency past what a semaphore can count is as good as unbounded.
+        let most = most.min(tokio::sync::Semaphore::MAX_PERMITS);
         let first = most.div_ceil(2);
         SlowStart {
             turns: tokio::sync::Semaphore::new(first),

@@ -8,7 +8,8 @@
 //! (the bucket bound), else what it asked for in the last second or two. Recovery is relative
 //! to the rate cut from: back there 10 s after a cut, whatever the budget, so a fleet grows
 //! back by a share of itself whatever its size; beyond it, where the backend has not refused
-//! yet, by half of itself per second up to the budget, so a process does not stay slow long
+//! yet, each success multiplies it by 1 + ½ × the seconds since the last change (about ×1.65
+//! per second under steady successes), up to the budget, so a process does not stay slow long
 //! after the rest of its fleet has what it needed.
 
 use std::time::{Duration, Instant};
@@ -28,7 +29,8 @@ const CUT_GAP: Duration = Duration::from_secs(1);
 /// After a cut, each second of successes gives back this share of the rate cut from (a halved
 /// rate is whole again after 10 s)...
 const RECOVERY_SHARE: f64 = 0.05;
-/// ...then this share of the rate itself, up to the budget.
+/// ...then this share of the rate itself per second since the last change, at each success, up
+/// to the budget.
 const GROWTH_SHARE: f64 = 0.5;
 /// Asks are counted per window of this length.
 const WINDOW: Duration = Duration::from_secs(1);
@@ -88,14 +90,17 @@ impl Adapt {
         }
         let full = self.budget.rate();
         let floor = (full * FLOOR_SHARE).max(FLOOR_RATE).min(full);
-        // While places waited the source sent at its rate; otherwise at what it asked for.
+        // While places waited the source sent at its rate; otherwise at what it asked for, and
+        // at least the refused call itself (asked for before the window, if it was answered
+        // slowly).
         let bound = self
             .bound_until
             .is_some_and(|t| now.saturating_duration_since(t) < WINDOW);
         let sent = if bound {
             self.rate
         } else {
-            self.rate.min(self.asked.rate(now))
+            let asked = self.asked.rate(now).max(1.0 / WINDOW.as_secs_f64());
+            self.rate.min(asked)
         };
         let from = sent.max(floor);
         let rate = (from * CUT).max(floor);
@@ -204,6 +209,18 @@ mod tests {
         // Asked for less than its rate, unbound: half of what it asked for.
         asked(&mut adapt, t0 + S(5), 2);
         assert_eq!(adapt.throttled(t0 + S(5)), Some(1.0));
+    }
+
+    /// A refusal answered long after its call was asked for (an API server that queues, then
+    /// refuses) still counts that call: the rate is halved from one a second, not cut to the
+    /// floor. (Before, with nothing asked for in the last two seconds, it fell to one call a
+    /// minute, and the next call was refused by the budget itself for a minute.)
+    #[test]
+    fn a_slow_refusal_counts_its_own_call() {
+        let t0 = crate::ManualClock::new().now();
+        let mut adapt = Adapt::new(RequestBudget::per_second(5).with_burst(10));
+        asked(&mut adapt, t0, 1);
+        assert_eq!(adapt.throttled(t0 + MS(2_100)), Some(0.5));
     }
 
     /// Refused on and on: never below a ten-thousandth of the budget, nor one call a minute.

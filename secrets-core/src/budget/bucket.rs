@@ -1,20 +1,28 @@
 //! A [`RequestBudget`] in use: places for calls, spaced by the budget's adapted rate.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::RequestBudget;
 use super::adapt::Adapt;
 
-/// A call's place in a [`Bucket`]: when it may be sent.
+/// A call's place in a [`Bucket`]: when it may be sent (until the places are planned again:
+/// see [`Bucket::turn`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Place {
     pub(crate) at: Instant,
-    /// The bucket's next due time this place set, and the interval it added.
+    /// Places are numbered in the order they were asked for.
+    id: u64,
+}
+
+/// A place given for later than it was asked for: when it may be sent, the bucket's next due
+/// time it set, and the interval it added.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    at: Instant,
     next: Instant,
     interval: Duration,
-    /// The bucket's plan it is part of.
-    plan: u64,
 }
 
 /// The token bucket (as the time the next call would be due at the current rate, "virtual
@@ -37,11 +45,14 @@ struct State {
     adapt: Adapt,
     /// When the next call is due if calls came evenly at the rate; `None` before the first.
     due: Option<Instant>,
-    /// Plans so far: the places are planned again when the rate is cut, or rises by half
-    /// since it was planned (`planned_at`); a place of an earlier plan, still waiting, is
-    /// taken again at the new rate.
+    /// Plans so far: the places waiting are planned again, in the order they were asked for,
+    /// when the rate is cut or has risen by half since they were planned (`planned_at`).
     plan: u64,
     planned_at: f64,
+    /// The places given for later than they were asked for, until sent or given back, by
+    /// number; and the next number.
+    waiting: BTreeMap<u64, Waiting>,
+    next_id: u64,
     /// Places given back while later places were still held, `(next, interval)`: their room
     /// returns when the places after them are given back too (callers that give up together,
     /// a cancelled prefetch, drop their places in any order).
@@ -70,6 +81,8 @@ impl Bucket {
                 due: None,
                 plan: 0,
                 planned_at: budget.rate(),
+                waiting: BTreeMap::new(),
+                next_id: 0,
                 released: Vec::new(),
             }),
             plans: tokio::sync::watch::Sender::new(0),
@@ -106,23 +119,28 @@ impl Bucket {
         }
         let next = due.checked_add(interval).unwrap_or(due);
         st.due = Some(next);
+        let id = st.next_id;
+        st.next_id += 1;
+        // Places whose time has come are sent (or about to be): no longer planned.
+        st.waiting.retain(|_, w| w.at > now);
         if at > now {
             st.adapt.waited(at);
+            st.waiting.insert(id, Waiting { at, next, interval });
         }
         // Places given back that are due before now can no longer be reclaimed.
         st.released.retain(|(n, _)| *n > now);
-        Ok(Place {
-            at,
-            next,
-            interval,
-            plan: st.plan,
-        })
+        Ok(Place { at, id })
     }
 
-    /// Whether the places were planned again since `place` was given: a call waiting for it
-    /// takes a new place at the new rate.
-    pub(crate) fn replanned_since(&self, place: &Place) -> bool {
-        self.state().plan != place.plan
+    /// When a place given for later may be sent now: its time in the current plan, `None` once
+    /// it is no longer waiting (its time came, or it was given back).
+    pub(crate) fn turn(&self, place: &Place) -> Option<Instant> {
+        self.state().waiting.get(&place.id).map(|w| w.at)
+    }
+
+    /// A place given for later was used: its call is sent.
+    pub(crate) fn sent(&self, place: &Place) {
+        self.state().waiting.remove(&place.id);
     }
 
     /// Follows the plans: it changes when the places are planned again.
@@ -130,17 +148,24 @@ impl Bucket {
         self.plans.subscribe()
     }
 
-    /// Plan the places again at `rate` from `now`: the places given before are dropped, and
-    /// the calls after are spaced at the new rate, with no burst at first; after a refusal,
-    /// the first of them one interval later.
+    /// Plan the places waiting again at `rate` from `now`, in the order they were asked for:
+    /// spaced at the new rate, with no burst at first; after a refusal, the first of them one
+    /// interval later. Their callers follow ([`turn`](Self::turn), [`plans`](Self::plans)).
     fn replan(&self, st: &mut State, now: Instant, rate: f64, refused: bool) {
         st.plan += 1;
         st.planned_at = rate;
-        let mut due = now.checked_add(self.slack(rate)).unwrap_or(now);
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let slack = self.slack(rate);
+        let mut due = now.checked_add(slack).unwrap_or(now);
         if refused {
-            due = due
-                .checked_add(Duration::from_secs_f64(1.0 / rate))
-                .unwrap_or(due);
+            due = due.checked_add(interval).unwrap_or(due);
+        }
+        st.waiting.retain(|_, w| w.at > now);
+        for w in st.waiting.values_mut() {
+            let at = due.checked_sub(slack).map_or(now, |t| t.max(now));
+            let next = due.checked_add(interval).unwrap_or(due);
+            *w = Waiting { at, next, interval };
+            due = next;
         }
         st.due = Some(due);
         st.released.clear();
@@ -158,16 +183,16 @@ impl Bucket {
     /// later place was given since: the budget's room is not lost to abandoned calls.
     pub(crate) fn release(&self, place: &Place) {
         let mut st = self.state();
-        if st.plan != place.plan {
-            // The plan it was part of was dropped.
+        let Some(Waiting { next, interval, .. }) = st.waiting.remove(&place.id) else {
+            // Its time had come: it counts as sent.
             return;
-        }
-        if st.due != Some(place.next) {
+        };
+        if st.due != Some(next) {
             // A later place is still held: this room returns when that one is given back.
-            st.released.push((place.next, place.interval));
+            st.released.push((next, interval));
             return;
         }
-        let mut due = place.next.checked_sub(place.interval);
+        let mut due = next.checked_sub(interval);
         while let Some(i) = st.released.iter().position(|(n, _)| Some(*n) == due) {
             let (next, interval) = st.released.swap_remove(i);
             due = next.checked_sub(interval);
@@ -287,42 +312,40 @@ mod tests {
         assert_eq!(bucket.reserve(t0, S(60)).unwrap().at - t0, S(3));
     }
 
-    /// At a cut, places given at the old rate are dropped: a call still waiting for one takes
-    /// a new place ([`Bucket::replanned_since`]), and the calls after the cut are spaced at the
-    /// new rate from then. Giving back a dropped place changes nothing.
+    /// At a cut, the places waiting are planned again at the new rate, in the order they were
+    /// asked for, the first one interval after the refusal; the calls asked for after the cut
+    /// come after them. A rise by half plans them again too, sooner. Giving a place back takes
+    /// it out of the plan.
     #[test]
-    fn a_cut_drops_the_places_given_at_the_old_rate() {
+    fn a_cut_plans_the_places_waiting_again_in_order() {
         let t0 = crate::ManualClock::new().now();
+        let ms = |n| t0 + Duration::from_millis(n);
         let bucket = Bucket::new(RequestBudget::per_second(10).with_burst(1));
         let places: Vec<Place> = (0..10)
             .map(|_| bucket.reserve(t0, S(60)).unwrap())
             .collect();
-        assert_eq!(places[9].at - t0, Duration::from_millis(900));
+        assert_eq!(places[9].at, ms(900));
+        assert_eq!(bucket.turn(&places[0]), None, "sent at once");
         // Ten asked in the second, so the cut starts from 10: 5 per second.
-        assert_eq!(bucket.throttled(t0), Some(5.0));
-        assert!(places.iter().all(|p| bucket.replanned_since(p)));
+        assert_eq!(bucket.throttled(ms(50)), Some(5.0));
+        let turns: Vec<Option<Instant>> = places.iter().map(|p| bucket.turn(p)).collect();
+        let planned: Vec<Option<Instant>> = (0..9).map(|i| Some(ms(250 + 200 * i))).collect();
+        assert_eq!(turns[1..], planned[..]);
         bucket.release(&places[9]);
-        let next = bucket
-            .reserve(t0 + Duration::from_millis(100), S(60))
-            .unwrap();
-        assert!(!bucket.replanned_since(&next));
-        assert_eq!(
-            next.at - t0,
-            Duration::from_millis(200),
-            "one interval after the cut"
-        );
-        let after = bucket
-            .reserve(t0 + Duration::from_millis(100), S(60))
-            .unwrap();
-        assert_eq!(
-            after.at - t0,
-            Duration::from_millis(400),
-            "then one per 200 ms"
-        );
-        // Risen by half or more, the rate plans the places again: waiting calls go sooner.
-        assert_eq!(bucket.succeeded(t0 + S(4)), Some(7.0));
-        assert!(!bucket.replanned_since(&after));
-        assert_eq!(bucket.succeeded(t0 + S(10)), Some(10.0));
-        assert!(bucket.replanned_since(&after));
+        assert_eq!(bucket.turn(&places[9]), None);
+        let next = bucket.reserve(ms(100), S(60)).unwrap();
+        assert_eq!(next.at, ms(1_850), "after those waiting");
+        // Risen by half or more, the rate plans them again: the waiting go sooner.
+        let later: Vec<Place> = (0..30)
+            .map(|_| bucket.reserve(ms(100), S(60)).unwrap())
+            .collect();
+        let last = bucket.turn(&later[29]).unwrap();
+        assert_eq!(last, ms(1_850 + 30 * 200));
+        assert_eq!(bucket.succeeded(ms(4_000)), Some(6.975), "not yet by half");
+        assert_eq!(bucket.turn(&later[29]), Some(last));
+        assert_eq!(bucket.succeeded(ms(6_000)), Some(7.975));
+        let sooner = bucket.turn(&later[29]).unwrap();
+        assert!(sooner < last, "{:?}", last - sooner);
+        assert_eq!(bucket.turn(&places[8]), None, "its time had come");
     }
 }

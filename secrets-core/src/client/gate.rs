@@ -95,53 +95,56 @@ impl Gate {
 
     async fn wait_for_place(&self, max_wait: Duration) -> Result<()> {
         let asked = self.clock.now();
-        let mut now = asked;
+        let refused = |wait: Duration| {
+            Error::throttled(
+                Some(wait),
+                "the source's request budget has no room within the request timeout",
+            )
+            .marked_budget_refusal()
+        };
         let mut plans = self.bucket.plans();
-        loop {
-            plans.borrow_and_update();
-            let left = max_wait.saturating_sub(now.saturating_duration_since(asked));
-            let place = self.bucket.reserve(now, left).map_err(|wait| {
-                Error::throttled(
-                    Some(wait),
-                    "the source's request budget has no room within the request timeout",
-                )
-                .marked_budget_refusal()
-            })?;
-            if place.at <= now {
-                return Ok(());
+        plans.borrow_and_update();
+        let place = self.bucket.reserve(asked, max_wait).map_err(refused)?;
+        if place.at <= asked {
+            return Ok(());
+        }
+        tracing::trace!(target: "keyrack_core::backend",
+            wait = ?(place.at - asked), "waiting for the source's request budget");
+        // Given back if the caller gives up before its turn.
+        let unsent = Unsent {
+            bucket: &self.bucket,
+            place: &place,
+        };
+        // The places waiting are planned again, in order, when the rate is cut or rises: follow.
+        while let Some(at) = self.bucket.turn(&place) {
+            if at.saturating_duration_since(asked) > max_wait {
+                // Cut past what the call may wait: refused as if asked for now (the place is
+                // given back).
+                return Err(refused(at.saturating_duration_since(self.clock.now())));
             }
-            super::telemetry::budget_wait(&self.source, place.at - now);
-            tracing::trace!(target: "keyrack_core::backend",
-                wait = ?(place.at - now), "waiting for the source's request budget");
-            // Given back if the caller gives up before its turn.
-            let unsent = Unsent {
-                bucket: &self.bucket,
-                place: &place,
-            };
-            let mut turn = self.clock.sleep_until(place.at);
-            let replanned = loop {
-                tokio::select! {
-                    () = &mut turn => break false,
-                    changed = plans.changed() => {
-                        if changed.is_err() {
-                            // No more plans (the bucket outlives its waiters; not reached).
-                            (&mut turn).await;
-                            break false;
-                        }
-                        // The places were planned again (the rate was cut, or rose): this one
-                        // was given at the old rate; take one at the new.
-                        if self.bucket.replanned_since(&place) {
-                            break true;
-                        }
+            if at <= self.clock.now() {
+                break;
+            }
+            let mut turn = self.clock.sleep_until(at);
+            tokio::select! {
+                biased;
+                changed = plans.changed() => {
+                    if changed.is_err() {
+                        // No more plans (the bucket outlives its waiters; not reached).
+                        (&mut turn).await;
+                        break;
                     }
                 }
-            };
-            std::mem::forget(unsent);
-            if !replanned {
-                return Ok(());
+                () = &mut turn => {}
             }
-            now = self.clock.now();
         }
+        std::mem::forget(unsent);
+        self.bucket.sent(&place);
+        super::telemetry::budget_wait(
+            &self.source,
+            self.clock.now().saturating_duration_since(asked),
+        );
+        Ok(())
     }
 
     /// Run `call` (a source call whose first request has its place) with this gate in reach of
@@ -185,7 +188,9 @@ struct OwnedUnsent {
 
 impl OwnedUnsent {
     fn sent(mut self) {
-        self.place = None;
+        if let Some(place) = self.place.take() {
+            self.bucket.sent(&place);
+        }
     }
 }
 
