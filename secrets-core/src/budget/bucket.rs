@@ -33,7 +33,9 @@ pub(crate) struct Bucket {
     /// A share of one interval, in `[0, 1)`, by which the end of the first burst comes late.
     phase: f64,
     state: Mutex<State>,
-    /// The current plan, for callers waiting for their places.
+    /// Plans so far, for callers waiting for their places: the places waiting are planned again,
+    /// in the order they were asked for, when the rate is cut or has risen by half since they
+    /// were planned (`State::planned_at`).
     plans: tokio::sync::watch::Sender<u64>,
 }
 
@@ -45,9 +47,7 @@ struct State {
     adapt: Adapt,
     /// When the next call is due if calls came evenly at the rate; `None` before the first.
     due: Option<Instant>,
-    /// Plans so far: the places waiting are planned again, in the order they were asked for,
-    /// when the rate is cut or has risen by half since they were planned (`planned_at`).
-    plan: u64,
+    /// The rate the places waiting were planned at.
     planned_at: f64,
     /// The places given for later than they were asked for, until sent or given back, by
     /// number; and the next number.
@@ -79,7 +79,6 @@ impl Bucket {
             state: Mutex::new(State {
                 adapt: Adapt::new(budget),
                 due: None,
-                plan: 0,
                 planned_at: budget.rate(),
                 waiting: BTreeMap::new(),
                 next_id: 0,
@@ -100,6 +99,13 @@ impl Bucket {
         Duration::from_secs_f64(1.0 / rate).mul_f64(burst - 1.0)
     }
 
+    /// The place of a call due at `due` if calls came evenly: when it may be sent (`slack`
+    /// earlier, the burst, but not before `now`), and when the call after it is due.
+    fn slot(now: Instant, due: Instant, slack: Duration, interval: Duration) -> (Instant, Instant) {
+        let at = due.checked_sub(slack).map_or(now, |t| t.max(now));
+        (at, due.checked_add(interval).unwrap_or(due))
+    }
+
     /// Take a place for one call asked for at `now`, if it can be sent within `max_wait`: the
     /// place says when it may be sent (`now` when the budget has room). Places are given in the
     /// order asked, so waiting callers go first come, first served. A call that would wait longer
@@ -113,11 +119,10 @@ impl Bucket {
         let slack = self.slack(rate);
         let first = || now.checked_add(interval.mul_f64(self.phase)).unwrap_or(now);
         let due = st.due.map_or_else(first, |d| d.max(now));
-        let at = due.checked_sub(slack).map_or(now, |t| t.max(now));
+        let (at, next) = Self::slot(now, due, slack, interval);
         if at.saturating_duration_since(now) > max_wait {
             return Err(at - now);
         }
-        let next = due.checked_add(interval).unwrap_or(due);
         st.due = Some(next);
         let id = st.next_id;
         st.next_id += 1;
@@ -152,7 +157,6 @@ impl Bucket {
     /// spaced at the new rate, with no burst at first; after a refusal, the first of them one
     /// interval later. Their callers follow ([`turn`](Self::turn), [`plans`](Self::plans)).
     fn replan(&self, st: &mut State, now: Instant, rate: f64, refused: bool) {
-        st.plan += 1;
         st.planned_at = rate;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let slack = self.slack(rate);
@@ -162,14 +166,13 @@ impl Bucket {
         }
         st.waiting.retain(|_, w| w.at > now);
         for w in st.waiting.values_mut() {
-            let at = due.checked_sub(slack).map_or(now, |t| t.max(now));
-            let next = due.checked_add(interval).unwrap_or(due);
+            let (at, next) = Self::slot(now, due, slack, interval);
             *w = Waiting { at, next, interval };
             due = next;
         }
         st.due = Some(due);
         st.released.clear();
-        self.plans.send_replace(st.plan);
+        self.plans.send_modify(|plan| *plan += 1);
     }
 
     fn replan_if_risen(&self, st: &mut State, now: Instant) {
@@ -201,9 +204,8 @@ impl Bucket {
     }
 
     /// The backend throttled a call answered at `now`: cut the rate (adaptive budgets only; see
-    /// [`adapt`](super::adapt)) and plan the places again: calls still waiting for theirs take
-    /// new ones at the new rate, spaced, with no burst right after the refusal. Returns the new
-    /// rate when it changed.
+    /// [`adapt`](super::adapt)) and plan the places waiting again at the new rate, spaced, with
+    /// no burst right after the refusal. Returns the new rate when it changed.
     pub(crate) fn throttled(&self, now: Instant) -> Option<f64> {
         let mut st = self.state();
         let rate = st.adapt.throttled(now)?;
