@@ -19,19 +19,36 @@ use keyrack_core::{
 const S: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-#[tokio::test]
-async fn calls_wait_for_room_in_the_budget() {
+/// A client on the manual clock with `secrets` secrets (`mem://s0`, …) in one memory source
+/// under `budget`.
+fn budgeted(secrets: usize, budget: RequestBudget) -> (ManualClock, MemorySource, Secrets) {
+    budgeted_within(secrets, budget, S(30))
+}
+
+/// [`budgeted`], with a request timeout of `timeout`.
+fn budgeted_within(
+    secrets: usize,
+    budget: RequestBudget,
+    timeout: Duration,
+) -> (ManualClock, MemorySource, Secrets) {
     let clock = ManualClock::new();
     let memory = MemorySource::with_clock(clock.clone());
-    for i in 0..10 {
+    for i in 0..secrets {
         memory.set(format!("s{i}"), "v");
     }
-    let secrets = Secrets::builder()
+    let client = Secrets::builder()
         .clock(clock.clone())
         .source("mem", memory.clone())
-        .request_budget("mem", RequestBudget::per_second(2).with_burst(1).fixed())
+        .request_budget("mem", budget)
+        .request_timeout(timeout)
         .build()
         .unwrap();
+    (clock, memory, client)
+}
+
+#[tokio::test]
+async fn calls_wait_for_room_in_the_budget() {
+    let (clock, memory, secrets) = budgeted(10, RequestBudget::per_second(2).with_burst(1).fixed());
     let reads = tokio::spawn({
         let secrets = secrets.clone();
         async move {
@@ -59,17 +76,7 @@ async fn calls_wait_for_room_in_the_budget() {
 /// the rate cut from per second, then half of the rate itself per second, up to the budget.
 #[tokio::test]
 async fn throttling_cuts_the_rate_and_successes_give_it_back() {
-    let clock = ManualClock::new();
-    let memory = MemorySource::with_clock(clock.clone());
-    for i in 0..5 {
-        memory.set(format!("s{i}"), "v");
-    }
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("mem", memory.clone())
-        .request_budget("mem", RequestBudget::per_second(10))
-        .build()
-        .unwrap();
+    let (clock, memory, secrets) = budgeted(5, RequestBudget::per_second(10));
     memory.throttle(None);
     let e = secrets.get_secret("mem://s0").await.unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::Throttled);
@@ -100,18 +107,8 @@ async fn throttling_cuts_the_rate_and_successes_give_it_back() {
 /// cut only slowed the calls asked for after it.)
 #[tokio::test]
 async fn calls_waiting_when_the_backend_throttles_go_at_the_cut_rate() {
-    let clock = ManualClock::new();
-    let memory = MemorySource::with_clock(clock.clone());
-    for i in 0..6 {
-        memory.set(format!("s{i}"), "v");
-    }
+    let (clock, memory, secrets) = budgeted(6, RequestBudget::per_second(2).with_burst(1));
     memory.set_latency(MS(100));
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("mem", memory.clone())
-        .request_budget("mem", RequestBudget::per_second(2).with_burst(1))
-        .build()
-        .unwrap();
     memory.throttle(None);
     let reads = tokio::spawn({
         let secrets = secrets.clone();
@@ -150,22 +147,50 @@ async fn calls_waiting_when_the_backend_throttles_go_at_the_cut_rate() {
     assert_eq!(memory.calls().fetch, 6);
 }
 
+/// A call waiting for its place that a cut pushes past its request timeout is refused by the
+/// budget at the cut, not left to wait: ten reads at 2/s (places up to 4.5 s) with a 5 s
+/// timeout, the first refused by the backend (a 429 without Retry-After) and the rate halved,
+/// so the places planned past the fifth second are refused at once.
+#[tokio::test]
+async fn a_cut_refuses_at_once_the_waiting_calls_it_pushes_past_their_timeout() {
+    let (clock, memory, secrets) =
+        budgeted_within(10, RequestBudget::per_second(2).with_burst(1), S(5));
+    memory.set_latency(MS(100));
+    memory.throttle(None);
+    let reads: Vec<_> = (0..10)
+        .map(|i| {
+            let secrets = secrets.clone();
+            tokio::spawn(async move { secrets.get_secret(&format!("mem://s{i}")).await })
+        })
+        .collect();
+    let done = |reads: &[tokio::task::JoinHandle<_>]| -> Vec<bool> {
+        reads
+            .iter()
+            .map(tokio::task::JoinHandle::is_finished)
+            .collect()
+    };
+    clock.advance(MS(50)).await;
+    assert_eq!(done(&reads), [false; 10], "all within their timeout");
+    for _ in 0..3 {
+        clock.advance(MS(100)).await;
+    }
+    // At 0.35 s, after the cut at 0.1 s to 1/s: the refused read and those now planned past
+    // 5 s are done; the rest wait.
+    let now = done(&reads);
+    assert!(now[0] && now[9], "{now:?}");
+    assert!(!now[1], "{now:?}");
+    assert_eq!(memory.calls().fetch, 1);
+    let last = reads.into_iter().last().unwrap().await.unwrap();
+    let e = last.unwrap_err();
+    assert!(e.is_budget_refusal(), "{e:?}");
+    assert_eq!(e.kind(), &ErrorKind::Throttled);
+}
+
 #[tokio::test]
 async fn a_hung_backend_is_not_budgeted_into_a_pile_up() {
     // Calls waiting for a budget are not sent while the backend hangs any faster than the
     // budget allows: a hang costs the budget, not extra calls.
-    let clock = ManualClock::new();
-    let memory = MemorySource::with_clock(clock.clone());
-    for i in 0..20 {
-        memory.set(format!("s{i}"), "v");
-    }
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("mem", memory.clone())
-        .request_budget("mem", RequestBudget::per_second(1).fixed())
-        .request_timeout(S(30))
-        .build()
-        .unwrap();
+    let (clock, memory, secrets) = budgeted_within(20, RequestBudget::per_second(1).fixed(), S(30));
     memory.hang();
     let reads = tokio::spawn({
         let secrets = secrets.clone();
