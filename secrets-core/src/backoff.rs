@@ -6,9 +6,10 @@ use crate::error::{Error, ErrorKind};
 
 /// Backoff policy. The n-th retry (0-based) waits a uniformly random time in
 /// `[floor, min(max, initial·2ⁿ)]` ("full jitter" above a floor), but never less than the
-/// backend's `Retry-After`. A throttling answer without a hint waits the whole step instead
-/// (plus up to a quarter, to spread a fleet): 1, 2, 4, 8, 16 s with the defaults, Azure Key
-/// Vault's published guidance.
+/// backend's `Retry-After`. A throttling answer waits the whole step instead (plus up to a
+/// quarter, to spread a fleet): 1, 2, 4, 8, 16 s with the defaults, Azure Key Vault's published
+/// guidance; its `Retry-After` can lengthen that wait but never shorten it (OpenBao's rate-limit
+/// quota answers `Retry-After: 0`, which would otherwise retry at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     /// Upper bound of the first wait.
@@ -45,7 +46,7 @@ impl Backoff {
         let cap = self.max.max(floor);
         let ceiling = self.ceiling(attempt).max(floor).min(cap);
         let hint = error.retry_after().map(|h| h.min(cap.max(MAX_RETRY_AFTER)));
-        let wait = if *error.kind() == ErrorKind::Throttled && hint.is_none() {
+        let wait = if *error.kind() == ErrorKind::Throttled {
             // `mul_f64` would panic past `Duration::MAX` (an uncapped policy): saturate at the cap.
             Duration::try_from_secs_f64(ceiling.as_secs_f64() * (1.0 + 0.25 * unit))
                 .map_or(cap, |wait| wait.min(cap))
@@ -122,6 +123,22 @@ mod tests {
             max: S(1),
         };
         assert_eq!(tight.delay(0, &t, MS(500), 0.0), S(30));
+    }
+
+    /// OpenBao's rate-limit quota answers 429 with `Retry-After: 0` (recorded in
+    /// `testing/fake-server/fixtures/vault/openbao-2.7.2.json`, `rate_limited`): a short hint
+    /// must not turn the whole steps into an immediate retry.
+    #[test]
+    fn a_short_retry_after_never_shortens_a_throttling_wait() {
+        let b = Backoff::default();
+        for hint in [Duration::ZERO, MS(100), S(1)] {
+            let t = Error::throttled(Some(hint), "429");
+            let waits: Vec<Duration> = (0..5).map(|n| b.delay(n, &t, S(1), 0.0)).collect();
+            assert_eq!(waits, vec![S(1), S(2), S(4), S(8), S(16)], "{hint:?}");
+        }
+        // A longer hint still lengthens it.
+        let t = Error::throttled(Some(S(3)), "429");
+        assert_eq!(b.delay(0, &t, S(1), 0.0), S(3));
     }
 
     #[test]

@@ -553,9 +553,9 @@ impl Secrets {
 
     /// Remember a failed first read so that repeating it does not reach the backend: a missing
     /// secret, a refused permission, a wrong `#field` for [`negative_cache_ttl`]; an outage or
-    /// throttling for the engine's backoff (1, 2, 4, 8, 16 s for throttling without a hint,
-    /// Key Vault's guidance; a random time up to those steps, at least a second, otherwise), and
-    /// never less than the backend's `Retry-After`. The budget's own refusals are not
+    /// throttling for the engine's backoff (1, 2, 4, 8, 16 s for throttling, Key Vault's
+    /// guidance; a random time up to those steps, at least a second, otherwise), and never less
+    /// than the backend's `Retry-After`. The budget's own refusals are not
     /// remembered: nothing was sent, and the budget itself refuses the next call at once.
     ///
     /// [`negative_cache_ttl`]: SecretsBuilder::negative_cache_ttl
