@@ -345,7 +345,6 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use reqwest::StatusCode;
-    use zeroize::Zeroizing;
 
     use super::*;
 
@@ -354,11 +353,11 @@ mod tests {
     #[test]
     fn a_token_ttl_past_time_is_a_hundred_years() {
         let body = br#"{"auth":{"client_token":"t","lease_duration":18446744073709551615}}"#;
-        let answer = Answer::new(StatusCode::OK, None, Zeroizing::new(body.to_vec()));
+        let answer = Answer::new(StatusCode::OK, None, SecretValue::copy_from_slice(body));
         let login = auth_of(&answer, "login").unwrap();
         assert_eq!(login.ttl, Some(LONGEST_TTL));
         let body = br#"{"auth":{"client_token":"t","lease_duration":768}}"#;
-        let answer = Answer::new(StatusCode::OK, None, Zeroizing::new(body.to_vec()));
+        let answer = Answer::new(StatusCode::OK, None, SecretValue::copy_from_slice(body));
         let login = auth_of(&answer, "login").unwrap();
         assert_eq!(login.ttl, Some(Duration::from_secs(768)));
     }

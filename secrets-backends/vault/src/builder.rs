@@ -14,6 +14,7 @@ use crate::auth::Auth;
 use crate::http::Http;
 use crate::session::{Session, TokenCleanup};
 use crate::source::VaultSource;
+use crate::transport::{Reqwest, Transport};
 
 /// Configures a [`VaultSource`].
 ///
@@ -37,6 +38,7 @@ pub struct VaultBuilder {
     crypto_provider: Option<Arc<CryptoProvider>>,
     revoke_token: Option<bool>,
     shutdown_timeout: Duration,
+    transport: Option<Arc<dyn Transport>>,
 }
 
 /// How long [`SecretSource::shutdown`](keyrack_core::SecretSource::shutdown) waits for Vault to
@@ -71,6 +73,7 @@ impl VaultBuilder {
             crypto_provider: None,
             revoke_token: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            transport: None,
         }
     }
 
@@ -209,11 +212,23 @@ impl VaultBuilder {
         self
     }
 
+    /// Send every request through `transport` instead of the built-in client (see
+    /// [`Transport`]). The address is still checked and still names where requests go; TLS,
+    /// connections and redirects are the transport's, so `build` refuses this together with a
+    /// CA file or directory (`VAULT_CACERT`, `VAULT_CAPATH`), a client certificate, skipped
+    /// verification or a crypto provider, which only the built-in client would use. Each
+    /// request is still bounded by [`with_timeout`](Self::with_timeout) on the source's clock.
+    pub fn with_transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
     /// Validate and build. No request is made until the first read.
-    pub fn build(self) -> Result<VaultSource> {
+    pub fn build(mut self) -> Result<VaultSource> {
         let config = |m: String| Error::new(ErrorKind::Config, m);
         let address = self
             .address
+            .take()
             .ok_or_else(|| config("no Vault address (set VAULT_ADDR or with_address)".into()))?;
         let url = Url::parse(&address)
             .map_err(|e| config(format!("Vault address `{address}` is not a URL: {e}")))?;
@@ -224,6 +239,7 @@ impl VaultBuilder {
         }
         let auth = self
             .auth
+            .take()
             .ok_or_else(|| config("no login method (set VAULT_TOKEN or with_auth)".into()))?;
         let loopback = match url.host() {
             Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -245,6 +261,46 @@ impl VaultBuilder {
             )));
         }
 
+        let transport = match self.transport.take() {
+            Some(transport) => {
+                let tls_set = [
+                    (!self.ca_files.is_empty(), "a CA file (VAULT_CACERT)"),
+                    (!self.ca_dirs.is_empty(), "a CA directory (VAULT_CAPATH)"),
+                    (self.client_cert.is_some(), "a client certificate"),
+                    (
+                        self.skip_verify,
+                        "skipped TLS verification (VAULT_SKIP_VERIFY)",
+                    ),
+                    (self.crypto_provider.is_some(), "a crypto provider"),
+                ];
+                if let Some((_, what)) = tls_set.iter().find(|(set, _)| *set) {
+                    return Err(config(format!(
+                        "{what} is set together with a transport of your own: TLS is the \
+                         transport's, so the setting would be ignored (configure it on the \
+                         transport, or leave the transport out)"
+                    )));
+                }
+                transport
+            }
+            None => Arc::new(Reqwest(self.builtin_client(&url)?)),
+        };
+        let http = Http {
+            transport,
+            timeout: self.timeout,
+            address: url,
+            namespace: self.namespace,
+            clock: self.clock.clone(),
+        };
+        let cleanup = TokenCleanup {
+            revoke: self.revoke_token.unwrap_or_else(|| auth.can_login()),
+            timeout: self.shutdown_timeout,
+        };
+        let session = Session::new(http, auth, self.clock.clone(), cleanup);
+        Ok(VaultSource::new(session, self.clock))
+    }
+
+    /// The built-in transport's client: rustls with the trust, identity and provider asked for.
+    fn builtin_client(&self, url: &Url) -> Result<reqwest::Client> {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| {
                 Error::new(ErrorKind::Config, format!("cannot read `{}`", p.display()))
@@ -297,20 +353,8 @@ impl VaultBuilder {
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(10)))
             .redirect(crate::http::redirect_policy());
-        let client = client.build().map_err(|e| {
+        client.build().map_err(|e| {
             Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
-        })?;
-        let http = Http {
-            client,
-            address: url,
-            namespace: self.namespace,
-            clock: self.clock.clone(),
-        };
-        let cleanup = TokenCleanup {
-            revoke: self.revoke_token.unwrap_or_else(|| auth.can_login()),
-            timeout: self.shutdown_timeout,
-        };
-        let session = Session::new(http, auth, self.clock.clone(), cleanup);
-        Ok(VaultSource::new(session, self.clock))
+        })
     }
 }

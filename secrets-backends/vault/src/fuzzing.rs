@@ -6,13 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use keyrack_core::{Error, Lease, Result, Secret, SecretValue, Version};
 use reqwest::StatusCode;
-use zeroize::Zeroizing;
 
 use crate::http::Answer;
 
 fn answer(status: u16, body: &[u8], retry_after: Option<Duration>) -> Answer {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    Answer::new(status, retry_after, Zeroizing::new(body.to_vec()))
+    Answer::new(status, retry_after, SecretValue::copy_from_slice(body))
 }
 
 /// The error for a failed answer (`errors` read from the body, the status classified).

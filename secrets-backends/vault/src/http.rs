@@ -4,33 +4,38 @@
 //! (the lease of dynamic secrets is dropped, vaultrs#144), has no `sys/leases/*` endpoints, copies
 //! the token into plain `String`s for each client it builds, and drops `Retry-After`.
 //!
+//! Requests go out through a [`Transport`] (the built-in one is reqwest, `transport.rs`), each
+//! bounded by the source's timeout on its clock.
+//!
 //! What holds a secret here is wiped when dropped: request bodies (a login's secret id or JWT)
-//! and response bodies (a value, a token) live in [`Zeroizing`] buffers sized before they are
-//! filled (a `Vec` that grows leaves its old block behind unwiped), the token header shares the
-//! token's own zeroizing allocation, and answers are parsed in place (`&RawValue`, `&str`), not
-//! copied. What reqwest and hyper copy into their own buffers (the header and body on their
-//! way out, each chunk read from the socket) is out of reach and not wiped.
+//! live in [`Zeroizing`] buffers sized before they are filled (a `Vec` that grows leaves its old
+//! block behind unwiped), response bodies (a value, a token) in the [`SecretValue`] the
+//! transport returns, the token header shares the token's own zeroizing allocation, and answers
+//! are parsed in place (`&RawValue`, `&str`), not copied. What reqwest and hyper copy into their
+//! own buffers (the header and body on their way out, each chunk read from the socket) is out of
+//! reach and not wiped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Method, StatusCode};
 use keyrack_core::backoff::parse_retry_after;
 use keyrack_core::{Clock, Error, ErrorKind, Result, SecretValue};
-use reqwest::header::HeaderValue;
-use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use url::Url;
 use zeroize::Zeroizing;
 
-/// The largest answer read (Vault's own default `max_request_size` is 32 MiB).
-const MAX_BODY: usize = 32 << 20;
+use crate::transport::Transport;
 
 /// An HTTP client bound to one Vault address (and namespace).
 #[derive(Clone, Debug)]
 pub(crate) struct Http {
-    pub(crate) client: reqwest::Client,
+    pub(crate) transport: Arc<dyn Transport>,
+    /// The longest one request may take, transport and body included.
+    pub(crate) timeout: Duration,
     pub(crate) address: Url,
     pub(crate) namespace: Option<String>,
     /// `Retry-After` dates are counted from this clock's wall time.
@@ -103,7 +108,7 @@ struct ErrorBody {
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) retry_after: Option<Duration>,
-    body: Zeroizing<Vec<u8>>,
+    body: SecretValue,
 }
 
 /// Parse `raw` (a part of an answer) as `T`, borrowing from it; errors name the part and the
@@ -126,7 +131,7 @@ impl Answer {
     pub(crate) fn new(
         status: StatusCode,
         retry_after: Option<Duration>,
-        body: Zeroizing<Vec<u8>>,
+        body: SecretValue,
     ) -> Self {
         Answer {
             status,
@@ -140,7 +145,7 @@ impl Answer {
         if self.body.is_empty() {
             return Ok(Envelope::default());
         }
-        serde_json::from_slice(&self.body).map_err(|e| {
+        serde_json::from_slice(self.body.expose_bytes()).map_err(|e| {
             Error::new(
                 ErrorKind::Backend,
                 format!(
@@ -154,7 +159,7 @@ impl Answer {
 
     /// Vault's `errors` messages (they describe the request, not secret values).
     pub(crate) fn errors(&self) -> String {
-        serde_json::from_slice::<ErrorBody>(&self.body)
+        serde_json::from_slice::<ErrorBody>(self.body.expose_bytes())
             .map(|b| b.errors.join("; "))
             .unwrap_or_default()
     }
@@ -226,39 +231,6 @@ pub(crate) fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-fn transport_error(e: reqwest::Error) -> Error {
-    let kind = if e.is_timeout() {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Unavailable
-    };
-    Error::new(kind, "could not reach Vault").with_cause(e.without_url())
-}
-
-/// The whole body, into a wiped buffer that never grows in place.
-async fn read_body(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>> {
-    let hint = response
-        .content_length()
-        .map_or(0, |n| usize::try_from(n).unwrap_or(MAX_BODY).min(MAX_BODY));
-    let mut body = Zeroizing::new(Vec::with_capacity(hint));
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        let needed = body.len() + chunk.len();
-        if needed > MAX_BODY {
-            return Err(Error::new(
-                ErrorKind::Backend,
-                "Vault's answer is larger than 32 MiB",
-            ));
-        }
-        if needed > body.capacity() {
-            let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(body.capacity() * 2)));
-            bigger.extend_from_slice(&body);
-            body = bigger; // the smaller buffer is wiped as it drops
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 impl Http {
     /// Send one request with `token` (if any) and return the raw answer; transport failures are
     /// errors, HTTP failures are answers.
@@ -283,7 +255,10 @@ impl Http {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let mut request = self.client.request(method, url);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .header("X-Vault-Request", "true");
         if let Some(token) = token {
             let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(Shared(
                 token.clone(),
@@ -298,22 +273,45 @@ impl Http {
             request = request.header("X-Vault-Token", value);
         }
         if let Some(ns) = &self.namespace {
+            let ns = HeaderValue::from_str(ns).map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    "the Vault namespace is not a valid header value",
+                )
+            })?;
             request = request.header("X-Vault-Namespace", ns);
         }
-        request = request.header("X-Vault-Request", "true");
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(Bytes::from_owner(body.0.clone()));
-        }
-        let response = request.send().await.map_err(transport_error)?;
+        let body = match body {
+            Some(body) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Bytes::from_owner(body.0.clone())
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(body).map_err(|_| {
+            Error::new(ErrorKind::Config, "the request to Vault could not be built")
+        })?;
+        let deadline = self.clock.now() + self.timeout;
+        let response = tokio::select! {
+            biased;
+            response = self.transport.send(request) => response?,
+            () = self.clock.sleep_until(deadline) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "Vault did not answer within {}",
+                        humantime::format_duration(self.timeout)
+                    ),
+                ));
+            }
+        };
         let status = response.status();
         let retry_after = response
             .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, self.clock.wall()));
-        let body = read_body(response).await?;
+        let body = response.into_body();
         Ok(Answer::new(status, retry_after, body))
     }
 }

@@ -71,6 +71,10 @@
 //!   replaces the platform's trust store, as with the Vault CLI.
 //! * Redirects are followed only to the same origin; one to another address is an error
 //!   (`Unavailable`) rather than a request carrying the token elsewhere.
+//! * [`VaultBuilder::with_transport`] sends every request through a [`Transport`] of your own
+//!   (an HTTP stack your service configures, an in-process fake) instead of the built-in
+//!   client; TLS and redirects are then its business, and each request is still bounded by
+//!   [`VaultBuilder::with_timeout`] on the source's clock.
 //!
 //! # Secrets in memory
 //!
@@ -79,7 +83,8 @@
 //! bodies, and every response body (read into a buffer sized once and parsed in place, so a
 //! value or a token is copied once, into the zeroizing value the engine gets). Not wiped: the
 //! copies reqwest and hyper make on the way (the header and body in their write buffer, each
-//! chunk read from the socket), lease ids, and what Vault says in `errors` and `warnings`.
+//! chunk read from the socket) or those of a [`Transport`] of your own, lease ids, and what
+//! Vault says in `errors` and `warnings`.
 //!
 //! [`SecretValue`]: keyrack_core::SecretValue
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -93,7 +98,9 @@ mod http;
 mod mounts;
 mod session;
 mod source;
+mod transport;
 
 pub use auth::Auth;
 pub use builder::{DEFAULT_SHUTDOWN_TIMEOUT, VaultBuilder};
 pub use source::VaultSource;
+pub use transport::Transport;

@@ -9,8 +9,9 @@
 //! endpoints.
 //!
 //! It also holds what several crates' tests share: the fakes of Key Vault + Entra ID ([`azure`])
-//! and Secret Manager + STS ([`gcp`]) (also run by the `azure` and `gcp` examples), a fault
-//! proxy ([`proxy`]), and the client of the tests' own setup requests ([`test_client`]).
+//! and Secret Manager + STS ([`gcp`]) (also run by the `azure` and `gcp` examples), recorded
+//! OpenBao answers ([`vault`]) for what cannot reach the real one, a fault proxy ([`proxy`]),
+//! and the client of the tests' own setup requests ([`test_client`]).
 #![allow(clippy::unwrap_used)] // test support: a broken fake should fail the test loudly
 
 pub mod azure;
@@ -18,6 +19,7 @@ mod client;
 mod counting;
 pub mod gcp;
 pub mod proxy;
+pub mod vault;
 
 pub use client::{test_client, test_client_builder};
 pub use counting::counting_provider;
