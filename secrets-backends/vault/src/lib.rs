@@ -42,6 +42,16 @@
 //! detached task, which an exiting process may never run): keep token TTLs short
 //! (`token_ttl` on the role) so what is left behind ends soon.
 //!
+//! # Request budget
+//!
+//! Vault documents no quota: its capacity is the operator's server. A source's default budget
+//! ([`Capabilities::request_budget`](keyrack_core::Capabilities)) is therefore only a ceiling,
+//! 1,000 requests per second per process, but like every budget it adapts: when OpenBao's
+//! rate-limit quota (`sys/quotas/rate-limit`) refuses with 429 (and `Retry-After: 0`), the rate
+//! is cut to half what the process was sending, and the engine waits 1, 2, 4 … s before asking
+//! again for a refused secret (`tests/openbao_rate_limit.rs`). A fleet can give each process its
+//! share with `Secrets::builder().request_budget("vault", …)`.
+//!
 //! # Permissions
 //!
 //! The policy of the token the source logs in with needs these capabilities (paths as Vault

@@ -587,6 +587,9 @@ impl VaultSource {
     }
 }
 
+/// Requests per second a process may send to Vault unless told otherwise.
+const DEFAULT_BUDGET: u32 = 1_000;
+
 #[async_trait]
 impl SecretSource for VaultSource {
     fn capabilities(&self) -> Capabilities {
@@ -598,6 +601,10 @@ impl SecretSource for VaultSource {
         // The change feed reports new logins: leases of the old token must be re-issued.
         caps.watch = self.inner.session.can_login();
         caps.retry_floor = RETRY_FLOOR;
+        // Vault documents no quota (its capacity is the operator's server). A ceiling far
+        // above what one process needs, so that the budget adapts: a rate-limit quota's 429
+        // cuts it as any backend's throttling does, where no budget would retry at full rate.
+        caps.request_budget = Some(keyrack_core::RequestBudget::per_second(DEFAULT_BUDGET));
         caps
     }
 
