@@ -137,6 +137,11 @@ pub trait SecretSource: Send + Sync + Debug + 'static {
 /// cost one timeout, not one per `concurrency` reads in turn, and a throttling backend gets no
 /// more of the batch than was sent before its answer came.
 ///
+/// Within a [`Secrets`](crate::Secrets) call, each read is bounded by the request timeout on its
+/// own, and the call by the timeout from its latest read sent or answered: a prefetch that takes
+/// longer than the timeout in all against a busy backend keeps every answer, and one that hangs
+/// still costs one timeout after the last read that moved.
+///
 /// It starts slow, as TCP does: half of `concurrency` in flight at first (rounded up), one more
 /// for each read answered, up to `concurrency`. Twenty reads with a `concurrency` of 8 still
 /// take three round trips (4, 8, 8), and a backend that refuses the first reads (a fleet
@@ -177,7 +182,8 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
             if let Some(e) = failed(r) {
                 return Err(e);
             }
-            let result = source.fetch(r).await;
+            // Bounded on its own within a client's call, whose timeout runs from its last read.
+            let result = crate::client::progress::request(source.fetch(r)).await;
             match &result {
                 Err(e) if says_backend_is_down(e) => {
                     let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());

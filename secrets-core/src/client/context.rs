@@ -161,10 +161,11 @@ impl Ctx {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Run one backend call, bounded by the request timeout on the client's clock: a backend that
-    /// accepts and never answers costs this long, not forever.
+    /// Run one backend call, bounded by the request timeout on the client's clock from its last
+    /// sign of life ([`progress`](super::progress)): a backend that accepts and never answers
+    /// costs this long, not forever.
     pub(crate) async fn bounded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
-        bounded(&*self.clock, self.config.request_timeout, call).await
+        super::progress::bounded_call(&self.clock, self.config.request_timeout, call).await
     }
 
     /// A backend call, bounded by the request timeout, in a `backend_call` span (source,

@@ -12,6 +12,7 @@ mod handle;
 mod health;
 mod maintain;
 mod pacing;
+pub(crate) mod progress;
 mod revoker;
 pub mod telemetry;
 mod view;

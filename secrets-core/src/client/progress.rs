@@ -1,0 +1,94 @@
+//! How long a source call may take: the request timeout from its last sign of life.
+//!
+//! A call that sends one request gets one timeout, as before. A call that sends many
+//! ([`fetch_each`](crate::fetch_each): a prefetch's reads, a few at a time) is bounded by the
+//! timeout from the latest of its requests sent or answered, and each of those requests by the
+//! timeout on its own. A busy backend that answers every read within the timeout is then never
+//! cut off in the middle of a prefetch (which dropped every answer the call had already
+//! received), and a hung one still costs one timeout after the last thing that moved.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::error::{Error, ErrorKind, Result};
+
+use super::context::later;
+
+tokio::task_local! {
+    /// The source call being run on this task, when a client runs it.
+    static CALL: Progress;
+}
+
+/// A call's timeout and its last sign of life.
+#[derive(Clone)]
+struct Progress {
+    clock: Arc<dyn Clock>,
+    timeout: Duration,
+    last: Arc<Mutex<Instant>>,
+}
+
+impl Progress {
+    fn mark(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = self.clock.now();
+    }
+
+    fn deadline(&self) -> Instant {
+        later(
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()),
+            self.timeout,
+        )
+    }
+}
+
+fn timed_out(timeout: Duration) -> Error {
+    Error::new(ErrorKind::Timeout, format!("no answer within {timeout:?}"))
+}
+
+/// `call`, or [`ErrorKind::Timeout`] once `timeout` has passed on `clock` without a sign of
+/// life: since it started, or since a request within it (see [`request`]) was sent or ended.
+pub(crate) async fn bounded_call<T>(
+    clock: &Arc<dyn Clock>,
+    timeout: Duration,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let progress = Progress {
+        clock: clock.clone(),
+        timeout,
+        last: Arc::new(Mutex::new(clock.now())),
+    };
+    let call = CALL.scope(progress.clone(), call);
+    tokio::pin!(call);
+    loop {
+        let deadline = progress.deadline();
+        tokio::select! {
+            biased;
+            result = &mut call => return result,
+            () = clock.sleep_until(deadline) => {
+                // A request sent or answered meanwhile moved the deadline on.
+                if progress.deadline() <= clock.now() {
+                    return Err(timed_out(timeout));
+                }
+            }
+        }
+    }
+}
+
+/// One request of a call that sends several: bounded by the call's timeout on its own, and a
+/// sign of life for the call when it is sent and when it ends. Outside a client's call (a
+/// source used directly), the request as it is.
+pub(crate) async fn request<T>(request: impl Future<Output = Result<T>>) -> Result<T> {
+    let Ok(progress) = CALL.try_with(Progress::clone) else {
+        return request.await;
+    };
+    progress.mark();
+    let deadline = progress.deadline();
+    let result = tokio::select! {
+        biased;
+        result = request => result,
+        () = progress.clock.sleep_until(deadline) => Err(timed_out(progress.timeout)),
+    };
+    progress.mark();
+    result
+}
