@@ -183,7 +183,7 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
                 return Err(e);
             }
             // Bounded on its own within a client's call, whose timeout runs from its last read.
-            let result = crate::client::progress::request(source.fetch(r)).await;
+            let result = timed_request(source.fetch(r)).await;
             match &result {
                 Err(e) if says_backend_is_down(e) => {
                     let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -200,6 +200,16 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
         .buffered(concurrency)
         .collect()
         .await
+}
+
+/// One request of a source call that sends several (a `fetch_many` of its own: batches, then
+/// single reads). Within a [`Secrets`](crate::Secrets) call it is bounded by the request
+/// timeout on its own, and it keeps the call alive: such a call is bounded by the timeout from
+/// its latest request sent or answered, not from its start, so a busy backend that answers each
+/// request in time never has the call cut off midway (and every answer it had received
+/// dropped). Outside a client's call, `request` as it is. [`fetch_each`] does this for each read.
+pub async fn timed_request<T>(request: impl Future<Output = Result<T>>) -> Result<T> {
+    crate::client::progress::request(request).await
 }
 
 /// [`fetch_each`]'s reads in flight: half of the most at first, one more per read answered.

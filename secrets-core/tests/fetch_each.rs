@@ -181,3 +181,90 @@ async fn a_prefetch_longer_than_the_timeout_keeps_every_read() {
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(backend.count(Op::Fetch), READS);
 }
+
+/// A `fetch_many` of a source's own (one request after another, as the AWS source's single reads
+/// after a refused batch go) keeps its answers the same way when each request goes through
+/// `timed_request`: five reads of 12 s, one after another, 60 s in all against a 30 s timeout.
+#[tokio::test]
+async fn a_fetch_many_of_its_own_keeps_its_answers_through_timed_request() {
+    #[derive(Debug, Clone)]
+    struct OneByOne(MemorySource);
+
+    #[keyrack_core::async_trait]
+    impl SecretSource for OneByOne {
+        fn capabilities(&self) -> keyrack_core::Capabilities {
+            self.0.capabilities()
+        }
+        async fn fetch(&self, r: &SecretRef) -> keyrack_core::Result<keyrack_core::Secret> {
+            self.0.fetch(r).await
+        }
+        async fn fetch_many(
+            &self,
+            refs: &[SecretRef],
+        ) -> Vec<keyrack_core::Result<keyrack_core::Secret>> {
+            let mut out = Vec::new();
+            for r in refs {
+                out.push(keyrack_core::timed_request(self.0.fetch(r)).await);
+            }
+            out
+        }
+        async fn version(
+            &self,
+            r: &SecretRef,
+        ) -> keyrack_core::Result<Option<keyrack_core::Version>> {
+            self.0.version(r).await
+        }
+        async fn renew(
+            &self,
+            lease: &keyrack_core::Lease,
+            increment: Option<Duration>,
+        ) -> keyrack_core::Result<keyrack_core::Lease> {
+            self.0.renew(lease, increment).await
+        }
+        async fn revoke(&self, lease: &keyrack_core::Lease) -> keyrack_core::Result<()> {
+            self.0.revoke(lease).await
+        }
+        fn watch(
+            &self,
+            r: &SecretRef,
+        ) -> Option<
+            futures_util::stream::BoxStream<
+                'static,
+                keyrack_core::Result<keyrack_core::SourceEvent>,
+            >,
+        > {
+            self.0.watch(r)
+        }
+        async fn shutdown(&self) {
+            self.0.shutdown().await;
+        }
+    }
+
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let refs: Vec<SecretRef> = (0..5)
+        .map(|i| {
+            memory.set(format!("s{i}"), "v");
+            SecretRef::parse(&format!("mem://s{i}")).unwrap()
+        })
+        .collect();
+    memory.set_latency(Duration::from_secs(12));
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", OneByOne(memory.clone()))
+        .build()
+        .unwrap();
+    let reads = tokio::spawn({
+        let refs = refs.clone();
+        async move { secrets.prefetch(&refs).await }
+    });
+    for _ in 0..120 {
+        if reads.is_finished() {
+            break;
+        }
+        clock.advance(Duration::from_secs(1)).await;
+    }
+    let results = reads.await.unwrap();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}

@@ -14,7 +14,7 @@ use keyrack_core::budget::CallRequests;
 use crate::batch_share::BatchShare;
 use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
-    SecretValue, Selector, SourceEvent, Version, async_trait,
+    SecretValue, Selector, SourceEvent, Version, async_trait, timed_request,
 };
 use tokio::sync::Semaphore;
 
@@ -250,10 +250,14 @@ impl AwsSource {
             Pick::Version(v) => request.version_id(*v),
             Pick::Stage(s) => request.version_stage(*s),
         };
-        let out = request
-            .send()
-            .await
-            .map_err(|e| from_sdk("GetSecretValue", e, self.clock.wall()))?;
+        // One of the call's requests: a prefetch's single reads keep its timeout moving.
+        let out = timed_request(async {
+            request
+                .send()
+                .await
+                .map_err(|e| from_sdk("GetSecretValue", e, self.clock.wall()))
+        })
+        .await?;
         secret_from(
             out.secret_string,
             out.secret_binary,
@@ -322,14 +326,14 @@ impl AwsSource {
             );
             return self.get_value(id, &pick).await;
         }
-        let describe = async {
+        let describe = timed_request(async {
             self.client
                 .describe_secret()
                 .secret_id(id)
                 .send()
                 .await
                 .map_err(|e| from_sdk("DescribeSecret", e, self.clock.wall()))
-        };
+        });
         let (value, described) = tokio::join!(self.get_value(id, &pick), describe);
         let secret = value?;
         match described {
@@ -393,13 +397,15 @@ impl AwsSource {
         if let Err(e) = requests.before_request().await {
             return vec![Err(e); ids.len()];
         }
-        let response = self
-            .client
-            .batch_get_secret_value()
-            .set_secret_id_list(Some(ids.to_vec()))
-            .send()
-            .await
-            .map_err(|e| from_sdk("BatchGetSecretValue", e, self.clock.wall()));
+        let response = timed_request(async {
+            self.client
+                .batch_get_secret_value()
+                .set_secret_id_list(Some(ids.to_vec()))
+                .send()
+                .await
+                .map_err(|e| from_sdk("BatchGetSecretValue", e, self.clock.wall()))
+        })
+        .await;
         let mut slots: Vec<Option<Result<Secret>>> = vec![None; ids.len()];
         match response {
             Ok(out) => {
