@@ -46,7 +46,9 @@ impl Backoff {
         let cap = self.max.max(floor);
         let ceiling = self.ceiling(attempt).max(floor).min(cap);
         let hint = error.retry_after().map(|h| h.min(cap.max(MAX_RETRY_AFTER)));
-        let wait = if *error.kind() == ErrorKind::Throttled {
+        // The budget's own refusal was never sent: its hint is when there is room, not a
+        // backend asking for restraint.
+        let wait = if *error.kind() == ErrorKind::Throttled && !error.is_budget_refusal() {
             // `mul_f64` would panic past `Duration::MAX` (an uncapped policy): saturate at the cap.
             Duration::try_from_secs_f64(ceiling.as_secs_f64() * (1.0 + 0.25 * unit))
                 .map_or(cap, |wait| wait.min(cap))
@@ -139,6 +141,16 @@ mod tests {
         // A longer hint still lengthens it.
         let t = Error::throttled(Some(S(3)), "429");
         assert_eq!(b.delay(0, &t, S(1), 0.0), S(3));
+    }
+
+    /// The budget's own refusal (never sent) is not the backend throttling: its hint is when the
+    /// budget has room, and the wait is the usual random one above the floor, not whole steps.
+    #[test]
+    fn a_budget_refusal_waits_as_an_outage_does() {
+        let b = Backoff::default();
+        let refused = Error::throttled(Some(MS(200)), "no room").marked_budget_refusal();
+        assert_eq!(b.delay(4, &refused, S(1), 0.0), S(1));
+        assert_eq!(b.delay(4, &refused, S(1), 0.5), S(8));
     }
 
     #[test]

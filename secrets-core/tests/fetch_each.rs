@@ -268,3 +268,52 @@ async fn a_fetch_many_of_its_own_keeps_its_answers_through_timed_request() {
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failed.is_empty(), "{failed:?}");
 }
+
+/// A backend that accepts and never answers still costs a prefetch one request timeout, however
+/// many parts of the backend its reads go to: once a read of the call has timed out the call
+/// sends no more, and a timeout does not keep the call alive. (Reads under five first path
+/// segments, four in flight at first: with timeouts counted as signs of life, the second wave
+/// went out at 30 s and the prefetch took 60 s.)
+#[tokio::test]
+async fn a_hung_backend_costs_a_prefetch_one_timeout() {
+    let clock = ManualClock::new();
+    let memory = MemorySource::with_clock(clock.clone());
+    let refs: Vec<SecretRef> = (0..READS)
+        .map(|i| {
+            let path = format!("part{}/s{i}", i % 5);
+            memory.set(path.as_str(), "v");
+            SecretRef::parse(&format!("mem://{path}")).unwrap()
+        })
+        .collect();
+    let backend = Scripted::new(memory, clock.clone());
+    backend.set_fault(Op::Fetch, Some(Fault::Hang));
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", backend.clone())
+        .build()
+        .unwrap();
+    let reads = tokio::spawn({
+        let refs = refs.clone();
+        async move { secrets.prefetch(&refs).await }
+    });
+    let mut waited = 0;
+    while !reads.is_finished() && waited < 200 {
+        clock.advance(Duration::from_secs(1)).await;
+        waited += 1;
+    }
+    let results = reads.await.unwrap();
+    assert!(
+        (30..=31).contains(&waited),
+        "the prefetch took {waited} s against a 30 s timeout"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().kind() == &ErrorKind::Timeout)
+    );
+    assert!(
+        backend.count(Op::Fetch) <= 4,
+        "{} reads sent to a hung backend",
+        backend.count(Op::Fetch)
+    );
+}

@@ -10,7 +10,7 @@ use keyrack_core::{Error, ErrorKind, IdentityToken, Result, SecretValue};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{Answer, Body, Http, parse};
+use crate::api::{Answer, Body, Http, parse};
 
 /// A login method.
 #[derive(Clone)]

@@ -10,8 +10,8 @@ use keyrack_core::tls::{self, ClientIdentity, Trust};
 use keyrack_core::{Clock, Error, ErrorKind, Result, SystemClock};
 use url::Url;
 
+use crate::api::Http;
 use crate::auth::Auth;
-use crate::http::Http;
 use crate::session::{Session, TokenCleanup};
 use crate::source::VaultSource;
 use crate::transport::{Reqwest, Transport};
@@ -38,7 +38,17 @@ pub struct VaultBuilder {
     crypto_provider: Option<Arc<CryptoProvider>>,
     revoke_token: Option<bool>,
     shutdown_timeout: Duration,
-    transport: Option<Arc<dyn Transport>>,
+    transport: Option<Custom>,
+}
+
+/// A transport given with [`VaultBuilder::with_transport`]; its `Debug` is the user's, which
+/// a builder's `Debug` does not print.
+struct Custom(Arc<dyn Transport>);
+
+impl std::fmt::Debug for Custom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a transport of your own")
+    }
 }
 
 /// How long [`SecretSource::shutdown`](keyrack_core::SecretSource::shutdown) waits for Vault to
@@ -219,7 +229,7 @@ impl VaultBuilder {
     /// verification or a crypto provider, which only the built-in client would use. Each
     /// request is still bounded by [`with_timeout`](Self::with_timeout) on the source's clock.
     pub fn with_transport(mut self, transport: impl Transport) -> Self {
-        self.transport = Some(Arc::new(transport));
+        self.transport = Some(Custom(Arc::new(transport)));
         self
     }
 
@@ -262,7 +272,7 @@ impl VaultBuilder {
         }
 
         let transport = match self.transport.take() {
-            Some(transport) => {
+            Some(Custom(transport)) => {
                 let tls_set = [
                     (!self.ca_files.is_empty(), "a CA file (VAULT_CACERT)"),
                     (!self.ca_dirs.is_empty(), "a CA directory (VAULT_CAPATH)"),
@@ -352,7 +362,7 @@ impl VaultBuilder {
             .tls_backend_preconfigured(tls::client_config(provider, trust, identity)?)
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(10)))
-            .redirect(crate::http::redirect_policy());
+            .redirect(crate::api::redirect_policy());
         client.build().map_err(|e| {
             Error::new(ErrorKind::Config, "cannot build the HTTP client").with_cause(e)
         })

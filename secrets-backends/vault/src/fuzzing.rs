@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use keyrack_core::{Error, Lease, Result, Secret, SecretValue, Version};
 use reqwest::StatusCode;
 
-use crate::http::Answer;
+use crate::api::Answer;
 
 fn answer(status: u16, body: &[u8], retry_after: Option<Duration>) -> Answer {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -99,12 +99,12 @@
 //! [`SecretValue`]: keyrack_core::SecretValue
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod api;
 mod auth;
 mod builder;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
-mod http;
 mod mounts;
 mod session;
 mod source;
@@ -114,3 +114,5 @@ pub use auth::Auth;
 pub use builder::{DEFAULT_SHUTDOWN_TIMEOUT, VaultBuilder};
 pub use source::VaultSource;
 pub use transport::Transport;
+/// The `http` and `bytes` crates, whose types a [`Transport`] takes and returns.
+pub use {bytes, http};

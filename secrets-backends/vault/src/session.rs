@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::api::Http;
 use crate::auth::{Auth, Login};
-use crate::http::Http;
 
 /// The shortest wait before the keeper tries again, and between two of its calls: the Vault Go
 /// client's `MinRetryWait` (1 s, `api.DefaultConfig`).

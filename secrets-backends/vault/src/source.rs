@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
-use crate::http::{Answer, Body, Envelope, parse};
+use crate::api::{Answer, Body, Envelope, parse};
 use crate::mounts::{Detections, Engine, Mount, Mounts, UiMount};
 use crate::session::{RETRY_FLOOR, Session};
 

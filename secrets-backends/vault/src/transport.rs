@@ -9,7 +9,7 @@ use keyrack_core::{Error, ErrorKind, Result, SecretValue};
 use zeroize::Zeroizing;
 
 /// The largest answer read (Vault's own default `max_request_size` is 32 MiB).
-const MAX_BODY: usize = 32 << 20;
+pub(crate) const MAX_BODY: usize = 32 << 20;
 
 /// Sends the source's HTTP requests to Vault and returns its answers.
 ///
@@ -27,7 +27,9 @@ const MAX_BODY: usize = 32 << 20;
 /// sensitive) and logins carry a secret id or a JWT in their body; answers carry tokens and
 /// secret values, which is why an answer's body is a [`SecretValue`] (wiped when dropped, never
 /// printed). A transport must not log bodies or that header, and must not follow a redirect to
-/// another origin with the token.
+/// another origin with the token. Bound what it reads: the source refuses an answer over
+/// 32 MiB (Vault's own default `max_request_size`), and the built-in transport stops reading
+/// there.
 #[async_trait]
 pub trait Transport: fmt::Debug + Send + Sync + 'static {
     /// Send `request` (absolute URI; a JSON body or none) and return Vault's answer with its

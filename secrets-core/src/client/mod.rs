@@ -918,9 +918,13 @@ impl SecretsBuilder {
     }
 
     /// How long one backend call may take before it counts as failed with
-    /// [`ErrorKind::Timeout`] (default 30 s), on the client's clock. A backend that accepts and
-    /// never answers costs this long, never more; `Expired` is reported at a value's hard
-    /// expiry even while a call is waiting.
+    /// [`ErrorKind::Timeout`] (default 30 s), on the client's clock. A call of several requests
+    /// (a prefetch's reads, [`fetch_each`](crate::fetch_each), [`timed_request`](crate::timed_request))
+    /// may take longer while its requests are answered: each request has this long, and the call
+    /// this long from its latest request sent or answered. A backend that accepts and never
+    /// answers costs this long, never more (once one request of a call has timed out, the call
+    /// sends no more); `Expired` is reported at a value's hard expiry even while a call is
+    /// waiting.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
         self

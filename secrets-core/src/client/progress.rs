@@ -5,9 +5,13 @@
 //! timeout from the latest of its requests sent or answered, and each of those requests by the
 //! timeout on its own. A busy backend that answers every read within the timeout is then never
 //! cut off in the middle of a prefetch (which dropped every answer the call had already
-//! received), and a hung one still costs one timeout after the last thing that moved.
+//! received). A hung one still costs one timeout: once a request of the call has timed out, the
+//! call sends no more (each further request fails at once), and a timeout is no sign of life.
+//! The call's own deadline stays a moment ([`GRACE`]) past that of its last request, so a
+//! request timing out at the call's deadline ends the call with its answers, not without them.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,24 +25,34 @@ tokio::task_local! {
     static CALL: Progress;
 }
 
+/// How long past its last request's deadline a call of several requests waits for it to end.
+const GRACE: Duration = Duration::from_millis(100);
+
 /// A call's timeout and its last sign of life.
 #[derive(Clone)]
 struct Progress {
     clock: Arc<dyn Clock>,
     timeout: Duration,
-    last: Arc<Mutex<Instant>>,
+    /// The last sign of life, and whether it was a request of the call (whose own deadline is
+    /// then the same as the call's, which waits [`GRACE`] longer).
+    last: Arc<Mutex<(Instant, bool)>>,
+    /// A request of the call timed out: the call sends no more.
+    timed_out: Arc<AtomicBool>,
 }
 
 impl Progress {
     fn mark(&self) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = self.clock.now();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (self.clock.now(), true);
     }
 
     fn deadline(&self) -> Instant {
-        later(
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()),
-            self.timeout,
-        )
+        let (last, requests) = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = later(last, self.timeout);
+        if requests {
+            later(deadline, GRACE)
+        } else {
+            deadline
+        }
     }
 }
 
@@ -56,7 +70,8 @@ pub(crate) async fn bounded_call<T>(
     let progress = Progress {
         clock: clock.clone(),
         timeout,
-        last: Arc::new(Mutex::new(clock.now())),
+        last: Arc::new(Mutex::new((clock.now(), false))),
+        timed_out: Arc::new(AtomicBool::new(false)),
     };
     let call = CALL.scope(progress.clone(), call);
     tokio::pin!(call);
@@ -76,19 +91,33 @@ pub(crate) async fn bounded_call<T>(
 }
 
 /// One request of a call that sends several: bounded by the call's timeout on its own, and a
-/// sign of life for the call when it is sent and when it ends. Outside a client's call (a
-/// source used directly), the request as it is.
+/// sign of life for the call when it is sent and when it is answered (a timeout is none). Once
+/// one request of the call has timed out, the others fail at once without being sent. Outside a
+/// client's call (a source used directly), the request as it is.
 pub(crate) async fn request<T>(request: impl Future<Output = Result<T>>) -> Result<T> {
     let Ok(progress) = CALL.try_with(Progress::clone) else {
         return request.await;
     };
+    if progress.timed_out.load(Ordering::Acquire) {
+        return Err(Error::new(
+            ErrorKind::Timeout,
+            "not sent: another request of this call got no answer in time",
+        ));
+    }
     progress.mark();
-    let deadline = progress.deadline();
+    let deadline = later(progress.clock.now(), progress.timeout);
     let result = tokio::select! {
         biased;
         result = request => result,
         () = progress.clock.sleep_until(deadline) => Err(timed_out(progress.timeout)),
     };
-    progress.mark();
+    if result
+        .as_ref()
+        .is_err_and(|e| e.kind() == &ErrorKind::Timeout)
+    {
+        progress.timed_out.store(true, Ordering::Release);
+    } else {
+        progress.mark();
+    }
     result
 }

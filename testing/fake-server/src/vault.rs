@@ -18,9 +18,10 @@ pub struct Recorded {
 /// The answer recorded as `name`: `approle_login`, `ui_mounts_kv2`, `kv2_read`,
 /// `kv2_metadata`, `permission_denied` or `rate_limited`.
 pub fn recorded(name: &str) -> Recorded {
-    let all: Value =
-        serde_json::from_str(include_str!("../fixtures/vault/openbao-2.7.2.json")).unwrap();
-    let entry = all
+    static ALL: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+        serde_json::from_str(include_str!("../fixtures/vault/openbao-2.7.2.json")).unwrap()
+    });
+    let entry = ALL
         .get(name)
         .unwrap_or_else(|| panic!("no answer `{name}` in fixtures/vault/openbao-2.7.2.json"));
     Recorded {

@@ -28,7 +28,7 @@ use serde_json::value::RawValue;
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::transport::Transport;
+use crate::transport::{MAX_BODY, Transport};
 
 /// An HTTP client bound to one Vault address (and namespace).
 #[derive(Clone, Debug)]
@@ -291,19 +291,23 @@ impl Http {
         let request = request.body(body).map_err(|_| {
             Error::new(ErrorKind::Config, "the request to Vault could not be built")
         })?;
-        let deadline = self.clock.now() + self.timeout;
-        let response = tokio::select! {
-            biased;
-            response = self.transport.send(request) => response?,
-            () = self.clock.sleep_until(deadline) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "Vault did not answer within {}",
-                        humantime::format_duration(self.timeout)
-                    ),
-                ));
-            }
+        let send = self.transport.send(request);
+        // A timeout past what the clock can count is no timeout.
+        let response = match self.clock.now().checked_add(self.timeout) {
+            Some(deadline) => tokio::select! {
+                biased;
+                response = send => response?,
+                () = self.clock.sleep_until(deadline) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "Vault did not answer within {}",
+                            humantime::format_duration(self.timeout)
+                        ),
+                    ));
+                }
+            },
+            None => send.await?,
         };
         let status = response.status();
         let retry_after = response
@@ -312,6 +316,12 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, self.clock.wall()));
         let body = response.into_body();
+        if body.len() > MAX_BODY {
+            return Err(Error::new(
+                ErrorKind::Backend,
+                "Vault's answer is larger than 32 MiB",
+            ));
+        }
         Ok(Answer::new(status, retry_after, body))
     }
 }
