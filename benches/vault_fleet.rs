@@ -11,13 +11,16 @@
 //! 2. Restart: `VAULT_FLEET_PODS` pods (default 1,000), each a real `Secrets` with its own
 //!    `VaultSource` logging in with AppRole, start at once, prefetch 20 secrets and retry what
 //!    failed every second, for at most 5 minutes. The floor is the time the capacity above
-//!    allows: pods × (1 / logins per s + 20 / reads per s). Policies `default` (Vault sources
-//!    have no budget: its quotas are the operator's) and `share` (each pod its share of the
+//!    allows: pods × (1 / logins per s + 20 / reads per s). Policies `default` (a Vault
+//!    source's budget is a ceiling of 1,000/s per process, adaptive: Vault documents no quota)
+//!    and `share` (each pod its share of the
 //!    measured read capacity, spread). Per policy: `RESULT vault_fleet_<pods>_<policy>_ready_s`,
 //!    `_ready_vs_floor`, `_failed_pods`, `_failed_reads` (reads that returned an error, retried),
 //!    and `_shutdown_s` (every pod's shutdown, which revokes its token).
 //!
-//! Every pod and OpenBao share this machine's cores: the figures are this machine's.
+//! Every pod and OpenBao share this machine's cores: the figures are this machine's. The same
+//! fleet against a fake of this capacity, in simulated time and without sharing the cores, is
+//! `benches/fleet`'s `vault` (and `vault_quota`, behind a rate-limit quota).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::disallowed_methods)] // a benchmark: real time
 

@@ -1,16 +1,16 @@
-//! A fleet restarting together against a backend's documented quotas, simulated in one process.
+//! A fleet restarting together against a backend's documented quotas (Vault's: the capacity
+//! measured here), simulated in one process.
 //!
 //! Each pod is a real engine (`Secrets`) with a real backend source whose SDK sends its
 //! requests to an in-process fake of the service instead of a socket: AWS Secrets Manager
-//! ([`aws`]), Azure Key Vault ([`azure`]) and Google Secret Manager ([`gcp`], through the SDK's
-//! stub seam); each module says which quotas its fake enforces, where they are documented, and
-//! how it refuses past them. Every answer comes after a simulated 20 ms. Time is simulated: the
-//! runtime is tokio's paused clock, which jumps to the next timer whenever every task waits,
-//! and the engines and the fakes read that clock, so a 10,000-pod restart measures the policy,
-//! not this machine. (Vault is not here: its client, reqwest, takes no in-process transport,
-//! and a loopback socket under a paused clock lets time jump while a request is in flight.
-//! Vault has no documented quota either: `benches/vault_fleet.rs` measures a fleet against the
-//! real OpenBao of the test ground, in real time.)
+//! ([`aws`]), Azure Key Vault ([`azure`]), Google Secret Manager ([`gcp`], through the SDK's
+//! stub seam) and Vault ([`vault`], through `VaultBuilder::with_transport`); each module says
+//! which quotas its fake enforces, where they are documented, and how it refuses past them
+//! (Vault documents none: its fake has the capacity `benches/vault_fleet.rs` measured from the
+//! OpenBao here, and makes requests past it wait, as the server does). Every answer comes after
+//! a simulated 20 ms. Time is simulated: the runtime is tokio's paused clock, which jumps to the
+//! next timer whenever every task waits, and the engines and the fakes read that clock, so a
+//! 10,000-pod restart measures the policy, not this machine.
 //!
 //! Start-up: every pod starts at t = 0, `prefetch`es its 20 secrets, and retries what failed
 //! every second (a service that does not start without its secrets).
@@ -36,9 +36,9 @@
 //!
 //! `cargo bench --bench fleet` runs 1,000 and 10,000 pods (`FLEET_PODS=N` for one size,
 //! `FLEET_POLICIES=share,default` for some policies, `FLEET_BACKENDS=azure,gcp` for some
-//! backends: `aws`, `azure`, `gcp`); `cargo test --benches` runs 50 pods as `SMOKE` lines. The default and unbudgeted
-//! policies at 10,000 pods take a long time here (a retry storm of millions of requests
-//! through the SDKs, on one core).
+//! backends: `aws`, `azure`, `gcp`, `vault`, `vault_quota`); `cargo test --benches` runs 50 pods as `SMOKE`
+//! lines. The default and unbudgeted policies at 10,000 pods take a long time here (a retry
+//! storm of millions of requests through the SDKs, on one core).
 
 // The fakes answer on tokio's (paused) clock; nothing reads real time for a result.
 #![allow(clippy::disallowed_methods)]
@@ -50,6 +50,7 @@
 mod aws;
 mod azure;
 mod gcp;
+mod vault;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -408,8 +409,12 @@ async fn steady<B: Backend>(
     let rotated_at = Arc::new(Mutex::new(vec![None::<Duration>; SECRETS]));
     let worst = Arc::new(Mutex::new(Duration::ZERO));
     let seen = Arc::new(AtomicUsize::new(0));
-    let index: Arc<HashMap<SecretRef, usize>> =
-        Arc::new((0..SECRETS).map(|i| (B::reference(i), i)).collect());
+    // Events name the secret, not the field a handle reads (`vault://…#value`).
+    let index: Arc<HashMap<SecretRef, usize>> = Arc::new(
+        (0..SECRETS)
+            .map(|i| (B::reference(i).without_field(), i))
+            .collect(),
+    );
     for secrets in fleet {
         for i in 0..SECRETS {
             handles.push(secrets.handle(B::reference(i)).await.unwrap());
@@ -427,7 +432,7 @@ async fn steady<B: Backend>(
                     continue;
                 };
                 let Some(at) = index
-                    .get(secret)
+                    .get(&secret.without_field())
                     .and_then(|&i| rotated_at.lock().unwrap()[i])
                 else {
                     continue;
@@ -578,6 +583,12 @@ fn main() {
             }
             if selected(gcp::Gcp::LABEL) {
                 run::<gcp::Gcp>(tag, pods, policy);
+            }
+            if selected(vault::Vault::<0>::LABEL) {
+                run::<vault::Vault<0>>(tag, pods, policy);
+            }
+            if selected(vault::Vault::<{ vault::QUOTA }>::LABEL) {
+                run::<vault::Vault<{ vault::QUOTA }>>(tag, pods, policy);
             }
         }
     }
