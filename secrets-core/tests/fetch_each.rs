@@ -24,6 +24,45 @@ fn backend() -> (Scripted, Vec<SecretRef>) {
     (Scripted::new(memory, clock), refs)
 }
 
+/// A memory source on `clock` holding one value at each of `paths`, and their references.
+fn stored(
+    clock: &ManualClock,
+    paths: impl Iterator<Item = String>,
+) -> (MemorySource, Vec<SecretRef>) {
+    let memory = MemorySource::with_clock(clock.clone());
+    let refs = paths
+        .map(|path| {
+            memory.set(path.as_str(), "v");
+            SecretRef::parse(&format!("mem://{path}")).unwrap()
+        })
+        .collect();
+    (memory, refs)
+}
+
+/// `refs` prefetched by a client of `source` on `clock`, the clock advanced a second at a time
+/// until the prefetch ends (at most 200 s): its results and the seconds it took.
+async fn prefetch_in_steps(
+    clock: &ManualClock,
+    source: impl SecretSource,
+    refs: &[SecretRef],
+) -> (Vec<keyrack_core::Result<keyrack_core::Secret>>, u32) {
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("mem", source)
+        .build()
+        .unwrap();
+    let reads = tokio::spawn({
+        let refs = refs.to_vec();
+        async move { secrets.prefetch(&refs).await }
+    });
+    let mut waited = 0;
+    while !reads.is_finished() && waited < 200 {
+        clock.advance(Duration::from_secs(1)).await;
+        waited += 1;
+    }
+    (reads.await.unwrap(), waited)
+}
+
 #[tokio::test]
 async fn a_timeout_or_an_outage_stops_the_reads_not_yet_sent() {
     for kind in [ErrorKind::Timeout, ErrorKind::Unavailable] {
@@ -152,31 +191,10 @@ async fn reads_start_slow() {
 #[tokio::test]
 async fn a_prefetch_longer_than_the_timeout_keeps_every_read() {
     let clock = ManualClock::new();
-    let memory = MemorySource::with_clock(clock.clone());
-    let refs: Vec<SecretRef> = (0..READS)
-        .map(|i| {
-            memory.set(format!("s{i}"), "v");
-            SecretRef::parse(&format!("mem://s{i}")).unwrap()
-        })
-        .collect();
+    let (memory, refs) = stored(&clock, (0..READS).map(|i| format!("s{i}")));
     memory.set_latency(Duration::from_secs(12));
     let backend = Scripted::new(memory, clock.clone());
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("mem", backend.clone())
-        .build()
-        .unwrap();
-    let reads = tokio::spawn({
-        let refs = refs.clone();
-        async move { secrets.prefetch(&refs).await }
-    });
-    for _ in 0..120 {
-        if reads.is_finished() {
-            break;
-        }
-        clock.advance(Duration::from_secs(1)).await;
-    }
-    let results = reads.await.unwrap();
+    let (results, _) = prefetch_in_steps(&clock, backend.clone(), &refs).await;
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(backend.count(Op::Fetch), READS);
@@ -241,30 +259,9 @@ async fn a_fetch_many_of_its_own_keeps_its_answers_through_timed_request() {
     }
 
     let clock = ManualClock::new();
-    let memory = MemorySource::with_clock(clock.clone());
-    let refs: Vec<SecretRef> = (0..5)
-        .map(|i| {
-            memory.set(format!("s{i}"), "v");
-            SecretRef::parse(&format!("mem://s{i}")).unwrap()
-        })
-        .collect();
+    let (memory, refs) = stored(&clock, (0..5).map(|i| format!("s{i}")));
     memory.set_latency(Duration::from_secs(12));
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("mem", OneByOne(memory.clone()))
-        .build()
-        .unwrap();
-    let reads = tokio::spawn({
-        let refs = refs.clone();
-        async move { secrets.prefetch(&refs).await }
-    });
-    for _ in 0..120 {
-        if reads.is_finished() {
-            break;
-        }
-        clock.advance(Duration::from_secs(1)).await;
-    }
-    let results = reads.await.unwrap();
+    let (results, _) = prefetch_in_steps(&clock, OneByOne(memory), &refs).await;
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failed.is_empty(), "{failed:?}");
 }
@@ -277,31 +274,10 @@ async fn a_fetch_many_of_its_own_keeps_its_answers_through_timed_request() {
 #[tokio::test]
 async fn a_hung_backend_costs_a_prefetch_one_timeout() {
     let clock = ManualClock::new();
-    let memory = MemorySource::with_clock(clock.clone());
-    let refs: Vec<SecretRef> = (0..READS)
-        .map(|i| {
-            let path = format!("part{}/s{i}", i % 5);
-            memory.set(path.as_str(), "v");
-            SecretRef::parse(&format!("mem://{path}")).unwrap()
-        })
-        .collect();
+    let (memory, refs) = stored(&clock, (0..READS).map(|i| format!("part{}/s{i}", i % 5)));
     let backend = Scripted::new(memory, clock.clone());
     backend.set_fault(Op::Fetch, Some(Fault::Hang));
-    let secrets = Secrets::builder()
-        .clock(clock.clone())
-        .source("mem", backend.clone())
-        .build()
-        .unwrap();
-    let reads = tokio::spawn({
-        let refs = refs.clone();
-        async move { secrets.prefetch(&refs).await }
-    });
-    let mut waited = 0;
-    while !reads.is_finished() && waited < 200 {
-        clock.advance(Duration::from_secs(1)).await;
-        waited += 1;
-    }
-    let results = reads.await.unwrap();
+    let (results, waited) = prefetch_in_steps(&clock, backend.clone(), &refs).await;
     assert!(
         (30..=31).contains(&waited),
         "the prefetch took {waited} s against a 30 s timeout"
