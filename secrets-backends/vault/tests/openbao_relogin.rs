@@ -1,6 +1,9 @@
 //! A token revoked behind the source's back: the next request gets 403, the source finds its
 //! token dead (`lookup-self` refused), logs in again and retries; leases of the dead token are
-//! re-issued. In a test binary of its own, because it revokes every AppRole token on the server.
+//! re-issued. The test logs in through an AppRole mount of its own and revokes every token that
+//! mount issued: tests run at once, each in a process of its own, and a revocation of every
+//! token of the test ground's AppRole mount (as this test did) failed whichever test was using
+//! one at the time (`openbao_metrics`, when more tests ran at once).
 
 #![allow(clippy::unwrap_used)]
 // A real server in real time.
@@ -15,20 +18,62 @@ use keyrack_core::RotationEvent;
 use keyrack_vault::Auth;
 use reqwest::Method;
 
+/// An AppRole mount of its own with a role like the test ground's `app` (policy `app-read`):
+/// the mount's path and a login there.
+async fn own_approle() -> (String, Auth) {
+    let mount = uniq("approle-relogin");
+    root_api(
+        Method::POST,
+        &format!("sys/auth/{mount}"),
+        Some(serde_json::json!({ "type": "approle" })),
+    )
+    .await;
+    root_api(
+        Method::POST,
+        &format!("auth/{mount}/role/app"),
+        Some(serde_json::json!({
+            "token_policies": ["app-read"], "token_ttl": "1h", "token_max_ttl": "4h"
+        })),
+    )
+    .await;
+    let role_id = root_api(
+        Method::GET,
+        &format!("auth/{mount}/role/app/role-id"),
+        None,
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = root_api(
+        Method::POST,
+        &format!("auth/{mount}/role/app/secret-id"),
+        None,
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = Auth::AppRole {
+        mount: mount.clone(),
+        role_id,
+        secret_id: secret_id.into(),
+    };
+    (mount, auth)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_is_replaced_by_a_new_login() {
-    let secrets = client(source(Auth::approle(
-        env("VAULT_APPROLE_ROLE_ID"),
-        env("VAULT_APPROLE_SECRET_ID"),
-    )));
+    let (mount, auth) = own_approle().await;
+    let secrets = client(source(auth));
     let db = secrets.handle("vault://database/creds/app").await.unwrap();
     let first = creds(&db.current());
     let mut events = db.subscribe();
 
-    // Revoke every token issued by AppRole logins (and, with them, their leases).
+    // Revoke every token this test's AppRole mount issued (and, with them, their leases).
     root_api(
         Method::PUT,
-        "sys/leases/revoke-prefix/auth/approle/login",
+        &format!("sys/leases/revoke-prefix/auth/{mount}/login"),
         None,
     )
     .await;
