@@ -138,8 +138,12 @@ impl RequestBudget {
 /// For [`SecretSource`](crate::SecretSource) implementations: call before each backend request
 /// a call sends after its first, so the request is counted against the source's budget. It
 /// returns once the budget has room (at once, usually), or fails with
-/// [`Throttled`](crate::ErrorKind::Throttled) when the room is further away than the client's
-/// request timeout: return that error rather than send the request. Outside a call from a
+/// [`Throttled`](crate::ErrorKind::Throttled) when the room is further away than half the
+/// client's request timeout after the call's latest place or sign of life (a request sent or
+/// answered through [`timed_request`](crate::timed_request)): return that error rather than
+/// send the request. A call whose requests keep going at the budget's pace therefore waits as
+/// long as the budget needs, however long that is in all. Once a request of the call has timed
+/// out, it fails at once with [`Timeout`](crate::ErrorKind::Timeout). Outside a call from a
 /// [`Secrets`](crate::Secrets) client (a source used on its own) and for an unbudgeted source it
 /// returns `Ok` at once.
 pub async fn another_request() -> crate::Result<()> {
@@ -151,7 +155,8 @@ pub async fn another_request() -> crate::Result<()> {
 /// round trip: Key Vault's challenge). The place is taken when this is called; the future it
 /// returns waits for it: call it when the request becomes certain, await it just before the
 /// request is sent, so that places taken meanwhile by the call's other requests come after
-/// it. It waits while the call's time allows (nine tenths of the request timeout); when the
+/// it. It waits while the call's time allows (nine tenths of the request timeout after the
+/// call's latest place or sign of life); when the
 /// room is further away, as with a small share of a fleet's quota, the request is counted
 /// without waiting, taken from the budget's future, and the calls after it wait for it
 /// instead. It never fails: a call that could never fit in one request timeout must not be

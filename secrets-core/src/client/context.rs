@@ -219,15 +219,14 @@ impl Ctx {
         let bucket = (operation != "revoke")
             .then(|| self.buckets.get_key_value(source))
             .flatten();
-        let mut gate = bucket.map(|(name, bucket)| Gate {
+        let gate = bucket.map(|(name, bucket)| Gate {
             source: name.clone(),
             bucket: bucket.clone(),
             clock: self.clock.clone(),
             max_wait: self.config.request_timeout,
-            further_until: None,
-            needed_until: None,
+            latest: Arc::default(),
         });
-        if let Some(gate) = &mut gate {
+        if let Some(gate) = &gate {
             gate.enter().instrument(span.clone()).await?;
         }
         let bucket = bucket.map(|(_, b)| b);

@@ -5,7 +5,7 @@
 //! source makes of one call.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::budget::{Bucket, Place};
@@ -26,22 +26,47 @@ pub(crate) struct Gate {
     /// A call's first request that would wait longer than this for room is refused (the
     /// request timeout).
     pub(crate) max_wait: Duration,
-    /// Further requests may be sent until then (set when the first is sent).
-    pub(crate) further_until: Option<Instant>,
-    /// Requests the call cannot do without may wait for room until then (set when the first
-    /// is sent).
-    pub(crate) needed_until: Option<Instant>,
+    /// The latest place the call was given (set when the first is taken): with the call's
+    /// latest sign of life, where its further requests' waits are counted from.
+    pub(crate) latest: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long a further request of a call may wait for room, from the call's latest place or sign
+/// of life, as a share of the request timeout.
+const FURTHER_WAIT: f64 = 0.5;
+/// The same for a request the call cannot do without (beyond it, the request is sent owed).
+const NEEDED_WAIT: f64 = 0.9;
 
 impl Gate {
     /// Wait for a place for one request: at once when the budget has room; refused as
     /// `Throttled` (with the wait as its hint) when it would wait longer than `max_wait`.
-    pub(crate) async fn enter(&mut self) -> Result<()> {
-        self.wait_for_place(self.max_wait).await?;
-        let now = self.clock.now();
-        self.further_until = Some(now + self.max_wait / 2);
-        self.needed_until = Some(now + self.max_wait.mul_f64(0.9));
-        Ok(())
+    pub(crate) async fn enter(&self) -> Result<()> {
+        self.wait_for_place(self.max_wait).await
+    }
+
+    /// A place at `at` was given to the call: its further requests' waits count from it, and
+    /// the call lives until that request has had its time.
+    fn given(&self, at: Instant) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        *latest = Some(latest.map_or(at, |l| l.max(at)));
+        drop(latest);
+        super::progress::expect(at);
+    }
+
+    /// How long a further request asked for now may wait for room: `share` of the request
+    /// timeout from the later of the call's latest place and its latest sign of life (a
+    /// request sent or answered). A call whose requests keep going at the budget's pace keeps
+    /// waiting for room, however long it takes in all; one whose last place or answer is long
+    /// past waits no more.
+    fn may_wait(&self, now: Instant, share: f64) -> Duration {
+        let latest = *self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let anchor = match (latest, super::progress::last_sign()) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or(now),
+        };
+        anchor
+            .checked_add(self.max_wait.mul_f64(share))
+            .map_or(Duration::MAX, |until| until.saturating_duration_since(now))
     }
 
     /// A place for a request the call cannot do without, taken now: the future waits for it
@@ -50,11 +75,10 @@ impl Gate {
     /// instead). Dropped before its time, the future gives the place back.
     fn reserve_needed(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let now = self.clock.now();
-        let left = self
-            .needed_until
-            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        let left = self.may_wait(now, NEEDED_WAIT);
         match self.bucket.reserve(now, left) {
             Ok(place) => {
+                self.given(place.at);
                 // Given back if the future is dropped before its request goes.
                 let unsent = OwnedUnsent {
                     bucket: self.bucket.clone(),
@@ -79,18 +103,17 @@ impl Gate {
 
     /// Wait for a place for a further request of the call.
     async fn enter_further(&self) -> Result<()> {
-        let now = self.clock.now();
-        let left = self
-            .further_until
-            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        let left = self.may_wait(self.clock.now(), FURTHER_WAIT);
         self.wait_for_place(left).await
     }
 
     /// A place for a further request of the call if the budget has room now, without waiting.
     fn try_enter_further(&self) -> bool {
-        self.bucket
-            .reserve(self.clock.now(), Duration::ZERO)
-            .is_ok()
+        let place = self.bucket.reserve(self.clock.now(), Duration::ZERO);
+        if let Ok(place) = &place {
+            self.given(place.at);
+        }
+        place.is_ok()
     }
 
     async fn wait_for_place(&self, max_wait: Duration) -> Result<()> {
@@ -105,6 +128,7 @@ impl Gate {
         let mut plans = self.bucket.plans();
         plans.borrow_and_update();
         let place = self.bucket.reserve(asked, max_wait).map_err(refused)?;
+        self.given(place.at);
         if place.at <= asked {
             return Ok(());
         }
@@ -164,7 +188,12 @@ pub(crate) async fn another_request() -> Result<()> {
     let Ok(gate) = GATE.try_with(Gate::clone) else {
         return Ok(());
     };
-    gate.enter_further().await
+    // Once a request of the call has timed out, a request waiting for its place gives up.
+    tokio::select! {
+        biased;
+        e = super::progress::stopped() => Err(e),
+        entered = gate.enter_further() => entered,
+    }
 }
 
 /// See [`crate::budget::needed_request`].
