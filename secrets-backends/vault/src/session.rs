@@ -9,7 +9,7 @@
 //! neither token nor leases behind until their TTLs. A session dropped without shutdown makes
 //! the same call as a detached task, if a Tokio runtime is still there to run it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,10 @@ pub(crate) struct Session {
     auth: Auth,
     clock: Arc<dyn Clock>,
     current: ArcSwapOption<TokenState>,
-    login_lock: tokio::sync::Mutex<()>,
+    /// One login at a time; it holds the last login's failure, if it failed.
+    login_lock: tokio::sync::Mutex<Option<Error>>,
+    /// Logins tried so far.
+    logins: AtomicU64,
     /// Taken for a store of the current token, so a renewal is stored only over its own
     /// generation (a login of a newer one may land while the renewal is under way).
     store_lock: Mutex<()>,
@@ -139,7 +142,8 @@ impl Session {
             auth,
             clock,
             current: ArcSwapOption::empty(),
-            login_lock: tokio::sync::Mutex::new(()),
+            login_lock: tokio::sync::Mutex::new(None),
+            logins: AtomicU64::new(0),
             store_lock: Mutex::new(()),
             generation: watch::Sender::new(0),
             keeper: Mutex::new(None),
@@ -179,9 +183,12 @@ impl Session {
     }
 
     /// Log in, unless another caller already replaced the token of generation `stale` (or, with
-    /// `None`, already logged in at all).
+    /// `None`, already logged in at all). Callers that wait while a login is under way share
+    /// its outcome, a failure too: twenty reads started together against a refused login send
+    /// one login, not one each in turn.
     pub(crate) async fn login(self: &Arc<Self>, stale: Option<u64>) -> Result<(SecretValue, u64)> {
-        let _one_at_a_time = self.login_lock.lock().await;
+        let tried = self.logins.load(Ordering::Acquire);
+        let mut last_failure = self.login_lock.lock().await;
         if self.revoked.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::Shutdown,
@@ -194,6 +201,11 @@ impl Session {
         {
             return Ok((state.token.clone(), state.generation));
         }
+        if self.logins.load(Ordering::Acquire) != tried
+            && let Some(e) = &*last_failure
+        {
+            return Err(e.clone());
+        }
         let generation = previous.as_ref().map_or(0, |p| p.generation + 1);
         // A login that a read waits for takes a place in that call's budget, ahead of the read
         // (ready at once for the keeper's, outside any call).
@@ -203,6 +215,8 @@ impl Session {
         let span = tracing::info_span!(target: "keyrack_vault::auth", "login", source = "vault",
             method, generation, outcome = tracing::field::Empty);
         let login = self.auth.login(&self.http).instrument(span.clone()).await;
+        *last_failure = login.as_ref().err().cloned();
+        self.logins.fetch_add(1, Ordering::AcqRel);
         let kind = login.as_ref().map(|_| ()).map_err(Error::kind);
         telemetry::login("vault", method, kind);
         span.record("outcome", telemetry::outcome_label(kind));

@@ -1,6 +1,6 @@
 //! [`VaultSource`]: the `SecretSource` over Vault / OpenBao.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -9,7 +9,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
-    SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each,
+    SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each, timed_request,
 };
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -431,6 +431,37 @@ impl VaultSource {
         }
     }
 
+    /// What every read of `refs` waits for, done before any read takes its place in the budget:
+    /// the login, if there is no token yet, and the lookup of each mount not known yet (one per
+    /// first path segment, together). Done by the reads themselves instead, the first reads'
+    /// places come and go while they wait for the login and the lookup, and the reads then go
+    /// at once: a fleet whose shares add up to a quota sends bursts past it. `Err` when no read
+    /// can succeed: the login failed (each read would log in again), or a lookup found Vault
+    /// down, hung or throttling. Other lookup failures are left to the reads, which meet them
+    /// on their own paths.
+    async fn before_reads(&self, refs: &[SecretRef]) -> Result<()> {
+        timed_request(self.inner.session.token()).await?;
+        let now = self.inner.clock.now();
+        let mut segments = HashSet::new();
+        let lookups = refs
+            .iter()
+            .map(|r| r.path().trim_matches('/'))
+            .filter(|path| self.inner.mounts.find(path, now).is_none())
+            .filter(|path| segments.insert(path.split('/').next().unwrap_or_default()))
+            .map(|path| timed_request(self.mount(path)));
+        for outcome in futures_util::future::join_all(lookups).await {
+            if let Err(e) = outcome
+                && matches!(
+                    e.kind(),
+                    ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Throttled
+                )
+            {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Run `op` on the mount of `path`. When a cached mount's answer is one a remount would
     /// cause (404, 403, 405), the mount is detected again (at most once per mount and
     /// [`RECHECK_GAP`](crate::mounts::RECHECK_GAP)) and, if it changed, `op` runs again on it.
@@ -622,6 +653,9 @@ impl SecretSource for VaultSource {
     }
 
     async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
+        if let Err(e) = self.before_reads(refs).await {
+            return refs.iter().map(|_| Err(e.clone())).collect();
+        }
         fetch_each(self, refs, 8).await
     }
 

@@ -10,12 +10,13 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::fake::idle;
+use common::fake::{idle, until};
 use keyrack_core::{
-    Error, ErrorKind, ManualClock, Result, SecretRef, SecretSource, SecretValue, async_trait,
+    Clock, Error, ErrorKind, ManualClock, RequestBudget, Result, SecretRef, SecretSource,
+    SecretValue, Secrets, async_trait,
 };
 use keyrack_fake_server::vault::{Recorded, recorded};
 use keyrack_vault::{Auth, Transport, VaultBuilder};
@@ -36,6 +37,8 @@ enum Mode {
     ReadsAnswer(&'static str),
     /// Answer reads with a proxy's HTML error page of this status.
     ReadsHtml(u16),
+    /// Answer logins with this recorded answer (the rest as `Serve`).
+    LoginAnswer(&'static str),
 }
 
 /// One request as the transport saw it.
@@ -45,12 +48,15 @@ struct Seen {
     /// `X-Vault-Token`, and whether it was marked sensitive.
     token: Option<(String, bool)>,
     body: Vec<u8>,
+    /// When it was sent, on the source's clock.
+    at: Instant,
 }
 
 #[derive(Debug, Clone)]
 struct Scripted {
     mode: Mode,
     seen: Arc<Mutex<Vec<Seen>>>,
+    clock: ManualClock,
 }
 
 fn login_token() -> String {
@@ -73,6 +79,9 @@ fn answer(r: &Recorded) -> http::Response<SecretValue> {
 impl Transport for Scripted {
     async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<SecretValue>> {
         let path = request.uri().path().to_owned();
+        // Not answered within the call that sent it, as no network answers: requests started
+        // together are under way together.
+        tokio::task::yield_now().await;
         self.seen.lock().unwrap().push(Seen {
             path: path.clone(),
             token: request
@@ -80,8 +89,10 @@ impl Transport for Scripted {
                 .get("x-vault-token")
                 .map(|v| (v.to_str().unwrap().to_owned(), v.is_sensitive())),
             body: request.body().to_vec(),
+            at: self.clock.now(),
         });
         let is_read = path.starts_with("/v1/secret/");
+        let is_login = path == "/v1/auth/approle/login";
         match self.mode {
             Mode::Hang => std::future::pending().await,
             Mode::Unreachable => {
@@ -91,6 +102,7 @@ impl Transport for Scripted {
                 ));
             }
             Mode::ReadsAnswer(name) if is_read => return Ok(answer(&recorded(name))),
+            Mode::LoginAnswer(name) if is_login => return Ok(answer(&recorded(name))),
             Mode::ReadsHtml(status) if is_read => {
                 return Ok(http::Response::builder()
                     .status(status)
@@ -103,7 +115,7 @@ impl Transport for Scripted {
             }
             _ => {}
         }
-        let mut r = if path == "/v1/auth/approle/login" {
+        let mut r = if is_login {
             recorded("approle_login")
         } else if path.starts_with("/v1/sys/internal/ui/mounts/") {
             recorded("ui_mounts_kv2")
@@ -129,6 +141,7 @@ fn source(mode: Mode, clock: &ManualClock) -> (keyrack_vault::VaultSource, Arc<M
         .with_transport(Scripted {
             mode,
             seen: seen.clone(),
+            clock: clock.clone(),
         })
         .build()
         .unwrap();
@@ -239,6 +252,7 @@ fn tls_settings_beside_a_transport_are_refused() {
     let transport = || Scripted {
         mode: Mode::Serve,
         seen: Arc::default(),
+        clock: ManualClock::new(),
     };
     let base = || {
         VaultBuilder::new()
@@ -286,4 +300,132 @@ async fn a_clock_jump_past_the_timeout_ends_a_hung_request() {
         .unwrap()
         .unwrap_err();
     assert_eq!(*e.kind(), ErrorKind::Timeout, "{e}");
+}
+
+/// `n` secrets under one mount (the fleet's: `secret/app/fleet/secret-00`, …).
+fn secrets(n: usize) -> Vec<SecretRef> {
+    (0..n)
+        .map(|i| {
+            SecretRef::parse(&format!("vault://secret/app/fleet/secret-{i:02}#value")).unwrap()
+        })
+        .collect()
+}
+
+/// A prefetch of `refs` by a client on a manual clock whose source answers as `mode` under
+/// `budget`, the clock advanced a second at a time until it ends: each read's outcome, and
+/// each request's path with when it was sent (whole seconds after the prefetch began).
+async fn prefetch(
+    mode: Mode,
+    budget: RequestBudget,
+    refs: &[SecretRef],
+) -> (Vec<Result<keyrack_core::Secret>>, Vec<(String, u64)>) {
+    let clock = ManualClock::new();
+    let began = clock.now();
+    let (source, seen) = source(mode, &clock);
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .source("vault", source)
+        .request_budget("vault", budget)
+        .build()
+        .unwrap();
+    // The client lives on until the requests are collected: its shutdown revokes its token.
+    let reads = tokio::spawn({
+        let (secrets, refs) = (secrets.clone(), refs.to_vec());
+        async move { secrets.prefetch(&refs).await }
+    });
+    let mut waited = 0;
+    while !reads.is_finished() && waited < 120 {
+        // Until the prefetch waits on the clock (or has ended).
+        until(|| reads.is_finished() || clock.sleepers() > 0).await;
+        clock.advance(Duration::from_secs(1)).await;
+        waited += 1;
+    }
+    let results = reads.await.unwrap();
+    let seen = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.path.clone(), (s.at - began).as_secs()))
+        .collect();
+    drop(secrets);
+    (results, seen)
+}
+
+/// A prefetch logs in and looks its mount up before its reads take their places in the budget,
+/// so its requests go at the budget's rate. Before, the first reads took the first places, which
+/// came and went while those reads waited for the login and the lookup (whose places came after
+/// theirs); all went together once the lookup was answered: six requests in the same instant
+/// from a budget of one a second. A fleet whose shares add up to a quota then sent bursts past
+/// it (`benches/fleet`, `vault_quota`: 8 % of the share policy's requests refused).
+#[tokio::test]
+async fn a_prefetch_logs_in_and_finds_its_mount_before_its_reads_take_places() {
+    let budget = RequestBudget::per_second(1).with_burst(1).fixed();
+    let (results, seen) = prefetch(Mode::Serve, budget, &secrets(5)).await;
+    for result in results {
+        result.unwrap();
+    }
+    let mount = "/v1/sys/internal/ui/mounts/secret/app/fleet/secret-00";
+    let read = |i: usize| format!("/v1/secret/data/app/fleet/secret-{i:02}");
+    let expected = [
+        ("/v1/auth/approle/login".to_owned(), 1),
+        (mount.to_owned(), 2),
+        // The first read has the place the client took for the call when the prefetch began,
+        // unused while the login and the lookup waited for theirs: it goes once the lookup is
+        // answered, and every read after it at the budget's rate.
+        (read(0), 2),
+        (read(1), 3),
+        (read(2), 4),
+        (read(3), 5),
+        (read(4), 6),
+    ];
+    assert_eq!(seen, expected);
+}
+
+/// A login that Vault refuses fails every read of the prefetch, which sends it once. Before,
+/// each read logged in again on its own: twenty refused logins for twenty secrets.
+#[tokio::test]
+async fn a_refused_login_is_sent_once_for_a_whole_prefetch() {
+    let budget = RequestBudget::per_second(1_000);
+    let (results, seen) = prefetch(Mode::LoginAnswer("login_refused"), budget, &secrets(20)).await;
+    for result in results {
+        let e = result.unwrap_err();
+        assert_eq!(*e.kind(), ErrorKind::Unauthenticated, "{e}");
+        quotes_nothing_secret(&e);
+    }
+    let paths: Vec<&str> = seen.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["/v1/auth/approle/login"]);
+}
+
+/// A login that never answers costs the prefetch one request and one timeout.
+#[tokio::test]
+async fn a_hung_login_costs_a_prefetch_one_request_and_one_timeout() {
+    let budget = RequestBudget::per_second(1_000);
+    let (results, seen) = prefetch(Mode::Hang, budget, &secrets(20)).await;
+    for result in results {
+        assert_eq!(*result.unwrap_err().kind(), ErrorKind::Timeout);
+    }
+    assert_eq!(seen, [("/v1/auth/approle/login".to_owned(), 0)]);
+}
+
+/// Reads started together while the login fails share its failure: one login for twenty reads
+/// under twenty mounts (reads under one mount share its lookup, and the lookup's failure with
+/// it). Before, each read waited for the login before it to fail and logged in again: twenty
+/// refused logins (a fleet restarting with a revoked secret id multiplied that by its pods).
+#[tokio::test]
+async fn reads_started_together_share_a_refused_login() {
+    let clock = ManualClock::new();
+    let (source, seen) = source(Mode::LoginAnswer("login_refused"), &clock);
+    let refs: Vec<SecretRef> = (0..20)
+        .map(|i| SecretRef::parse(&format!("vault://mount-{i:02}/app/config")).unwrap())
+        .collect();
+    let results = futures_util::future::join_all(refs.iter().map(|r| source.fetch(r))).await;
+    for result in results {
+        let e = result.unwrap_err();
+        assert_eq!(*e.kind(), ErrorKind::Unauthenticated, "{e}");
+        quotes_nothing_secret(&e);
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1, "one login");
+    // A read after them logs in again (the engine's backoff spaces such reads).
+    source.fetch(&refs[0]).await.unwrap_err();
+    assert_eq!(seen.lock().unwrap().len(), 2);
 }

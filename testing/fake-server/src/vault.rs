@@ -16,7 +16,7 @@ pub struct Recorded {
 }
 
 /// The answer recorded as `name`: `approle_login`, `ui_mounts_kv2`, `kv2_read`,
-/// `kv2_metadata`, `permission_denied` or `rate_limited`.
+/// `kv2_metadata`, `permission_denied`, `rate_limited` or `login_refused`.
 pub fn recorded(name: &str) -> Recorded {
     static ALL: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
         serde_json::from_str(include_str!("../fixtures/vault/openbao-2.7.2.json")).unwrap()
