@@ -19,7 +19,11 @@
 //! ([`Error::is_budget_refusal`](crate::Error::is_budget_refusal): the backend never saw it, and
 //! such refusals do not cut the rate; a waiting call that a cut pushes past the timeout fails
 //! the same way then), so callers that give up and retry cannot build an unbounded queue; a
-//! call whose caller gives up while it waits gives its place back.
+//! call whose caller gives up while it waits gives its place back. The further requests of a
+//! call ([`another_request`]) are bounded by the call instead: each may wait up to half a
+//! request timeout after the call's latest place or sign of life, so a call whose requests keep
+//! going at the budget's pace (a prefetch a small share spreads over minutes) is never refused
+//! midway, and no request of it is cut off by its timeout while it waits for its own place.
 //!
 //! The budget counts backend requests. The client takes a place before each call to a source;
 //! a source whose one call sends several requests (AWS's batch read that falls back to single

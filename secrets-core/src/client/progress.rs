@@ -6,13 +6,14 @@
 //! timeout on its own. A busy backend that answers every read within the timeout is then never
 //! cut off in the middle of a prefetch (which dropped every answer the call had already
 //! received). A hung one still costs one timeout: once a request of the call has timed out, the
-//! call sends no more and waits for none of its requests under way (each fails at once), and a
-//! timeout is no sign of life.
+//! call sends no more (each further request fails at once, and those waiting for a place in the
+//! budget stop waiting), and a timeout is no sign of life.
 //! The call's own deadline stays a moment ([`GRACE`]) past that of its last request, so a
 //! request timing out at the call's deadline ends the call with its answers, not without them.
 //! A request given a later place in the source's request budget ([`expect`]) counts as sent at
-//! its place: a call that waits for its budget is not hung, and it is never cut off while a
-//! request waits for a place the budget gave it.
+//! its place, for the call and for the request it is sent within (a login within a read): a
+//! call that waits for its budget is not hung, and neither it nor that request is cut off while
+//! a request waits for a place the budget gave it.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,9 @@ use super::context::later;
 tokio::task_local! {
     /// The source call being run on this task, when a client runs it.
     static CALL: Progress;
+    /// The latest sign of life of the request (of such a call) being run: when it was sent, or
+    /// a later place in the budget given to a request it needs first.
+    static REQUEST: Arc<Mutex<Instant>>;
 }
 
 /// How long past its last request's deadline a call of several requests waits for it to end.
@@ -123,10 +127,11 @@ pub(crate) async fn bounded_call<T>(
 }
 
 /// One request of a call that sends several: bounded by the call's timeout on its own, and a
-/// sign of life for the call when it is sent and when it is answered (a timeout is none). Once
-/// one request of the call has timed out, the others fail at once: those not sent yet are not
-/// sent, those under way are given up. Outside a
-/// client's call (a source used directly), the request as it is.
+/// sign of life for the call when it is sent and when it is answered (a timeout is none). A
+/// request that waits for a place in the budget for a request of its own (a login before a
+/// read) is bounded from that place, not from its start: the wait is the budget's, not the
+/// backend's. Once one request of the call has timed out, the others not sent yet are not sent.
+/// Outside a client's call (a source used directly), the request as it is.
 pub(crate) async fn request<T>(request: impl Future<Output = Result<T>>) -> Result<T> {
     let Ok(progress) = CALL.try_with(Progress::clone) else {
         return request.await;
@@ -135,16 +140,27 @@ pub(crate) async fn request<T>(request: impl Future<Output = Result<T>>) -> Resu
         return Err(not_sent());
     }
     progress.mark();
-    let deadline = later(progress.clock.now(), progress.timeout);
-    let result = tokio::select! {
-        biased;
-        result = request => result,
-        () = progress.clock.sleep_until(deadline) => Err(timed_out(progress.timeout)),
-        // Another request timed out: the backend is not answering this call.
-        () = progress.stopped() => return Err(Error::new(
-            ErrorKind::Timeout,
-            "given up: another request of this call got no answer in time",
-        )),
+    // This request's latest sign of life: sent now, or a later place it was given.
+    let own = Arc::new(Mutex::new(progress.clock.now()));
+    let deadline = || {
+        later(
+            *own.lock().unwrap_or_else(|p| p.into_inner()),
+            progress.timeout,
+        )
+    };
+    let request = REQUEST.scope(own.clone(), request);
+    tokio::pin!(request);
+    let result = loop {
+        tokio::select! {
+            biased;
+            result = &mut request => break result,
+            () = progress.clock.sleep_until(deadline()) => {
+                // A place given meanwhile moved the deadline on.
+                if deadline() <= progress.clock.now() {
+                    break Err(timed_out(progress.timeout));
+                }
+            }
+        }
     };
     if result
         .as_ref()
@@ -167,6 +183,11 @@ pub(crate) fn last_sign() -> Option<Instant> {
 /// call is not cut off before that request's own deadline (nothing outside a call).
 pub(crate) fn expect(at: Instant) {
     let _ = CALL.try_with(|p| p.mark_at(at));
+    // And the request it is sent for, if it is sent within one: its own deadline moves on.
+    let _ = REQUEST.try_with(|own| {
+        let mut own = own.lock().unwrap_or_else(|p| p.into_inner());
+        *own = (*own).max(at);
+    });
 }
 
 /// Ready with the error of a request not sent once a request of the client's call running on
