@@ -149,7 +149,7 @@ impl Detections {
         path: &str,
         start: impl FnOnce() -> BoxFuture<'static, Result<Mount>>,
     ) -> Option<Result<Mount>> {
-        let key = path.split('/').next().unwrap_or_default().to_owned();
+        let key = first_segment(path).to_owned();
         let (detection, started) = {
             let mut in_flight = self.0.lock().unwrap_or_else(|p| p.into_inner());
             match in_flight.get(&key).and_then(WeakShared::upgrade) {
@@ -179,6 +179,12 @@ impl Detections {
             outcome => Some(outcome),
         }
     }
+}
+
+/// The first segment of a path (without its leading `/`): cold reads under it share one mount
+/// detection.
+pub(crate) fn first_segment(path: &str) -> &str {
+    path.split('/').next().unwrap_or_default()
 }
 
 #[cfg(test)]

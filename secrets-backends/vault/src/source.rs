@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use crate::api::{Answer, Body, Envelope, parse};
-use crate::mounts::{Detections, Engine, Mount, Mounts, UiMount};
+use crate::mounts::{Detections, Engine, Mount, Mounts, UiMount, first_segment};
 use crate::session::{RETRY_FLOOR, Session};
 
 /// Versions of issued secrets remembered (see [`Issued`]).
@@ -433,33 +433,43 @@ impl VaultSource {
 
     /// What every read of `refs` waits for, done before any read takes its place in the budget:
     /// the login, if there is no token yet, and the lookup of each mount not known yet (one per
-    /// first path segment, together). Done by the reads themselves instead, the first reads'
-    /// places come and go while they wait for the login and the lookup, and the reads then go
-    /// at once: a fleet whose shares add up to a quota sends bursts past it. `Err` when no read
-    /// can succeed: the login failed (each read would log in again), or a lookup found Vault
-    /// down, hung or throttling. Other lookup failures are left to the reads, which meet them
-    /// on their own paths.
-    async fn before_reads(&self, refs: &[SecretRef]) -> Result<()> {
+    /// first path segment, eight at a time). Done by the reads themselves instead, the first
+    /// reads' places come and go while they wait for the login and the lookup, and the reads
+    /// then go at once: a fleet whose shares add up to a quota sends bursts past it.
+    ///
+    /// `Err` when no read can succeed: the login failed (each read would log in again). `Ok`
+    /// with the first path segments whose lookup found Vault down, hung or throttling: their
+    /// reads are not sent. Other lookup failures are left to the reads, which meet them on their
+    /// own paths.
+    async fn before_reads<'r>(&self, refs: &'r [SecretRef]) -> Result<HashMap<&'r str, Error>> {
         timed_request(self.inner.session.token()).await?;
         let now = self.inner.clock.now();
         let mut segments = HashSet::new();
-        let lookups = refs
+        let lookups: Vec<_> = refs
             .iter()
             .map(|r| r.path().trim_matches('/'))
             .filter(|path| self.inner.mounts.find(path, now).is_none())
-            .filter(|path| segments.insert(path.split('/').next().unwrap_or_default()))
-            .map(|path| timed_request(self.mount(path)));
-        for outcome in futures_util::future::join_all(lookups).await {
-            if let Err(e) = outcome
-                && matches!(
-                    e.kind(),
-                    ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Throttled
-                )
-            {
-                return Err(e);
-            }
-        }
-        Ok(())
+            .filter(|path| segments.insert(first_segment(path)))
+            .map(|path| async move { (first_segment(path), timed_request(self.mount(path)).await) })
+            .collect();
+        let outcomes: Vec<_> = futures_util::stream::iter(lookups)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        Ok(outcomes
+            .into_iter()
+            .filter_map(|(segment, outcome)| match outcome {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Throttled
+                    ) =>
+                {
+                    Some((segment, e))
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Run `op` on the mount of `path`. When a cached mount's answer is one a remount would
@@ -618,6 +628,22 @@ impl VaultSource {
     }
 }
 
+/// The error of a read not sent because the lookup of its mount failed first with `lookup`
+/// (whose text may name another path: only its kind and `Retry-After` are kept).
+fn not_sent_after_lookup(lookup: &Error) -> Error {
+    let e = Error::new(
+        lookup.kind().clone(),
+        format!(
+            "not sent: the lookup of this path's mount failed first ({:?})",
+            lookup.kind()
+        ),
+    );
+    match lookup.retry_after() {
+        Some(wait) => e.with_retry_after(wait),
+        None => e,
+    }
+}
+
 /// Requests per second a process may send to Vault unless told otherwise.
 const DEFAULT_BUDGET: u32 = 1_000;
 
@@ -653,10 +679,32 @@ impl SecretSource for VaultSource {
     }
 
     async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
-        if let Err(e) = self.before_reads(refs).await {
-            return refs.iter().map(|_| Err(e.clone())).collect();
+        let down = match self.before_reads(refs).await {
+            Ok(down) => down,
+            Err(e) => return refs.iter().map(|_| Err(e.clone())).collect(),
+        };
+        if down.is_empty() {
+            return fetch_each(self, refs, 8).await;
         }
-        fetch_each(self, refs, 8).await
+        // The reads under a mount whose lookup found Vault down are not sent; the rest are.
+        let mut results: Vec<Option<Result<Secret>>> = refs
+            .iter()
+            .map(|r| {
+                down.get(first_segment(r.path().trim_matches('/')))
+                    .map(|e| Err(not_sent_after_lookup(e)))
+            })
+            .collect();
+        let rest: Vec<SecretRef> = refs
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_none())
+            .map(|(r, _)| r.clone())
+            .collect();
+        let read = fetch_each(self, &rest, 8).await;
+        for (slot, result) in results.iter_mut().filter(|s| s.is_none()).zip(read) {
+            *slot = Some(result);
+        }
+        results.into_iter().flatten().collect()
     }
 
     async fn version(&self, r: &SecretRef) -> Result<Option<Version>> {

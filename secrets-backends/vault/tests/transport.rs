@@ -39,6 +39,8 @@ enum Mode {
     ReadsHtml(u16),
     /// Answer logins with this recorded answer (the rest as `Serve`).
     LoginAnswer(&'static str),
+    /// Answer mount lookups under this first path segment with a proxy's HTML 503 page.
+    LookupDownUnder(&'static str),
 }
 
 /// One request as the transport saw it.
@@ -75,6 +77,18 @@ fn answer(r: &Recorded) -> http::Response<SecretValue> {
         .unwrap()
 }
 
+/// A proxy's HTML error page of `status`.
+fn html_page(status: u16) -> http::Response<SecretValue> {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "text/html")
+        .body(SecretValue::from(
+            "<html><body><h1>503 Service Unavailable</h1>No server is available to handle this \
+             request.</body></html>",
+        ))
+        .unwrap()
+}
+
 #[async_trait]
 impl Transport for Scripted {
     async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<SecretValue>> {
@@ -103,16 +117,12 @@ impl Transport for Scripted {
             }
             Mode::ReadsAnswer(name) if is_read => return Ok(answer(&recorded(name))),
             Mode::LoginAnswer(name) if is_login => return Ok(answer(&recorded(name))),
-            Mode::ReadsHtml(status) if is_read => {
-                return Ok(http::Response::builder()
-                    .status(status)
-                    .header("content-type", "text/html")
-                    .body(SecretValue::from(
-                        "<html><body><h1>503 Service Unavailable</h1>No server is available \
-                         to handle this request.</body></html>",
-                    ))
-                    .unwrap());
+            Mode::LookupDownUnder(segment)
+                if path.starts_with(&format!("/v1/sys/internal/ui/mounts/{segment}/")) =>
+            {
+                return Ok(html_page(503));
             }
+            Mode::ReadsHtml(status) if is_read => return Ok(html_page(status)),
             _ => {}
         }
         let mut r = if is_login {
@@ -428,4 +438,31 @@ async fn reads_started_together_share_a_refused_login() {
     // A read after them logs in again (the engine's backoff spaces such reads).
     source.fetch(&refs[0]).await.unwrap_err();
     assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+/// A mount whose lookup finds Vault unavailable (a proxy's 503 page) fails the reads under it,
+/// unsent, and only those: the reads under a mount that answered go on.
+#[tokio::test]
+async fn a_mount_lookup_that_finds_vault_down_fails_only_the_reads_under_it() {
+    let mut refs = secrets(3);
+    refs.extend(
+        (0..3).map(|i| SecretRef::parse(&format!("vault://kv-down/app/s{i}#value")).unwrap()),
+    );
+    let budget = RequestBudget::per_second(1_000);
+    let (results, seen) = prefetch(Mode::LookupDownUnder("kv-down"), budget, &refs).await;
+    for result in &results[..3] {
+        result.as_ref().unwrap();
+    }
+    for result in &results[3..] {
+        let e = result.as_ref().unwrap_err();
+        assert_eq!(*e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(e.to_string().contains("not sent"), "{e}");
+    }
+    let reads = seen
+        .iter()
+        .filter(|(p, _)| p.starts_with("/v1/secret/data/"));
+    assert_eq!(reads.count(), 3);
+    let lookups = seen.iter().filter(|(p, _)| p.contains("/ui/mounts/"));
+    assert_eq!(lookups.count(), 2, "{seen:?}");
+    assert!(!seen.iter().any(|(p, _)| p.starts_with("/v1/kv-down/")));
 }
