@@ -1,6 +1,8 @@
 //! Web identity (IRSA): credentials from STS AssumeRoleWithWebIdentity with a token read from a
-//! file, against moto's STS. One test in this binary: it reads moto's request recorder, which is
-//! global to the server.
+//! file, against moto's STS. It reads moto's request recorder, which is global to the server:
+//! the tests that reset it run one at a time (`.config/nextest.toml`, test group
+//! `moto-recorder`), and the requests counted are this test's own (its token, its secret), as
+//! other tests' requests reach the same moto meanwhile.
 
 mod common;
 
@@ -58,6 +60,7 @@ async fn credentials_come_from_assume_role_with_web_identity() {
         .iter()
         .map(|(_, body)| body)
         .filter(|body| body.contains("Action=AssumeRoleWithWebIdentity"))
+        .filter(|body| body.contains(&format!("WebIdentityToken={token}")))
         .collect();
     assert_eq!(
         sts.len(),
@@ -74,8 +77,10 @@ async fn credentials_come_from_assume_role_with_web_identity() {
     // The Secrets Manager request was signed with the assumed role's session keys.
     let sm: Vec<&serde_json::Value> = requests
         .iter()
+        .filter(|(v, body)| {
+            v["headers"]["X-Amz-Target"] == "secretsmanager.GetSecretValue" && body.contains(&name)
+        })
         .map(|(v, _)| v)
-        .filter(|v| v["headers"]["X-Amz-Target"] == "secretsmanager.GetSecretValue")
         .collect();
     assert_eq!(sm.len(), 1, "GetSecretValue not recorded once");
     let auth = sm[0]["headers"]["Authorization"].as_str().unwrap();

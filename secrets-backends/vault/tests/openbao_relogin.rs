@@ -102,4 +102,5 @@ async fn revoked_token_is_replaced_by_a_new_login() {
     assert_ne!(second.username, first.username);
     pg_login(&second).await.unwrap();
     secrets.shutdown().await;
+    root_api(Method::DELETE, &format!("sys/auth/{mount}"), None).await;
 }
