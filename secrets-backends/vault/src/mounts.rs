@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, WeakShared};
-use keyrack_core::Result;
+use keyrack_core::{Error, Result};
 
 /// How long a detected mount is trusted.
 pub(crate) const MOUNT_TTL: Duration = Duration::from_secs(300);
@@ -176,8 +176,28 @@ impl Detections {
         }
         match outcome {
             Ok(m) if !started && (m.path.is_empty() || !path.starts_with(m.path.as_str())) => None,
+            // Vault's message may name the path the detection was started for (its rate limit
+            // does): a waiter gets the kind and the wait, not another secret's path.
+            Err(e) if !started => Some(Err(lookup_failed_first(&e))),
             outcome => Some(outcome),
         }
+    }
+}
+
+/// The error of a read whose mount lookup, made for another path, failed with `lookup`: its kind
+/// and `Retry-After`, and not its text, which may name that other path.
+pub(crate) fn lookup_failed_first(lookup: &Error) -> Error {
+    let e = Error::new(
+        lookup.kind().clone(),
+        format!(
+            "the lookup of this path's mount failed ({:?}), for another read of the same first \
+             path segment",
+            lookup.kind()
+        ),
+    );
+    match lookup.retry_after() {
+        Some(wait) => e.with_retry_after(wait),
+        None => e,
     }
 }
 
@@ -282,6 +302,25 @@ mod tests {
             for g in got {
                 assert_eq!(g.unwrap().unwrap_err().kind(), &kind);
             }
+        }
+        // OpenBao's rate limit names the request's path (recorded): the waiters' errors keep the
+        // kind and the wait, not the path of the read that started the detection. Before, each
+        // waiter's error quoted it.
+        let throttled = keyrack_core::Error::new(
+            ErrorKind::Throttled,
+            "rate limited (HTTP 429): request path \"secret/data/a\": rate limit quota exceeded",
+        )
+        .with_retry_after(std::time::Duration::ZERO);
+        let got = three_join(Err(throttled), ["secret/a", "secret/b", "secret/c"]).await;
+        let errors: Vec<Error> = got.into_iter().map(|g| g.unwrap().unwrap_err()).collect();
+        assert!(
+            errors[0].to_string().contains("secret/data/a"),
+            "the starter's own"
+        );
+        for e in &errors[1..] {
+            assert_eq!(e.kind(), &ErrorKind::Throttled);
+            assert_eq!(e.retry_after(), Some(std::time::Duration::ZERO));
+            assert!(!e.to_string().contains("secret/data/a"), "{e}");
         }
     }
 

@@ -17,7 +17,9 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use crate::api::{Answer, Body, Envelope, parse};
-use crate::mounts::{Detections, Engine, Mount, Mounts, UiMount, first_segment};
+use crate::mounts::{
+    Detections, Engine, Mount, Mounts, UiMount, first_segment, lookup_failed_first,
+};
 use crate::session::{RETRY_FLOOR, Session};
 
 /// Versions of issued secrets remembered (see [`Issued`]).
@@ -628,22 +630,6 @@ impl VaultSource {
     }
 }
 
-/// The error of a read not sent because the lookup of its mount failed first with `lookup`
-/// (whose text may name another path: only its kind and `Retry-After` are kept).
-fn not_sent_after_lookup(lookup: &Error) -> Error {
-    let e = Error::new(
-        lookup.kind().clone(),
-        format!(
-            "not sent: the lookup of this path's mount failed first ({:?})",
-            lookup.kind()
-        ),
-    );
-    match lookup.retry_after() {
-        Some(wait) => e.with_retry_after(wait),
-        None => e,
-    }
-}
-
 /// Requests per second a process may send to Vault unless told otherwise.
 const DEFAULT_BUDGET: u32 = 1_000;
 
@@ -691,7 +677,7 @@ impl SecretSource for VaultSource {
             .iter()
             .map(|r| {
                 down.get(first_segment(r.path().trim_matches('/')))
-                    .map(|e| Err(not_sent_after_lookup(e)))
+                    .map(|e| Err(lookup_failed_first(e)))
             })
             .collect();
         let rest: Vec<SecretRef> = refs
