@@ -186,6 +186,15 @@ pub fn current() -> Option<RequestBudget> {
     crate::client::gate::current()
 }
 
+/// For [`SecretSource`](crate::SecretSource) implementations: the rate the budget of the source
+/// whose call is running allows now, in requests per second: the budget's own, or less once the
+/// backend throttled (an adaptive budget cuts it). `None` outside a client call and for an
+/// unbudgeted source. A source that divides its budget among APIs of different quotas divides
+/// this rate, so a cut reaches them all.
+pub fn current_rate() -> Option<f64> {
+    crate::client::gate::current_rate()
+}
+
 /// The requests of one call to a source, for a source that sends several: the first has the
 /// place the client took for the call, each further one waits for its own
 /// ([`another_request`]). Make one per call and call

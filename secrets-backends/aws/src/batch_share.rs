@@ -9,7 +9,9 @@
 //! the budget, rather than sending a batch that a fleet's other processes have already used up
 //! the quota for (1,000 pods with 10 requests/s each have 0.1 batch/s each: at a restart, 900 of
 //! their 1,000 batches would be refused). The default budget (the whole read quota) leaves room
-//! for 100 batches at once; an unbudgeted client always batches.
+//! for 100 batches at once; an unbudgeted client always batches. A budget cut by throttling cuts
+//! the batch share with it (rate and burst alike): before, the share kept the budget's full
+//! rate, and a throttled process went on batching as if nothing had been refused.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -26,14 +28,20 @@ pub(crate) struct BatchShare {
 }
 
 impl BatchShare {
-    /// Whether one batch may be sent at `now` under `budget` (`None`: unbudgeted), taking its
-    /// room if so.
-    pub(crate) fn take(&self, budget: Option<RequestBudget>, now: Instant) -> bool {
+    /// Whether one batch may be sent at `now` under `budget` (`None`: unbudgeted) whose rate is
+    /// `rate_now` (the budget's own, or less once throttling cut it), taking its room if so.
+    pub(crate) fn take(
+        &self,
+        budget: Option<RequestBudget>,
+        rate_now: Option<f64>,
+        now: Instant,
+    ) -> bool {
         let Some(budget) = budget else {
             return true;
         };
-        let rate = budget.rate() * BATCH_QUOTA_SHARE;
-        let capacity = f64::from(budget.burst()) * BATCH_QUOTA_SHARE;
+        let cut = rate_now.map_or(1.0, |r| (r / budget.rate()).clamp(0.0, 1.0));
+        let rate = budget.rate() * cut * BATCH_QUOTA_SHARE;
+        let capacity = f64::from(budget.burst()) * cut * BATCH_QUOTA_SHARE;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, at) = state.get_or_insert((capacity, now));
         let elapsed = now.saturating_duration_since(*at).as_secs_f64();
@@ -59,25 +67,42 @@ mod tests {
         let now = ManualClock::new().now();
         let share = BatchShare::default();
         // Unbudgeted: always.
-        assert!((0..1_000).all(|_| share.take(None, now)));
+        assert!((0..1_000).all(|_| share.take(None, None, now)));
         // The whole read quota: 100 batches at once, then one per 10 ms.
         let whole = RequestBudget::per_second(10_000);
         let share = BatchShare::default();
         assert_eq!(
-            (0..150).filter(|_| share.take(Some(whole), now)).count(),
+            (0..150)
+                .filter(|_| share.take(Some(whole), None, now))
+                .count(),
             100
         );
-        assert!(share.take(Some(whole), now + Duration::from_millis(10)));
-        assert!(!share.take(Some(whole), now + Duration::from_millis(10)));
+        assert!(share.take(Some(whole), None, now + Duration::from_millis(10)));
+        assert!(!share.take(Some(whole), None, now + Duration::from_millis(10)));
         // 10 requests/s (a thousandth of the quota): 0.1 batch of burst, never a whole one.
         let small = RequestBudget::per_second(10);
         let share = BatchShare::default();
-        assert!((0..100).all(|i| !share.take(Some(small), now + Duration::from_secs(i))));
+        assert!((0..100).all(|i| !share.take(Some(small), None, now + Duration::from_secs(i))));
         // 500/s: bursts of 5 batches, then 5 per second.
         let mid = RequestBudget::per_second(500);
         let share = BatchShare::default();
-        assert_eq!((0..10).filter(|_| share.take(Some(mid), now)).count(), 5);
-        assert!(!share.take(Some(mid), now + Duration::from_millis(100)));
-        assert!(share.take(Some(mid), now + Duration::from_millis(200)));
+        assert_eq!(
+            (0..10).filter(|_| share.take(Some(mid), None, now)).count(),
+            5
+        );
+        assert!(!share.take(Some(mid), None, now + Duration::from_millis(100)));
+        assert!(share.take(Some(mid), None, now + Duration::from_millis(200)));
+        // The whole quota cut to half by throttling: 50 batches at once, then one per 20 ms.
+        // (Before, the share kept the budget's rate: 100 at once, one per 10 ms.)
+        let share = BatchShare::default();
+        let half = Some(5_000.0);
+        assert_eq!(
+            (0..150)
+                .filter(|_| share.take(Some(whole), half, now))
+                .count(),
+            50
+        );
+        assert!(!share.take(Some(whole), half, now + Duration::from_millis(10)));
+        assert!(share.take(Some(whole), half, now + Duration::from_millis(20)));
     }
 }

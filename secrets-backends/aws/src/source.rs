@@ -512,11 +512,12 @@ impl SecretSource for AwsSource {
         let requests = CallRequests::new();
         // Batched while the budget's share of the batch quota has room; read one by one else.
         let budget = keyrack_core::budget::current();
+        let rate_now = keyrack_core::budget::current_rate();
         let now = self.clock.now();
         let batch_calls: Vec<_> = ids
             .chunks(BATCH_SIZE)
             .map(|c| {
-                let batch = c.len() > 1 && self.batch_share.take(budget, now);
+                let batch = c.len() > 1 && self.batch_share.take(budget, rate_now, now);
                 self.batch_or_singles(c, batch, &stop, &requests)
             })
             .collect();

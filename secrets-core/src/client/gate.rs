@@ -183,6 +183,11 @@ pub(crate) fn current() -> Option<crate::budget::RequestBudget> {
     GATE.try_with(|gate| gate.bucket.budget()).ok()
 }
 
+/// See [`crate::budget::current_rate`].
+pub(crate) fn current_rate() -> Option<f64> {
+    GATE.try_with(|gate| gate.bucket.rate()).ok()
+}
+
 /// See [`crate::budget::another_request`].
 pub(crate) async fn another_request() -> Result<()> {
     let Ok(gate) = GATE.try_with(Gate::clone) else {
