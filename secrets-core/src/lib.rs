@@ -61,7 +61,9 @@ pub use error::{Error, ErrorKind, Result};
 pub use identity::{IdentityToken, StaticToken};
 pub use reference::{RefError, RefErrorKind, RefPart, SecretRef, Selector};
 pub use secret::{Lease, Metadata, Secret, Version};
-pub use source::{Capabilities, SecretSource, SourceEvent, fetch_each, timed_request};
+pub use source::{
+    Capabilities, SecretSource, SourceEvent, fetch_each, fetch_each_within, timed_request,
+};
 pub use value::SecretValue;
 
 /// Re-exported so sources can implement [`SecretSource`] without naming the crate themselves.

@@ -153,8 +153,24 @@ pub async fn fetch_each<S: SecretSource + ?Sized>(
 ) -> Vec<Result<Secret>> {
     // Each read is a request of its own against the source's budget (the client took a place
     // for the call, which covers the first).
-    let requests = crate::budget::CallRequests::new();
-    let requests = &requests;
+    fetch_each_within(
+        source,
+        refs,
+        concurrency,
+        &crate::budget::CallRequests::new(),
+    )
+    .await
+}
+
+/// [`fetch_each`] within a call that may have sent requests of its own before the reads (a
+/// login): each read takes its place through `requests`, so the call's first place goes to
+/// whichever request took it first.
+pub async fn fetch_each_within<S: SecretSource + ?Sized>(
+    source: &S,
+    refs: &[SecretRef],
+    concurrency: usize,
+    requests: &crate::budget::CallRequests,
+) -> Vec<Result<Secret>> {
     let concurrency = concurrency.max(1);
     let window = SlowStart::new(concurrency);
     let window = &window;

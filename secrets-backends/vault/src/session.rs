@@ -182,11 +182,38 @@ impl Session {
         self.login(None).await
     }
 
+    /// Whether a token is held (a read would not log in first).
+    pub(crate) fn has_token(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// [`token`](Self::token) for a call whose budget place the login takes through `requests`
+    /// (the call's first place, when no other request of the call took it).
+    pub(crate) async fn token_within(
+        self: &Arc<Self>,
+        requests: &keyrack_core::budget::CallRequests,
+    ) -> Result<(SecretValue, u64)> {
+        if let Some(state) = self.current.load_full() {
+            return Ok((state.token.clone(), state.generation));
+        }
+        self.login_placed(None, Some(requests)).await
+    }
+
     /// Log in, unless another caller already replaced the token of generation `stale` (or, with
     /// `None`, already logged in at all). Callers that wait while a login is under way share
     /// its outcome, a failure too: twenty reads started together against a refused login send
     /// one login, not one each in turn.
     pub(crate) async fn login(self: &Arc<Self>, stale: Option<u64>) -> Result<(SecretValue, u64)> {
+        self.login_placed(stale, None).await
+    }
+
+    /// [`login`](Self::login), its budget place taken through `requests` if given, else as a
+    /// request the calling read cannot do without.
+    async fn login_placed(
+        self: &Arc<Self>,
+        stale: Option<u64>,
+        requests: Option<&keyrack_core::budget::CallRequests>,
+    ) -> Result<(SecretValue, u64)> {
         let tried = self.logins.load(Ordering::Acquire);
         let mut last_failure = self.login_lock.lock().await;
         if self.revoked.load(Ordering::Acquire) {
@@ -209,7 +236,10 @@ impl Session {
         let generation = previous.as_ref().map_or(0, |p| p.generation + 1);
         // A login that a read waits for takes a place in that call's budget, ahead of the read
         // (ready at once for the keeper's, outside any call).
-        keyrack_core::budget::needed_request().await;
+        match requests {
+            Some(requests) => requests.before_request().await?,
+            None => keyrack_core::budget::needed_request().await,
+        }
         let method = self.auth.method();
         // Source, method and generation: never a role, a path or a token.
         let span = tracing::info_span!(target: "keyrack_vault::auth", "login", source = "vault",

@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
+use keyrack_core::budget::CallRequests;
 use keyrack_core::{
     Capabilities, Clock, Error, ErrorKind, Lease, Result, Secret, SecretRef, SecretSource,
-    SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each, timed_request,
+    SecretValue, Selector, SourceEvent, Version, async_trait, fetch_each_within, timed_request,
 };
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -443,8 +444,15 @@ impl VaultSource {
     /// with the first path segments whose lookup found Vault down, hung or throttling: their
     /// reads are not sent. Other lookup failures are left to the reads, which meet them on their
     /// own paths.
-    async fn before_reads<'r>(&self, refs: &'r [SecretRef]) -> Result<HashMap<&'r str, Error>> {
-        timed_request(self.inner.session.token()).await?;
+    async fn before_reads<'r>(
+        &self,
+        refs: &'r [SecretRef],
+        requests: &CallRequests,
+    ) -> Result<HashMap<&'r str, Error>> {
+        if !self.inner.session.has_token() {
+            // The login takes the call's first place, the reads places after it.
+            timed_request(self.inner.session.token_within(requests)).await?;
+        }
         let now = self.inner.clock.now();
         let mut segments = HashSet::new();
         let lookups: Vec<_> = refs
@@ -665,12 +673,13 @@ impl SecretSource for VaultSource {
     }
 
     async fn fetch_many(&self, refs: &[SecretRef]) -> Vec<Result<Secret>> {
-        let down = match self.before_reads(refs).await {
+        let requests = CallRequests::new();
+        let down = match self.before_reads(refs, &requests).await {
             Ok(down) => down,
             Err(e) => return refs.iter().map(|_| Err(e.clone())).collect(),
         };
         if down.is_empty() {
-            return fetch_each(self, refs, 8).await;
+            return fetch_each_within(self, refs, 8, &requests).await;
         }
         // The reads under a mount whose lookup found Vault down are not sent; the rest are.
         let mut results: Vec<Option<Result<Secret>>> = refs
@@ -686,7 +695,7 @@ impl SecretSource for VaultSource {
             .filter(|(_, result)| result.is_none())
             .map(|(r, _)| r.clone())
             .collect();
-        let read = fetch_each(self, &rest, 8).await;
+        let read = fetch_each_within(self, &rest, 8, &requests).await;
         for (slot, result) in results.iter_mut().filter(|s| s.is_none()).zip(read) {
             *slot = Some(result);
         }

@@ -376,12 +376,13 @@ async fn a_prefetch_logs_in_and_finds_its_mount_before_its_reads_take_places() {
     }
     let mount = "/v1/sys/internal/ui/mounts/secret/app/fleet/secret-00";
     let read = |i: usize| format!("/v1/secret/data/app/fleet/secret-{i:02}");
+    // The login has the place the client took for the call; every request after it goes at
+    // the budget's rate. (A first version that looked the mount up first but left the call's
+    // place to the first read sent that read together with the lookup: at 10,000 pods sharing
+    // a quota, 8,548 requests were refused, 3.7 %.)
     let expected = [
-        ("/v1/auth/approle/login".to_owned(), 1),
-        (mount.to_owned(), 2),
-        // The first read has the place the client took for the call when the prefetch began,
-        // unused while the login and the lookup waited for theirs: it goes once the lookup is
-        // answered, and every read after it at the budget's rate.
+        ("/v1/auth/approle/login".to_owned(), 0),
+        (mount.to_owned(), 1),
         (read(0), 2),
         (read(1), 3),
         (read(2), 4),
