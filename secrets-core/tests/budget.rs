@@ -484,6 +484,44 @@ async fn a_read_waiting_for_its_own_requests_place_is_not_cut_off() {
     assert_eq!(singles.fetched.load(Ordering::SeqCst), 4);
 }
 
+/// A read that hangs stops the reads that are waiting, inside their own requests, for the place
+/// of a request they need first: one place a second, a 2.5 s timeout; the hung read is sent at
+/// 0 s, the other two at 1 and 2 s, and their own requests' places come at 3 and 4 s. The hung
+/// read times out at 2.5 s, and the other two give their places up then: nothing more is sent,
+/// and the prefetch ends. Before, they waited for their places and were sent at 3 and 4 s.
+#[tokio::test]
+async fn a_hung_read_stops_the_reads_waiting_for_their_own_requests_places() {
+    let clock = ManualClock::new();
+    let singles = Arc::new(Singles::new(BeforeRead::NeededOrHang));
+    let secrets = Secrets::builder()
+        .clock(clock.clone())
+        .shared_source("auth", singles.clone())
+        .request_budget("auth", RequestBudget::per_second(1).with_burst(1).fixed())
+        .request_timeout(MS(2_500))
+        .build()
+        .unwrap();
+    let refs = ["auth://hang", "auth://b", "auth://c"];
+    let prefetch = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.prefetch(&refs).await }
+    });
+    let mut waited = Duration::ZERO;
+    while !prefetch.is_finished() && waited < S(30) {
+        clock.advance(MS(500)).await;
+        waited += MS(500);
+    }
+    let results = prefetch.await.unwrap();
+    for e in results.iter().map(|r| r.as_ref().unwrap_err()) {
+        assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
+    }
+    assert_eq!(
+        singles.fetched.load(Ordering::SeqCst),
+        0,
+        "nothing read after"
+    );
+    assert!(waited <= S(3), "the prefetch took {waited:?}");
+}
+
 /// A read that hangs stops the reads waiting for their places in the budget: with one place a
 /// second and a 2.5 s timeout, the reads at 0, 1 and 2 s are sent and hang, and the one whose
 /// place is at 3 s is not sent (the first read timed out at 2.5 s); the prefetch ends when the
@@ -670,6 +708,8 @@ enum BeforeRead {
     /// A request the read cannot do without (`budget::needed_request`): an authentication
     /// round trip.
     Needed,
+    /// As `Needed`, but a read of `hang` is sent and never answered.
+    NeededOrHang,
 }
 
 impl Singles {
@@ -692,6 +732,8 @@ impl SecretSource for Singles {
             BeforeRead::Nothing => {}
             BeforeRead::Another => keyrack_core::budget::another_request().await?,
             BeforeRead::Needed => keyrack_core::budget::needed_request().await,
+            BeforeRead::NeededOrHang if r.path() == "hang" => std::future::pending().await,
+            BeforeRead::NeededOrHang => keyrack_core::budget::needed_request().await,
         }
         self.fetched.fetch_add(1, Ordering::SeqCst);
         Ok(Secret::new(r.path().to_owned()))

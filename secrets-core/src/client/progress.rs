@@ -150,6 +150,12 @@ pub(crate) async fn request<T>(request: impl Future<Output = Result<T>>) -> Resu
     };
     let request = REQUEST.scope(own.clone(), request);
     tokio::pin!(request);
+    // Another request of the call timed out: this one gives up if it is still waiting for a
+    // place in the budget (for a request of its own, a login), as a request not sent yet does;
+    // under way, it keeps its own deadline.
+    let stopped = progress.stopped();
+    tokio::pin!(stopped);
+    let mut watching = true;
     let result = loop {
         tokio::select! {
             biased;
@@ -159,6 +165,13 @@ pub(crate) async fn request<T>(request: impl Future<Output = Result<T>>) -> Resu
                 if deadline() <= progress.clock.now() {
                     break Err(timed_out(progress.timeout));
                 }
+            }
+            () = &mut stopped, if watching => {
+                if *own.lock().unwrap_or_else(|p| p.into_inner()) > progress.clock.now() {
+                    // Dropping it gives its place back.
+                    return Err(not_sent());
+                }
+                watching = false;
             }
         }
     };
