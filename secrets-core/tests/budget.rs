@@ -46,6 +46,25 @@ fn budgeted_within(
     (clock, memory, client)
 }
 
+/// `refs` prefetched by `secrets` while `clock` advances half a second at a time, until the
+/// prefetch ends (at most 30 s): its results and how long it took.
+async fn prefetch_in_steps<R: keyrack_core::ToSecretRef + Send + Sync + Clone + 'static>(
+    clock: &ManualClock,
+    secrets: &Secrets,
+    refs: &[R],
+) -> (Vec<Result<Secret>>, Duration) {
+    let prefetch = tokio::spawn({
+        let (secrets, refs) = (secrets.clone(), refs.to_vec());
+        async move { secrets.prefetch(&refs).await }
+    });
+    let mut waited = Duration::ZERO;
+    while !prefetch.is_finished() && waited < S(30) {
+        clock.advance(MS(500)).await;
+        waited += MS(500);
+    }
+    (prefetch.await.unwrap(), waited)
+}
+
 #[tokio::test]
 async fn calls_wait_for_room_in_the_budget() {
     let (clock, memory, secrets) = budgeted(10, RequestBudget::per_second(2).with_burst(1).fixed());
@@ -438,16 +457,7 @@ async fn a_prefetch_longer_than_the_timeout_goes_on_at_the_budgets_pace() {
         .build()
         .unwrap();
     let refs: Vec<String> = (0..10).map(|i| format!("q://s{i}")).collect();
-    let prefetch = tokio::spawn({
-        let secrets = secrets.clone();
-        async move { secrets.prefetch(&refs).await }
-    });
-    let mut waited = Duration::ZERO;
-    while !prefetch.is_finished() && waited < S(30) {
-        clock.advance(MS(500)).await;
-        waited += MS(500);
-    }
-    let results = prefetch.await.unwrap();
+    let (results, waited) = prefetch_in_steps(&clock, &secrets, &refs).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(quota.counts(), (10, 0));
     assert_eq!(waited, MS(9_000), "one read a second");
@@ -470,16 +480,7 @@ async fn a_read_waiting_for_its_own_requests_place_is_not_cut_off() {
         .build()
         .unwrap();
     let refs: Vec<String> = (0..4).map(|i| format!("auth://s{i}")).collect();
-    let prefetch = tokio::spawn({
-        let secrets = secrets.clone();
-        async move { secrets.prefetch(&refs).await }
-    });
-    let mut waited = Duration::ZERO;
-    while !prefetch.is_finished() && waited < S(30) {
-        clock.advance(MS(500)).await;
-        waited += MS(500);
-    }
-    let results = prefetch.await.unwrap();
+    let (results, _) = prefetch_in_steps(&clock, &secrets, &refs).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(singles.fetched.load(Ordering::SeqCst), 4);
 }
@@ -501,16 +502,7 @@ async fn a_hung_read_stops_the_reads_waiting_for_their_own_requests_places() {
         .build()
         .unwrap();
     let refs = ["auth://hang", "auth://b", "auth://c"];
-    let prefetch = tokio::spawn({
-        let secrets = secrets.clone();
-        async move { secrets.prefetch(&refs).await }
-    });
-    let mut waited = Duration::ZERO;
-    while !prefetch.is_finished() && waited < S(30) {
-        clock.advance(MS(500)).await;
-        waited += MS(500);
-    }
-    let results = prefetch.await.unwrap();
+    let (results, waited) = prefetch_in_steps(&clock, &secrets, &refs).await;
     for e in results.iter().map(|r| r.as_ref().unwrap_err()) {
         assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
     }
@@ -547,16 +539,7 @@ async fn a_hung_read_stops_the_reads_waiting_for_their_places() {
         .build()
         .unwrap();
     let refs: Vec<String> = (0..10).map(|i| format!("mem://s{i}")).collect();
-    let prefetch = tokio::spawn({
-        let secrets = secrets.clone();
-        async move { secrets.prefetch(&refs).await }
-    });
-    let mut waited = Duration::ZERO;
-    while !prefetch.is_finished() && waited < S(30) {
-        clock.advance(MS(500)).await;
-        waited += MS(500);
-    }
-    let results = prefetch.await.unwrap();
+    let (results, waited) = prefetch_in_steps(&clock, &secrets, &refs).await;
     for e in results.iter().map(|r| r.as_ref().unwrap_err()) {
         assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
     }

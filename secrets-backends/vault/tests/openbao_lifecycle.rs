@@ -193,24 +193,7 @@ async fn token_max_ttl_relogin_reissues_dynamic_secrets() {
         })),
     )
     .await;
-    let role_id = root_api(
-        Method::GET,
-        &format!("auth/approle/role/{role}/role-id"),
-        None,
-    )
-    .await["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let secret_id = root_api(
-        Method::POST,
-        &format!("auth/approle/role/{role}/secret-id"),
-        None,
-    )
-    .await["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (role_id, secret_id) = approle_ids("approle", &role).await;
     let secrets = client(source(Auth::approle(role_id, secret_id)));
     let handle = secrets.handle("vault://database/creds/app").await.unwrap();
     let started = Instant::now();

@@ -36,24 +36,7 @@ async fn own_approle() -> (String, Auth) {
         })),
     )
     .await;
-    let role_id = root_api(
-        Method::GET,
-        &format!("auth/{mount}/role/app/role-id"),
-        None,
-    )
-    .await["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let secret_id = root_api(
-        Method::POST,
-        &format!("auth/{mount}/role/app/secret-id"),
-        None,
-    )
-    .await["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (role_id, secret_id) = approle_ids(&mount, "app").await;
     let auth = Auth::AppRole {
         mount: mount.clone(),
         role_id,

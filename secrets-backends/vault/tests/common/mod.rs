@@ -214,9 +214,15 @@ path "auth/token/lookup-self" {{ capabilities = ["read", "update"] }}
         })),
     )
     .await;
+    let (role_id, secret_id) = approle_ids("approle", &name).await;
+    (name, role_id, secret_id)
+}
+
+/// The role id of AppRole role `role` at auth mount `mount`, and a new secret id for it.
+pub async fn approle_ids(mount: &str, role: &str) -> (String, String) {
     let role_id = root_api(
         reqwest::Method::GET,
-        &format!("auth/approle/role/{name}/role-id"),
+        &format!("auth/{mount}/role/{role}/role-id"),
         None,
     )
     .await["data"]["role_id"]
@@ -225,12 +231,12 @@ path "auth/token/lookup-self" {{ capabilities = ["read", "update"] }}
         .to_owned();
     let secret_id = root_api(
         reqwest::Method::POST,
-        &format!("auth/approle/role/{name}/secret-id"),
+        &format!("auth/{mount}/role/{role}/secret-id"),
         None,
     )
     .await["data"]["secret_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    (name, role_id, secret_id)
+    (role_id, secret_id)
 }
